@@ -1,0 +1,55 @@
+"""``fastv``: FastV (Chen et al., "An Image is Worth 1/2 Tokens After Layer 2", ECCV 2024,
+arXiv 2403.06764).
+
+In-LLM: after decoder layer ``K - 1`` (default ``layer=2``, the paper's K=2), keep each image's
+top tokens by the attention the last prompt token pays them, averaged over heads; the others are
+dropped from layer K on, with their original positions kept for the survivors.
+
+Differences from the paper's code: the attention row is recomputed from the layer's own
+projections (no eager attention, works under SDPA/FlashAttention); the budget is a token count or
+ratio per image (the paper's R is a fraction of all image tokens); ties go to the lowest index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlmprune.core.base import LayerTokens, Method
+from vlmprune.registry import register
+
+
+def select(attention: torch.Tensor, budget: int) -> torch.Tensor:
+    """Sorted indices of the ``min(budget, N)`` largest entries of ``attention`` (N,).
+
+    Ties break toward the lowest index (stable sort on the negated scores).
+    """
+    if budget < 1:
+        raise ValueError(f"`budget` must be >= 1, got {budget}")
+    k = min(budget, attention.shape[0])
+    order = torch.sort(-attention.float(), stable=True).indices  # (N,)
+    return order[:k].sort().values
+
+
+@register
+@dataclass
+class FastV(Method):
+    """FastV at decoder layer ``layer`` (see module docstring)."""
+
+    layer: int = 2
+
+    name = "fastv"
+    pre_llm = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 1:
+            raise ValueError(f"`layer` must be an int >= 1, got {self.layer!r}")
+
+    @property
+    def llm_layer(self) -> int:
+        return self.layer
+
+    def select_layer(self, images: list[LayerTokens]) -> list[torch.Tensor]:
+        return [select(img.attention, self.layer_keep_count(img)) for img in images]

@@ -1,0 +1,122 @@
+"""``pool``: spatial average pooling of the token grid to about K tokens.
+
+Each region's (h, w) grid is cut into ``gh x gw`` near-equal cells, ``gh * gw`` = the region's
+share of the budget chosen to keep cells as square as possible; each cell becomes one token: the
+mean of its members' features, placed at the member nearest the cell centre. A strong baseline on
+some benchmarks (coverage without any signal). Not from a single paper: the plain pooling baseline
+used across the token-pruning literature (e.g. as reported in VisionZip and PromPrune tables).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from vlmprune.core.base import ImageTokens, Kept, Method, split_across_regions
+from vlmprune.registry import register
+
+
+def cell_grid(h: int, w: int, k: int) -> tuple[int, int]:
+    """(gh, gw) with gh <= h, gw <= w, gh * gw <= k, maximising gh * gw, then squareness."""
+    best = (1, 1)
+    best_key = (1, 0.0)
+    for gh in range(1, min(h, k) + 1):
+        gw = min(w, k // gh)
+        if gw < 1:
+            continue
+        key = (gh * gw, -abs(math.log((h / gh) / (w / gw))))
+        if key > best_key:
+            best, best_key = (gh, gw), key
+    return best
+
+
+def _cells(h: int, w: int, budget: int, device) -> torch.Tensor:
+    """(N,) cell id of each raster token: a gh x gw cut of the grid, then, while there are fewer
+    cells than ``budget``, the member farthest from its cell's centre (ties: lowest index) of the
+    largest cell (ties: lowest id) is split off as a cell of its own."""
+    gh, gw = cell_grid(h, w, budget)
+    rows = torch.arange(h, device=device) * gh // h  # (h,) cell row of each grid row
+    cols = torch.arange(w, device=device) * gw // w  # (w,)
+    cell = (rows[:, None] * gw + cols[None, :]).flatten()  # (h, w) -> (N,)
+    yy = torch.arange(h, device=device).repeat_interleave(w).float()
+    xx = torch.arange(w, device=device).repeat(h).float()
+    for new_id in range(gh * gw, budget):
+        sizes = torch.bincount(cell, minlength=new_id)
+        big = int(torch.argmax(sizes))
+        members = torch.nonzero(cell == big).flatten()
+        d = (yy[members] - yy[members].mean()) ** 2 + (xx[members] - xx[members].mean()) ** 2
+        far = members[int(torch.argmax(d))]  # argmax returns the first (lowest index) maximum
+        cell[far] = new_id
+    return cell
+
+
+def select(features: torch.Tensor, grid: tuple[int, int], budget: int):
+    """Pool an (h*w, D) raster grid to exactly ``min(budget, N)`` tokens.
+
+    Returns ``(kept, merged, assignment)``: kept (K,) sorted indices of each cell's representative
+    (the member nearest the cell's centroid, ties lowest index), merged (K, D) the cell means
+    aligned with ``kept``, assignment (N,) the slot of ``kept`` each token was pooled into.
+    """
+    h, w = grid
+    n = h * w
+    if features.shape[0] != n:
+        raise ValueError(f"`features` has {features.shape[0]} rows, grid {grid} needs {n}")
+    if budget < 1:
+        raise ValueError(f"`budget` must be >= 1, got {budget}")
+    dev = features.device
+    if budget >= n:
+        idx = torch.arange(n, device=dev)
+        return idx, features, idx.clone()
+    cell = _cells(h, w, budget, dev)  # (N,)
+    k = budget
+    x = features.float()
+    counts = torch.bincount(cell, minlength=k).float()  # (K,)
+    means = torch.zeros(k, x.shape[1], device=dev).index_add_(0, cell, x) / counts[:, None]  # (K, D)
+    yy = torch.arange(h, device=dev).repeat_interleave(w).float()
+    xx = torch.arange(w, device=dev).repeat(h).float()
+    cy = torch.zeros(k, device=dev).index_add_(0, cell, yy) / counts
+    cx = torch.zeros(k, device=dev).index_add_(0, cell, xx) / counts
+    dist = (yy - cy[cell]) ** 2 + (xx - cx[cell]) ** 2  # (N,)
+    best = torch.full((k,), float("inf"), device=dev).scatter_reduce(0, cell, dist, reduce="amin")
+    is_best = dist == best[cell]
+    rep = torch.full((k,), n, dtype=torch.long, device=dev)
+    rep = rep.scatter_reduce(0, cell[is_best], torch.nonzero(is_best).flatten(), reduce="amin")
+    order = torch.argsort(rep)  # slots in raster order of their representatives
+    slot_of_cell = torch.empty_like(order)
+    slot_of_cell[order] = torch.arange(k, device=dev)
+    return rep[order], means[order].to(features.dtype), slot_of_cell[cell]
+
+
+@register
+@dataclass
+class Pool(Method):
+    """Average-pool each region's grid to its share of the budget (see module docstring);
+    exactly ``min(K, N)`` tokens, each the mean of its cell, at the cell's central member."""
+
+    name = "pool"
+    merges = True
+
+    def select_image(self, image: ImageTokens) -> Kept:
+        k = self.keep_count(image.num_tokens)
+        shares = split_across_regions(k, [r.indices.numel() for r in image.regions])
+        dev = image.features.device
+        kept, feats = [], []
+        assign = torch.full((image.num_tokens,), -1, dtype=torch.long, device=dev)
+        offset = 0
+        for region, share in zip(image.regions, shares):
+            if share == 0:
+                continue
+            idx = region.indices.to(dev)
+            rk, rf, ra = select(image.features[idx], region.grid, share)
+            kept.append(idx[rk])
+            feats.append(rf)
+            assign[idx] = ra + offset
+            offset += rk.numel()
+        kept_t = torch.cat(kept)
+        order = torch.argsort(kept_t)  # regions interleave in raster order on LLaVA-NeXT
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=dev)
+        assign = torch.where(assign >= 0, inverse[assign.clamp_min(0)], assign)
+        return Kept(kept_t[order], torch.cat(feats)[order], assign)

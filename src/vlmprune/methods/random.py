@@ -1,0 +1,45 @@
+"""``random``: a uniform random subset of each image's visual tokens (seeded, reproducible).
+
+The weakest sensible baseline: any method worth using must beat it at the same budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from vlmprune.core.base import ImageTokens, Kept, Method
+from vlmprune.registry import register
+
+
+def select(num_tokens: int, budget: int, seed: int = 0) -> torch.Tensor:
+    """Sorted ``min(budget, num_tokens)`` indices drawn uniformly without replacement.
+
+    The draw depends only on ``(num_tokens, budget, seed)``, never on the global RNG state.
+    """
+    if budget < 1:
+        raise ValueError(f"`budget` must be >= 1, got {budget}")
+    k = min(budget, num_tokens)
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(num_tokens, generator=gen)[:k].sort().values
+
+
+@register
+@dataclass
+class RandomPrune(Method):
+    """Keep a uniform random subset. ``seed`` fixes the draw; image ``i`` of a call uses
+    ``seed + i`` so the images of a batch do not share one pattern."""
+
+    seed: int = 0
+
+    name = "random"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not isinstance(self.seed, int):
+            raise ValueError(f"`seed` must be an int, got {self.seed!r}")
+
+    def select_image(self, image: ImageTokens) -> Kept:
+        k = self.keep_count(image.num_tokens)
+        return Kept(select(image.num_tokens, k, self.seed + image.seed).to(image.features.device))

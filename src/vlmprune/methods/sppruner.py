@@ -1,0 +1,444 @@
+"""SPpruner: focus-then-context visual token reduction (a reconstruction).
+
+Seed paper: "Focus-then-Context: Subject-Centric Progressive Visual Token Reduction for
+Vision-Language Models" (arXiv 2605.20950). **Only the abstract is public**: there are no
+equations and no code. This module is this library's reconstruction; it follows the abstract's
+structure (subject spectrum -> context-aware structural scanning -> subject integrity ->
+progressive reduction) and every concrete choice below is ours, made so that each module is a
+separate function that can be replaced when the full paper appears (``methods.md``).
+
+Per region grid ``(h, w)`` with ``N = h w`` tokens ``X`` (projector outputs), saliency ``a``, text
+embeddings ``Q`` and budget ``K < N``:
+
+1. **Focus identification** (:func:`focus_scores`). ``s_v`` = min-max normalised ``a``; ``s_r`` =
+   min-max normalised ``max_j cos(X_i, Q_j)``; soft union ``f = 1 - (1 - s_v)(1 - s_r)`` (a token
+   is a subject if salient OR relevant), or ``"product"`` / ``"mean"``. Without text ``f = s_v``;
+   without saliency (uniform ``s_v``) ``f = s_r``. Focus set: top ``K_f = round(rho K)`` by ``f``.
+2. **Structural scanning** (:func:`scan_order`, :func:`context_tokens`). The other tokens are
+   visited in serpentine row order (or ``w x w`` windows visited in serpentine order, serpentine
+   inside each window) and cut into ``K_c = K - K_f`` contiguous runs whose non-focus counts
+   differ by at most one. Each run becomes one token: the mean of its members weighted by
+   ``softmax(s_v)`` over the run (uniform without saliency), placed at the member nearest (L2)
+   to that mean.
+3. **Subject integrity** (:func:`aggregate_neighbours`). Each non-focus 4-neighbour of a focus
+   token is also folded into its most similar adjacent focus token:
+   ``x_f <- (x_f + Σ w_i x_i) / (1 + Σ w_i)``, ``w_i = max(cos(x_i, x_f), 0)``.
+4. **Progressive option** (``llm_layer``). Inside the LLM, at the input of ``llm_layer``, every
+   focus token is kept and only the top ``llm_keep`` share of the context tokens by the last text
+   token's attention (FastV style).
+
+Our choices (not in the abstract): the min-max eps ``1e-6``; Python's ``round`` (half to even)
+for ``K_f``; ties everywhere to the lowest raster index; softmax over the normalised ``s_v``;
+the L2 "nearest member"; a neighbour token contributes both to its run and to its focus token, and
+its ``assignment`` is the focus token's slot (0 weight: the run's slot); the text is whatever the
+adapter passes as ``ImageTokens.text``; with neither text nor saliency ``f`` is constant and the
+focus set is the first tokens in raster order. On LLaVA-NeXT each crop is a region: the image's
+budget is shared across crops in proportion to their token counts and each crop is reduced on its
+own grid.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from vlmprune.core.base import ImageTokens, Kept, LayerTokens, Method, Region, split_across_regions
+from vlmprune.registry import register
+
+UNIONS = ("soft", "product", "mean")
+SCANS = ("serpentine", "window")
+
+
+def check_params(rho: float, union: str, scan: str, window: int, merge_neighbors: bool) -> None:
+    """Raise ``ValueError`` naming the offending option."""
+    if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 <= rho <= 1.0:
+        raise ValueError(f"`rho` must be a number in [0, 1], got {rho!r}")
+    if union not in UNIONS:
+        raise ValueError(f"`union` must be one of {UNIONS}, got {union!r}")
+    if scan not in SCANS:
+        raise ValueError(f"`scan` must be one of {SCANS}, got {scan!r}")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"`window` must be an int >= 1, got {window!r}")
+    if not isinstance(merge_neighbors, bool):
+        raise ValueError(f"`merge_neighbors` must be a bool, got {merge_neighbors!r}")
+
+
+def _minmax(v: torch.Tensor) -> torch.Tensor:
+    """(N,) -> (N,) float32 ``(v - min) / (max - min + 1e-6)``."""
+    v = v.float()
+    return (v - v.min()) / (v.max() - v.min() + 1e-6)
+
+
+# -- 1. focus identification ---------------------------------------------------------------------
+def relevance(features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """(N, D) tokens, (M, D) text embeddings -> (N,) ``max_j cos(X_i, Q_j)`` (not normalised)."""
+    if text.dim() != 2 or text.shape[1] != features.shape[1]:
+        raise ValueError(f"`text` must be (M, {features.shape[1]}), got shape {tuple(text.shape)}")
+    f = F.normalize(features.float(), dim=-1, eps=1e-6)
+    q = F.normalize(text.float().to(features.device), dim=-1, eps=1e-6)
+    return (f @ q.T).amax(dim=1)  # (N, D) @ (D, M) -> (N, M) -> (N,)
+
+
+def focus_scores(
+    features: torch.Tensor,
+    saliency: torch.Tensor | None,
+    text: torch.Tensor | None,
+    union: str = "soft",
+) -> torch.Tensor:
+    """(N,) float32 subject score ``f`` from saliency and text relevance (module docstring, step 1)."""
+    n = features.shape[0]
+    s_v = None if saliency is None else _minmax(saliency.to(features.device).reshape(n))
+    s_r = None if text is None or text.shape[0] == 0 else _minmax(relevance(features, text))
+    if s_v is None and s_r is None:
+        return torch.zeros(n, dtype=torch.float32, device=features.device)
+    if s_r is None:
+        return s_v  # type: ignore[return-value]
+    if s_v is None:
+        return s_r
+    if union == "soft":
+        return 1.0 - (1.0 - s_v) * (1.0 - s_r)
+    if union == "product":
+        return s_v * s_r
+    if union == "mean":
+        return 0.5 * (s_v + s_r)
+    raise ValueError(f"`union` must be one of {UNIONS}, got {union!r}")
+
+
+def _top(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` largest scores, ties to the lowest index (unsorted by index)."""
+    return torch.sort(score, descending=True, stable=True).indices[:k]
+
+
+# -- 2. structural scanning ----------------------------------------------------------------------
+@lru_cache(maxsize=64)
+def _scan_order_cached(h: int, w: int, scan: str, window: int) -> tuple[int, ...]:
+    def serpentine(rows: range, cols: range) -> list[tuple[int, int]]:
+        out = []
+        for t, r in enumerate(rows):
+            out.extend((r, c) for c in (cols if t % 2 == 0 else reversed(cols)))
+        return out
+
+    if scan == "serpentine":
+        cells = serpentine(range(h), range(w))
+    else:
+        cells = []
+        wins = serpentine(range(math.ceil(h / window)), range(math.ceil(w / window)))
+        for wr, wc in wins:
+            rows = range(wr * window, min((wr + 1) * window, h))
+            cols = range(wc * window, min((wc + 1) * window, w))
+            cells.extend(serpentine(rows, cols))
+    return tuple(r * w + c for r, c in cells)
+
+
+def scan_order(grid: tuple[int, int], scan: str = "serpentine", window: int = 4) -> torch.Tensor:
+    """(h*w,) raster indices of an ``(h, w)`` grid in scan order.
+
+    ``"serpentine"``: rows top to bottom, alternately left-to-right and right-to-left.
+    ``"window"``: ``window x window`` tiles (smaller at the edges) visited in serpentine order,
+    each tile's cells in serpentine order. Consecutive cells are 4-neighbours within a tile.
+    """
+    if scan not in SCANS:
+        raise ValueError(f"`scan` must be one of {SCANS}, got {scan!r}")
+    h, w = int(grid[0]), int(grid[1])
+    return torch.tensor(_scan_order_cached(h, w, scan, int(window)), dtype=torch.long)
+
+
+def scan_runs(order: torch.Tensor, is_focus: torch.Tensor, k_c: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut the non-focus tokens, in scan ``order``, into ``k_c`` contiguous runs.
+
+    Returns:
+        ``members`` (m,) raster indices of the non-focus tokens in scan order and ``run`` (m,) the
+        run of each (``0..k_c-1``, sizes ``floor`` / ``ceil`` of ``m / k_c``).
+    """
+    members = order[~is_focus[order]]  # (m,)
+    m = members.numel()
+    run = (torch.arange(m, device=members.device) * k_c) // max(m, 1)  # (m,) non-decreasing
+    return members, run
+
+
+def context_tokens(
+    x: torch.Tensor,
+    s_v: torch.Tensor | None,
+    members: torch.Tensor,
+    run: torch.Tensor,
+    k_c: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One token per run: ``softmax(s_v)``-weighted mean, placed at the member nearest to it.
+
+    Args:
+        x: (N, D) float32 features. s_v: (N,) normalised saliency or None (uniform weights).
+        members: (m,) raster indices. run: (m,) run per member.
+
+    Returns:
+        ``means`` (k_c, D) and ``rep`` (k_c,) raster index of each run's representative.
+    """
+    device = x.device
+    xm = x[members]  # (m, D)
+    logits = torch.zeros(members.numel(), device=device) if s_v is None else s_v[members]
+    e = torch.exp(logits - logits.max())  # (m,) s_v in [0, 1]: no overflow either way
+    den = torch.zeros(k_c, device=device).index_add_(0, run, e)  # (k_c,)
+    wts = e / den[run]  # (m,) softmax within each run
+    means = torch.zeros(k_c, x.shape[1], device=device).index_add_(0, run, wts.unsqueeze(1) * xm)  # (k_c, D)
+    dist = (xm - means[run]).square().sum(dim=1)  # (m, D) -> (m,)
+    best = torch.full((k_c,), float("inf"), device=device).scatter_reduce(0, run, dist, "amin")
+    cand = torch.where(dist == best[run], members, torch.iinfo(torch.long).max)  # ties: lowest index
+    rep = torch.full((k_c,), torch.iinfo(torch.long).max, dtype=torch.long, device=device)
+    rep = rep.scatter_reduce(0, run, cand, "amin")
+    return means, rep
+
+
+# -- 3. subject integrity ------------------------------------------------------------------------
+def _neighbours(h: int, w: int, device) -> torch.Tensor:
+    """(h*w, 4) raster indices of the up, left, right, down neighbours (ascending), -1 outside."""
+    idx = torch.arange(h * w, device=device).view(h, w)
+    out = torch.full((h, w, 4), -1, dtype=torch.long, device=device)
+    out[1:, :, 0] = idx[:-1, :]
+    out[:, 1:, 1] = idx[:, :-1]
+    out[:, :-1, 2] = idx[:, 1:]
+    out[:-1, :, 3] = idx[1:, :]
+    return out.view(h * w, 4)  # (h, w, 4) -> (N, 4)
+
+
+def aggregate_neighbours(
+    x: torch.Tensor, is_focus: torch.Tensor, grid: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold each non-focus 4-neighbour of a focus token into its most similar adjacent focus token.
+
+    Args:
+        x: (N, D) float32 features. is_focus: (N,) bool. grid: (h, w), ``h * w = N``.
+
+    Returns:
+        ``merged`` (N, D): for focus rows ``(x_f + Σ w_i x_i) / (1 + Σ w_i)``, other rows ``x``;
+        ``target`` (N,): the focus token each token was folded into (-1: none, or weight 0).
+    """
+    h, w = grid
+    nb = _neighbours(h, w, x.device)  # (N, 4)
+    valid = (nb >= 0) & is_focus[nb.clamp_min(0)] & ~is_focus.unsqueeze(1)  # (N, 4)
+    xn = F.normalize(x, dim=-1, eps=1e-6)
+    cos = (xn.unsqueeze(1) * xn[nb.clamp_min(0)]).sum(dim=-1)  # (N, 1, D) * (N, 4, D) -> (N, 4)
+    cos = cos.masked_fill(~valid, float("-inf"))
+    best = cos.argmax(dim=1)  # (N,) first maximum = lowest raster index among ties
+    wt = cos.gather(1, best.unsqueeze(1)).squeeze(1).clamp_min(0.0)  # (N,); -inf (no focus) -> 0
+    folded = valid.any(dim=1) & (wt > 0)
+    target = torch.where(folded, nb.gather(1, best.unsqueeze(1)).squeeze(1), -1)  # (N,)
+    src = folded.nonzero().squeeze(1)  # (s,)
+    num = x.clone().index_add_(0, target[src], wt[src].unsqueeze(1) * x[src])  # (N, D)
+    den = torch.ones(x.shape[0], device=x.device).index_add_(0, target[src], wt[src])  # (N,)
+    merged = torch.where(is_focus.unsqueeze(1), num / den.unsqueeze(1), x)
+    return merged, target
+
+
+# -- the full selection --------------------------------------------------------------------------
+def _select(
+    features: torch.Tensor,
+    saliency: torch.Tensor | None,
+    text: torch.Tensor | None,
+    grid: tuple[int, int],
+    budget: int,
+    rho: float,
+    union: str,
+    scan: str,
+    window: int,
+    merge_neighbors: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`select` plus the (N,) bool focus mask."""
+    check_params(rho, union, scan, window, merge_neighbors)
+    if features.dim() != 2:
+        raise ValueError(f"`features` must be (N, D), got shape {tuple(features.shape)}")
+    n, d = features.shape
+    h, w = int(grid[0]), int(grid[1])
+    if h * w != n:
+        raise ValueError(f"`grid` {tuple(grid)} does not match {n} tokens")
+    if isinstance(budget, bool) or int(budget) != budget or budget < 0:
+        raise ValueError(f"`budget` must be an int >= 0, got {budget!r}")
+    if saliency is not None and saliency.numel() != n:
+        raise ValueError(f"`saliency` must have {n} entries, got shape {tuple(saliency.shape)}")
+    device, dtype = features.device, features.dtype
+    k = min(int(budget), n)
+    is_focus = torch.zeros(n, dtype=torch.bool, device=device)
+    if k >= n:
+        return torch.arange(n, device=device), features.clone(), torch.arange(n, device=device), ~is_focus
+    if k == 0:
+        empty = torch.empty(0, dtype=torch.long, device=device)
+        return empty, features.new_empty(0, d), torch.full((n,), -1, dtype=torch.long, device=device), is_focus
+
+    x = features.float()
+    score = focus_scores(x, saliency, text, union)  # (N,)
+    k_f = min(k, max(0, round(rho * k)))
+    k_c = k - k_f
+    focus = _top(score, k_f)  # (K_f,)
+    is_focus[focus] = True
+
+    s_v = None if saliency is None else _minmax(saliency.to(device).reshape(n))
+    members, run = scan_runs(scan_order((h, w), scan, window).to(device), is_focus, k_c)
+    if k_c > 0:
+        means, rep = context_tokens(x, s_v, members, run, k_c)  # (K_c, D), (K_c,)
+    else:
+        means, rep = x.new_empty(0, d), torch.empty(0, dtype=torch.long, device=device)
+
+    if merge_neighbors and k_f > 0:
+        merged_all, target = aggregate_neighbours(x, is_focus, (h, w))  # (N, D), (N,)
+    else:
+        merged_all, target = x, torch.full((n,), -1, dtype=torch.long, device=device)
+
+    kept, order = torch.sort(torch.cat((focus, rep)))  # (K,)
+    feats = torch.cat((merged_all[focus], means))[order]  # (K, D) aligned with kept
+    slot = torch.full((n,), -1, dtype=torch.long, device=device)
+    slot[kept] = torch.arange(k, device=device)
+    assignment = torch.full((n,), -1, dtype=torch.long, device=device)
+    if k_c > 0:
+        assignment[members] = slot[rep[run]]  # every non-focus token: its run's slot
+    folded = target >= 0
+    assignment[folded] = slot[target[folded]]  # neighbours of a subject: the subject's slot
+    assignment[focus] = slot[focus]
+    return kept, feats.to(dtype), assignment, is_focus
+
+
+def select(
+    features: torch.Tensor,
+    saliency: torch.Tensor | None,
+    text: torch.Tensor | None,
+    grid: tuple[int, int],
+    budget: int,
+    rho: float = 0.75,
+    union: str = "soft",
+    scan: str = "serpentine",
+    window: int = 4,
+    merge_neighbors: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SPpruner on one region grid.
+
+    Args:
+        features: (N, D) projector outputs in raster order over ``grid = (h, w)``.
+        saliency: (N,) vision-encoder saliency or None (uniform). text: (M, D) text embeddings or
+            None (relevance omitted). budget: tokens kept, ``>= N`` keeps all.
+
+    Returns:
+        ``kept`` (K,) sorted indices; ``features`` (K, D) the replacement features aligned with
+        ``kept`` (input dtype; each a convex combination of input tokens); ``assignment`` (N,) slot
+        in ``0..K-1`` each token was folded into (-1: dropped).
+    """
+    kept, feats, assignment, _ = _select(
+        features, saliency, text, grid, budget, rho, union, scan, window, merge_neighbors
+    )
+    return kept, feats, assignment
+
+
+# -- the method ----------------------------------------------------------------------------------
+def _image_regions(image: ImageTokens) -> list[Region]:
+    if image.regions:
+        return list(image.regions)
+    n = image.num_tokens
+    grid = tuple(image.grid[-2:]) if len(image.grid) >= 2 else (1, n)
+    if grid[0] * grid[1] != n:
+        grid = (1, n)
+    return [Region(torch.arange(n, device=image.features.device), grid)]  # type: ignore[arg-type]
+
+
+@register
+@dataclass
+class SPPruner(Method):
+    """SPpruner (arXiv 2605.20950, reconstructed from the abstract only; see the module docstring).
+
+    Keeps ``round(rho K)`` subject (focus) tokens chosen by the soft union of saliency and text
+    relevance, and summarises the rest in ``K - round(rho K)`` context tokens, one per contiguous
+    run of a structured scan of the grid; subject edges are folded into adjacent focus tokens.
+    Options: ``rho``, ``union`` ("soft" | "product" | "mean"), ``scan`` ("serpentine" | "window"),
+    ``window``, ``merge_neighbors``; ``llm_layer`` (None: off) with ``llm_keep`` for the
+    progressive pass that keeps every focus token and the top ``llm_keep`` share of the context
+    tokens by the last text token's attention at that layer. Multi-crop images (LLaVA-NeXT) share
+    the budget across crops in proportion to their token counts.
+    """
+
+    rho: float = 0.75
+    union: str = "soft"
+    scan: str = "serpentine"
+    window: int = 4
+    merge_neighbors: bool = True
+    # A field named like Method's ``llm_layer`` property overrides it: the session reads the value.
+    llm_layer: int | None = None  # type: ignore[assignment]
+    llm_keep: float = 0.5
+
+    name: ClassVar[str] = "sppruner"
+    merges: ClassVar[bool] = True
+    needs_saliency: ClassVar[bool] = True
+    needs_text: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_params(self.rho, self.union, self.scan, self.window, self.merge_neighbors)
+        layer = self.llm_layer
+        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 1):
+            raise ValueError(f"`llm_layer` must be None or an int >= 1, got {layer!r}")
+        keep = self.llm_keep
+        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 <= keep <= 1.0:
+            raise ValueError(f"`llm_keep` must be a number in [0, 1], got {keep!r}")
+        self._last_focus: list[torch.Tensor] = []  # per image of the last pre-LLM call: (N,) bool
+
+    def select_image(self, image: ImageTokens) -> Kept:
+        return self.select_images([image])[0]
+
+    def select_images(self, images: list[ImageTokens]) -> list[Kept]:
+        out, focus = [], []
+        for image in images:
+            kept, mask = self._select_one(image)
+            out.append(kept)
+            focus.append(mask)
+        self._last_focus = focus
+        return out
+
+    def _select_one(self, image: ImageTokens) -> tuple[Kept, torch.Tensor]:
+        feats = image.features
+        n, device = image.num_tokens, feats.device
+        regions = _image_regions(image)
+        shares = split_across_regions(self.keep_count(n), [int(r.indices.numel()) for r in regions])
+        idx_parts, feat_parts, assign_parts = [], [], []
+        focus = torch.zeros(n, dtype=torch.bool, device=device)
+        for region, k in zip(regions, shares):
+            ridx = region.indices.to(device)
+            sal = None if image.saliency is None else image.saliency.to(device)[ridx]
+            kept, merged, assign, is_focus = _select(
+                feats[ridx], sal, image.text, region.grid, k,
+                self.rho, self.union, self.scan, self.window, self.merge_neighbors,
+            )  # fmt: skip
+            idx_parts.append(ridx[kept])
+            feat_parts.append(merged)
+            assign_parts.append((ridx, assign))
+            focus[ridx[is_focus]] = True
+        all_idx = torch.cat(idx_parts)  # (K,) in region order
+        kept, order = torch.sort(all_idx)
+        merged = torch.cat(feat_parts)[order]  # (K, D)
+        final_slot = torch.empty_like(order)
+        final_slot[order] = torch.arange(order.numel(), device=device)  # region-order slot -> sorted slot
+        assignment = torch.full((n,), -1, dtype=torch.long, device=device)
+        offset = 0
+        for (ridx, assign), part in zip(assign_parts, idx_parts):
+            hit = assign >= 0
+            assignment[ridx[hit]] = final_slot[offset + assign[hit]]
+            offset += part.numel()
+        return Kept(indices=kept, features=merged, assignment=assignment), focus
+
+    def select_layer(self, images: list[LayerTokens]) -> list[torch.Tensor]:
+        """Keep every focus token and the top ``llm_keep`` share (rounded) of the context tokens by
+        ``attention`` (ties: lowest index). Focus/context comes from the last pre-LLM selection of
+        the same image (mapped through ``origin``); without one, every token counts as context."""
+        out = []
+        for i, layer in enumerate(images):
+            rows = layer.attention.shape[0]
+            device = layer.attention.device
+            is_focus = torch.zeros(rows, dtype=torch.bool, device=device)
+            if i < len(self._last_focus):
+                mask = self._last_focus[i].to(device)
+                origin = layer.origin.to(device)
+                inside = (origin >= 0) & (origin < mask.numel())
+                is_focus[inside] = mask[origin[inside]]
+            ctx = (~is_focus).nonzero().squeeze(1)  # (c,)
+            n_keep = min(ctx.numel(), round(self.llm_keep * ctx.numel()))
+            top = ctx[_top(layer.attention.float()[ctx], n_keep)]
+            out.append(torch.sort(torch.cat((is_focus.nonzero().squeeze(1), top))).values)
+        return out

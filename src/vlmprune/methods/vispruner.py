@@ -1,0 +1,161 @@
+"""VisPruner: important tokens by CLS attention, diverse tokens by removing duplicates.
+
+Re-implemented from the paper (Zhang et al., "Beyond Text-Visual Attention: Exploiting Visual Cues
+for Effective Token Pruning in VLMs", arXiv 2412.01818) and ``methods.md``; no code was copied.
+
+Per image (or per region), with ``K`` kept tokens:
+
+1. **Important tokens**: the ``K_i = round_half_up(important_ratio * K)`` tokens with the highest
+   saliency (CLS attention of the vision tower). Ties: lowest index.
+2. **Diverse tokens** among the other ``R = N - K_i`` tokens, ``K_v = K - K_i`` of them, by
+   iterative duplicate removal on the pre-projector features (cosine similarity): while more than
+   ``K_v`` remain, split the remaining tokens (kept in raster order) alternately into ``A``
+   (positions 0, 2, 4, ...) and ``B`` (1, 3, 5, ...), score each ``a`` in ``A`` by its highest
+   similarity to ``B``, and drop the ``min(drop_per_round, remaining - K_v)`` highest-scoring
+   ``a`` (ties: the lowest index first). What is left is the diverse set.
+
+Choices the paper leaves open, made here:
+
+- ``round_half_up`` (not Python's banker's rounding), so ``K = 1`` keeps one important token;
+- after each round the survivors are put back in raster order before the next alternate split,
+  so the split always pairs spatial neighbours (a token's closest duplicate is usually next to it);
+- if ``pre_features`` is missing the projector outputs ``features`` are used.
+
+On LLaVA-NeXT the budget is shared across the crops (``regions``) in proportion to their sizes and
+each crop is pruned on its own, as the paper runs the method per crop.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+
+from vlmprune.core.base import ImageTokens, Kept, Method, Region, split_across_regions
+from vlmprune.registry import register
+
+
+def _stable_order(scores: torch.Tensor) -> torch.Tensor:
+    """Indices sorting ``scores`` (N,) from largest to smallest, ties to the lowest index, NaN last."""
+    scores = torch.nan_to_num(scores.float(), nan=float("-inf"))
+    return torch.sort(scores, descending=True, stable=True).indices
+
+
+def important_count(budget: int, important_ratio: float) -> int:
+    """``round_half_up(important_ratio * budget)``, within ``[0, budget]``."""
+    return min(budget, max(0, math.floor(important_ratio * budget + 0.5)))
+
+
+def remove_duplicates(pre_features: torch.Tensor, keep: int, drop_per_round: int = 8) -> torch.Tensor:
+    """Iterative bipartite duplicate removal on (R, Dv) features; returns (keep,) sorted row indices."""
+    r = pre_features.shape[0]
+    device = pre_features.device
+    if keep >= r:
+        return torch.arange(r, device=device)
+    if keep <= 0:
+        return torch.empty(0, dtype=torch.long, device=device)
+    f = F.normalize(pre_features.float(), dim=-1, eps=1e-6)
+    sim = f @ f.T  # (R, Dv) @ (Dv, R) -> (R, R) cosine
+    cur = torch.arange(r, device=device)
+    while cur.numel() > keep:
+        a, b = cur[0::2], cur[1::2]
+        drop = min(drop_per_round, cur.numel() - keep, a.numel())
+        score = sim[a][:, b].max(dim=1).values  # (|A|, |B|) -> (|A|,) closest duplicate in B
+        order = torch.sort(score, descending=True, stable=True).indices
+        survive = torch.ones(a.numel(), dtype=torch.bool, device=device)
+        survive[order[:drop]] = False
+        cur = torch.sort(torch.cat([a[survive], b])).values
+    return cur
+
+
+def select(
+    saliency: torch.Tensor,
+    pre_features: torch.Tensor,
+    budget: int,
+    important_ratio: float = 0.5,
+    drop_per_round: int = 8,
+) -> torch.Tensor:
+    """VisPruner on one image.
+
+    Args:
+        saliency: (N,) CLS attention per token.
+        pre_features: (N, Dv) features before the projector (or any per-token features).
+        budget: tokens to keep, ``>= 0``; ``>= N`` keeps every token.
+        important_ratio: share of the budget taken by saliency, in ``[0, 1]``.
+        drop_per_round: most tokens dropped per duplicate-removal round, ``>= 1``.
+
+    Returns:
+        (min(budget, N),) sorted unique LongTensor.
+    """
+    if pre_features.dim() != 2:
+        raise ValueError(f"`pre_features` must be (N, Dv), got shape {tuple(pre_features.shape)}")
+    n = pre_features.shape[0]
+    if saliency.shape != (n,):
+        raise ValueError(f"`saliency` must be ({n},), got shape {tuple(saliency.shape)}")
+    if budget < 0:
+        raise ValueError(f"`budget` must be >= 0, got {budget}")
+    if not 0.0 <= important_ratio <= 1.0:
+        raise ValueError(f"`important_ratio` must be in [0, 1], got {important_ratio}")
+    if drop_per_round < 1:
+        raise ValueError(f"`drop_per_round` must be >= 1, got {drop_per_round}")
+    k = min(int(budget), n)
+    if k >= n:
+        return torch.arange(n, device=pre_features.device)
+    k_imp = important_count(k, important_ratio)
+    order = _stable_order(saliency)  # (N,)
+    important = order[:k_imp]
+    rest = torch.sort(order[k_imp:]).values  # (N - K_i,) raster order
+    diverse = rest[remove_duplicates(pre_features[rest], k - k_imp, drop_per_round)]
+    return torch.sort(torch.cat([important, diverse])).values
+
+
+@register
+@dataclass
+class VisPruner(Method):
+    """VisPruner (arXiv 2412.01818): top saliency tokens + duplicate removal on pre-projector features.
+
+    ``important_ratio`` (default 0.5): share of the budget chosen by CLS attention.
+    ``drop_per_round`` (default 8): most tokens removed per bipartite round. Per region on
+    LLaVA-NeXT. See the module docstring for the open choices.
+    """
+
+    important_ratio: float = 0.5
+    drop_per_round: int = 8
+
+    name: ClassVar[str] = "vispruner"
+    needs_saliency: ClassVar[bool] = True
+    needs_pre_features: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ratio = self.important_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
+            raise ValueError(f"`important_ratio` must be a number in [0, 1], got {ratio!r}")
+        step = self.drop_per_round
+        if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+            raise ValueError(f"`drop_per_round` must be an int >= 1, got {step!r}")
+
+    def select_image(self, image: ImageTokens) -> Kept:
+        n = image.num_tokens
+        device = image.features.device
+        k = self.keep_count(n)
+        if k >= n:
+            return Kept(indices=torch.arange(n, device=device))
+        if image.saliency is None:
+            raise ValueError("VisPruner needs `saliency` (CLS attention) for every image")
+        pre = image.pre_features if image.pre_features is not None else image.features
+        regions = image.regions or [Region(indices=torch.arange(n, device=device), grid=tuple(image.grid))]
+        shares = split_across_regions(k, [int(region.indices.numel()) for region in regions])
+        parts = []
+        for region, share in zip(regions, shares):
+            if share == 0:
+                continue
+            idx = region.indices.to(device=device, dtype=torch.long)  # (n_r,)
+            local = select(
+                image.saliency[idx], pre[idx], share, float(self.important_ratio), self.drop_per_round
+            )
+            parts.append(idx[local])
+        return Kept(indices=torch.sort(torch.cat(parts)).values)

@@ -1,0 +1,159 @@
+"""Exactness of pruned runs against stated references (issue: foundation), every family."""
+
+import pytest
+import torch
+from reference import (
+    layer_key_mask,
+    left_pack,
+    stock_embeds,
+    stock_positions,
+)
+
+import vlmprune
+from vlmprune.adapters import get_adapter
+from conftest import batch_inputs, cached_model
+
+ATOL = 1e-4
+NEW = 4
+
+
+def content_positions(model, inputs):
+    """Per image: (row, sequence positions of its content tokens), via the adapter's layout."""
+    adapter = get_adapter(model)
+    call = {k: inputs.get(k) for k in ("input_ids", "image_sizes", "image_grid_thw")}
+    layouts = adapter.image_layouts(call, None)
+    ids = inputs["input_ids"]
+    out, it = [], iter(layouts)
+    for b in range(ids.shape[0]):
+        pos = torch.nonzero(ids[b] == model.config.image_token_id).flatten()
+        off = 0
+        while off < pos.numel():
+            lay = next(it)
+            out.append((b, pos[off : off + lay.n_placeholders][lay.content]))
+            off += lay.n_placeholders
+    return out
+
+
+def kept_mask(model, inputs, selections, in_llm=False):
+    """(B, L) True where a token survives. Pre-LLM: text + kept content tokens (LLaVA-NeXT newlines
+    are dropped); in-LLM: everything except the dropped content tokens."""
+    ids = inputs["input_ids"]
+    keep = ids != model.config.image_token_id
+    if in_llm:
+        keep = torch.ones_like(keep)
+        for (row, pos), sel in zip(content_positions(model, inputs), selections):
+            dropped = torch.ones(pos.numel(), dtype=torch.bool)
+            dropped[sel.kept] = False
+            keep[row, pos[dropped]] = False
+        return keep
+    for (row, pos), sel in zip(content_positions(model, inputs), selections):
+        if sel.kept.numel() == sel.num_tokens:
+            keep[row] |= ids[row] == model.config.image_token_id
+        keep[row, pos[sel.kept]] = True
+    return keep
+
+
+def gen(model, inputs, **kw):
+    with torch.no_grad():
+        return model.generate(**inputs, max_new_tokens=NEW, do_sample=False, **kw)
+
+
+def logits(model, inputs, **kw):
+    with torch.no_grad():
+        return model(**inputs, **kw).logits
+
+
+# 1. keep everything == unmodified model ------------------------------------------------------
+@pytest.mark.parametrize("name", ["random", "pool", "fastv"])
+def test_keep_all_equals_stock(family, name):
+    model, proc = cached_model(family)
+    inputs = batch_inputs(family, proc)
+    ref_logits, ref_gen = logits(model, inputs), gen(model, inputs)
+    method = vlmprune.get_method(name, budget=10_000)
+    with method(model):
+        got_logits, got_gen = logits(model, inputs), gen(model, inputs)
+    assert got_logits.shape == ref_logits.shape
+    torch.testing.assert_close(got_logits, ref_logits, atol=ATOL, rtol=ATOL)
+    assert torch.equal(got_gen, ref_gen)
+
+
+# 2. pre-LLM, original positions == stock with the dropped tokens masked out --------------------
+def test_original_positions_equal_masked_stock(family):
+    model, proc = cached_model(family)
+    inputs = batch_inputs(family, proc)
+    method = vlmprune.RandomPrune(budget=5, positions="original")
+    with method(model):
+        got_logits = logits(model, inputs)
+        got_gen = gen(model, inputs)
+    keep = kept_mask(model, inputs, method.last_selection)
+    masked = dict(inputs)
+    masked["attention_mask"] = inputs["attention_mask"] * keep
+    pos = stock_positions(model, inputs)
+    ref_logits = logits(model, masked, position_ids=pos)
+    ref_at_kept, valid = left_pack(ref_logits, keep)
+    assert got_logits.shape == ref_at_kept.shape
+    torch.testing.assert_close(got_logits[valid], ref_at_kept[valid], atol=ATOL, rtol=ATOL)
+    ref_gen = gen(model, masked, position_ids=pos)
+    assert torch.equal(got_gen, ref_gen)
+
+
+# 3. pre-LLM == the stock model fed only the kept tokens (both policies, merges included) ------
+@pytest.mark.parametrize("name", ["random", "pool"])
+@pytest.mark.parametrize("policy", ["compact", "original"])
+def test_equals_stock_fed_kept_tokens(family, name, policy):
+    model, proc = cached_model(family)
+    if policy == "compact" and family.startswith("qwen"):
+        with pytest.raises(ValueError, match="positions"):
+            vlmprune.get_method(name, budget=5, positions=policy)(model)
+        return
+    inputs = batch_inputs(family, proc)
+    method = vlmprune.get_method(name, budget=5, positions=policy)
+    with method(model):
+        got_logits = logits(model, inputs)
+        got_gen = gen(model, inputs)
+    embeds = stock_embeds(model, inputs).clone()
+    if method.merges:  # the merged features replace the kept tokens' own
+        got = {}
+        with method(model):
+            def grab(module, args, kwargs):
+                got["e"] = kwargs["inputs_embeds"]
+
+            h = model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
+            try:
+                logits(model, inputs)
+            finally:
+                h.remove()
+    keep = kept_mask(model, inputs, method.last_selection)
+    short_e, valid = left_pack(embeds, keep)
+    if method.merges:
+        assert short_e.shape == got["e"].shape
+        short_e = got["e"]  # checked separately: merged rows are means of their groups (test_methods_matrix)
+    short_mask = left_pack(inputs["attention_mask"], keep)[0] * valid
+    kw = {"inputs_embeds": short_e, "attention_mask": short_mask}
+    if policy == "original":
+        pos = stock_positions(model, inputs)
+        kw["position_ids"] = left_pack(pos, keep, dim=2 if pos.dim() == 3 else 1)[0]
+    with torch.no_grad():
+        ref_logits = model(**kw).logits
+        ref_new = model.generate(**kw, max_new_tokens=NEW, do_sample=False)
+    torch.testing.assert_close(got_logits[valid], ref_logits[valid], atol=ATOL, rtol=ATOL)
+    assert torch.equal(got_gen[:, inputs["input_ids"].shape[1] :], ref_new[:, -NEW:])
+
+
+# 4. in-LLM at layer K == stock with dropped keys masked from layer K on ------------------------
+def test_in_llm_equals_layer_masked_stock(family):
+    model, proc = cached_model(family)
+    inputs = batch_inputs(family, proc)
+    method = vlmprune.FastV(budget=4, layer=2)
+    with method(model):
+        got_logits = logits(model, inputs)
+        got_gen = gen(model, inputs)
+    keep = kept_mask(model, inputs, method.last_selection, in_llm=True)
+    assert all(s.stage == "in_llm" and s.kept.numel() == 4 for s in method.last_selection)
+    with layer_key_mask(model, 2, ~keep):
+        ref_logits = logits(model, inputs)
+        ref_gen = gen(model, inputs)
+    ref_at_kept, valid = left_pack(ref_logits, keep)
+    real = valid & left_pack(inputs["attention_mask"], keep)[0].bool()  # padding rows carry no output
+    torch.testing.assert_close(got_logits[real], ref_at_kept[real], atol=ATOL, rtol=ATOL)
+    assert torch.equal(got_gen, ref_gen)
