@@ -5,7 +5,8 @@ LLaVA-1.5 code (arXiv 2603.14892): a Python loop over the images of a batch, and
 spectral entropy, a full cosine kernel of the remaining tokens, the seed overlap matrix and a greedy
 DPP loop with per-step tensor indexing. It was written from ``methods.md`` (no code copied) and
 resolves the same corner cases as the library (stage-1 ties to the lowest index, exact kernel
-diagonal, no re-picks), so both must return the same sets; the test-suite checks that.
+diagonal, no re-picks, d² <= 1e-5 counted as 0), so both must return the same sets; the
+test-suite checks that.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/promprune_selection_cost.py`` (CPU, one thread by
 default). Writes ``benchmarks/results/promprune_selection_cost.json`` and prints the speed-up.
@@ -95,7 +96,7 @@ def reference_select(
             if i == 0 and overlap is not None:
                 j = torch.argmin(overlap.max(dim=1).values)
             else:
-                j = torch.argmax(di2s.masked_fill(picked, float("-inf")))
+                j = torch.argmax(di2s.masked_fill(di2s <= 1e-5, 0.0).masked_fill(picked, float("-inf")))
             chosen[i] = j
             if i == 0:
                 proj = torch.zeros_like(kernel[j])

@@ -100,6 +100,40 @@ def test_single_image_pivot_keeps_the_least_similar(n, seed, data):
     assert kept.tolist() == expected
 
 
+def reference(hidden, keys, text_hidden, text_keys, k, n_img_piv=4, n_txt_piv=4) -> list[int]:
+    """Plain-Python DART as documented (similarities from torch in float32, logic in Python)."""
+    n = hidden.shape[0]
+    if k >= n:
+        return list(range(n))
+    norm = keys.float().abs().sum(1).tolist()
+    img = sorted(range(n), key=lambda i: (-norm[i], i))[: min(n_img_piv, k)]
+    vecs = [torch.nn.functional.normalize(hidden.float(), dim=-1)[i] for i in img]
+    if text_hidden is not None and text_hidden.shape[0]:
+        tnorm = text_keys.float().abs().sum(1).tolist()
+        txt = sorted(range(len(tnorm)), key=lambda i: (-tnorm[i], i))[:n_txt_piv]
+        vecs += [torch.nn.functional.normalize(text_hidden.float(), dim=-1)[i] for i in txt]
+    sim = (torch.nn.functional.normalize(hidden.float(), dim=-1) @ torch.stack(vecs).T).tolist()
+    kept = list(img)
+    quota = k // len(vecs)
+    for j in range(len(vecs)):
+        take = min(quota - 1 if j < len(img) else quota, k - len(kept))
+        free = sorted((i for i in range(n) if i not in kept), key=lambda i: (sim[i][j], i))
+        kept += free[: max(take, 0)]
+    free = sorted((i for i in range(n) if i not in kept), key=lambda i: (max(sim[i]), i))
+    kept += free[: k - len(kept)]
+    return sorted(kept)
+
+
+@SETTINGS
+@given(n=st.integers(1, 40), m=st.integers(0, 8), seed=st.integers(0, 2**31 - 1), data=st.data())
+def test_matches_reference(n, m, seed, data):
+    k = data.draw(st.integers(1, n + 2))
+    piv = data.draw(st.sampled_from([(4, 4), (2, 1), (1, 3), (5, 0)]))
+    t = layer_tokens(n, m, k, seed)
+    got = dart.select(t.hidden, t.keys, t.text_hidden, t.text_keys, k, *piv)
+    assert got.tolist() == reference(t.hidden, t.keys, t.text_hidden, t.text_keys, k, *piv)
+
+
 def test_text_pivot_is_the_largest_key_norm_text_token():
     torch.manual_seed(5)
     n, d = 20, 4

@@ -42,7 +42,9 @@ class ClipTowerMixin:
     def vision_hooks(self, on_record, needs):
         handles = []
         if needs & {"saliency", "keys"} and self.saliency == "cls_attention":
-            attn = self.base.vision_tower.vision_model.encoder.layers[self.saliency_layer].self_attn
+            tower = self.base.vision_tower
+            tower = getattr(tower, "vision_model", tower)  # 5.x CLIPVisionModel holds the encoder itself
+            attn = tower.encoder.layers[self.saliency_layer].self_attn
 
             def grab_cls(module, args, kwargs):
                 hidden = kwargs.get("hidden_states", args[0] if args else None)

@@ -5,9 +5,12 @@ from vlmprune.methods.dart import DART
 from vlmprune.methods.divprune import DivPrune
 from vlmprune.methods.fastv import FastV
 from vlmprune.methods.pool import Pool
+from vlmprune.methods.promprune import PromPrune
 from vlmprune.methods.random import RandomPrune
+from vlmprune.methods.sppruner import SPPruner
 from vlmprune.methods.visionzip import VisionZip
 from vlmprune.methods.vispruner import VisPruner
 
 __all__ = ["FastV", "Pool", "RandomPrune"]
 __all__ += ["CDPruner", "DART", "DivPrune", "VisionZip", "VisPruner"]
+__all__ += ["PromPrune", "SPPruner"]

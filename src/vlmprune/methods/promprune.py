@@ -28,7 +28,11 @@ Differences from the released code (all deliberate, see ``methods.md``):
   exact kernel diagonal (1 for every non-zero token, not the rounding noise of a float32 GEMM
   diagonal, so with ``T_sal = 0`` the first pick is the lowest index); a picked token is never
   picked again (the reference's ``clamp_min(0)`` resets its ``-inf`` marker, so on rank-deficient
-  inputs it can return duplicates); ``r`` is computed in float32 whatever the input dtype.
+  inputs it can return duplicates); once the kernel's rank is spent (every remaining ``d²`` at or
+  below ``1e-5``, where exact arithmetic gives ``d² = 0``, a tie) the next pick is the lowest
+  remaining index instead of the argmax of float32 rounding noise (never the case while ``K`` is
+  below the rank of the tokens, e.g. LLaVA's 4096-d tokens); ``r`` is computed in float32 whatever
+  the input dtype.
 - Batched: all images (crops) with the same token count are selected together with tensor ops
   (one Gram matrix per image serves both the entropy and the DPP kernel); only the ``K`` greedy
   steps are a Python loop.
@@ -49,6 +53,7 @@ from vlmprune.registry import register
 
 ENTROPY_EPS = 1e-8  # row normalisation eps of the entropy features
 KERNEL_EPS = 1e-6  # row normalisation eps of the DPP features
+RANK_EPS = 1e-5  # d² at or below this counts as 0 (float32 rounding noise once the kernel's rank is spent)
 _GRAM_BLOCK = 192  # row block of the symmetric Gram product (only the upper blocks are computed)
 
 
@@ -252,7 +257,8 @@ def _select_rows(
         overlap = kernel.masked_fill(~salient.unsqueeze(1), float("-inf")).amax(dim=2)  # (B, N, N) -> (B, N)
         seed = overlap.masked_fill(blocked, float("inf")).argmin(dim=1)  # (B,)
     for i in range(t_max):
-        j = d2.masked_fill(blocked, float("-inf")).argmax(dim=1)  # (B,) lowest index on ties
+        score = d2.masked_fill(d2 <= RANK_EPS, 0.0).masked_fill_(blocked, float("-inf"))  # (B, N)
+        j = score.argmax(dim=1)  # (B,) lowest index on ties
         if i == 0 and seed is not None:
             j = torch.where(seeded, seed, j)
         row = kernel[ar, j]  # (B, N) L[j]

@@ -63,7 +63,7 @@ def remove_duplicates(pre_features: torch.Tensor, keep: int, drop_per_round: int
     while cur.numel() > keep:
         a, b = cur[0::2], cur[1::2]
         drop = min(drop_per_round, cur.numel() - keep, a.numel())
-        score = sim[a][:, b].max(dim=1).values  # (|A|, |B|) -> (|A|,) closest duplicate in B
+        score = sim.index_select(0, a).index_select(1, b).max(dim=1).values  # (|A|, |B|) -> (|A|,)
         order = torch.sort(score, descending=True, stable=True).indices
         survive = torch.ones(a.numel(), dtype=torch.bool, device=device)
         survive[order[:drop]] = False
