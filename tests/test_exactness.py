@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import batch_inputs, cached_model
 from reference import (
     layer_key_mask,
     left_pack,
@@ -11,7 +12,6 @@ from reference import (
 
 import vlmprune
 from vlmprune.adapters import get_adapter
-from conftest import batch_inputs, cached_model
 
 ATOL = 1e-4
 NEW = 4
@@ -115,6 +115,7 @@ def test_equals_stock_fed_kept_tokens(family, name, policy):
     if method.merges:  # the merged features replace the kept tokens' own
         got = {}
         with method(model):
+
             def grab(module, args, kwargs):
                 got["e"] = kwargs["inputs_embeds"]
 

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from conftest import batch_inputs, cached_model
+
 from vlmprune.adapters import get_adapter
 from vlmprune.core.saliency import last_token_attention
 

@@ -2,10 +2,10 @@
 
 import pytest
 import torch
+from conftest import batch_inputs, cached_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import vlmprune
-from conftest import batch_inputs, cached_model
 from vlmprune.testing import make_inputs, random_image
 
 NEW = 4
@@ -27,7 +27,11 @@ def gen(model, inputs, **kw):
 def test_batch_rows_equal_single_prompts(family, name):
     """Different lengths, different images, left padding: row b of the batch == prompt b alone."""
     model, proc = cached_model(family)
-    questions = ["What is in the image?", "Describe the picture in detail please, how many objects?", "Is there a cat?"]
+    questions = [
+        "What is in the image?",
+        "Describe the picture in detail please, how many objects?",
+        "Is there a cat?",
+    ]
     images = [[random_image(1)], [random_image(2, (100, 70)), random_image(3)], [random_image(4, (70, 90))]]
     method = vlmprune.get_method(name, budget=5)
     with method(model):
@@ -57,7 +61,9 @@ def test_generate_shapes_and_sampling(family):
         no_cache = gen(model, inputs, use_cache=False)
         fwd = model(**inputs)
     assert out.shape == (2, length + NEW) and sampled.shape == (2, length + NEW)
-    assert torch.equal(out[:, :length], inputs["input_ids"]) and torch.equal(sampled[:, :length], inputs["input_ids"])
+    assert torch.equal(out[:, :length], inputs["input_ids"]) and torch.equal(
+        sampled[:, :length], inputs["input_ids"]
+    )
     assert torch.equal(no_cache, out)  # recomputing the pruned prompt each step == decoding with the cache
     assert fwd.logits.shape[1] < length  # forward returns fewer positions
     # sampling with keep-all equals the stock model under the same seed
@@ -72,18 +78,25 @@ def test_generate_shapes_and_sampling(family):
 def test_hooks_removed_after_exit_and_after_errors(family):
     model, proc = cached_model(family)
     inputs = batch_inputs(family, proc)
-    before = n_hooks(model)
     with torch.no_grad():
-        ref = model(**inputs).logits
+        ref = model(**inputs).logits  # transformers installs its own output-capture hooks on first use
+    before = n_hooks(model)
     method = vlmprune.Pool(budget=4)
     with method(model):
         assert n_hooks(model) > before
     assert n_hooks(model) == before
-    bad = dict(inputs)
-    bad["attention_mask"] = inputs["attention_mask"][:, :-1]  # wrong shape: the stock model raises
-    with pytest.raises(Exception):
+
+    class Exploding(vlmprune.Pool):  # raises inside the hooked forward, mid-call
+        def select_image(self, image):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with Exploding(budget=4)(model):
+            model(**inputs)
+    assert n_hooks(model) == before
+    with pytest.raises(ValueError, match="not close"):  # an error raised by user code in the block
         with method(model):
-            model(**bad)
+            raise ValueError("not close")
     assert n_hooks(model) == before
     assert not hasattr(model, "_vlmprune_session")
     assert "get_image_features" not in vars(model.model)
@@ -184,6 +197,8 @@ def test_ratio_budget(family):
 
 
 def test_unsupported_model():
-    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=50)
+    cfg = LlamaConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=50
+    )
     with pytest.raises(vlmprune.UnsupportedModelError, match="llava"):
         vlmprune.Pool(budget=4)(LlamaForCausalLM(cfg))

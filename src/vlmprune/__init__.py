@@ -1,10 +1,10 @@
 """vlmprune: training-free visual token pruning for stock Hugging Face VLMs.
 
-    import vlmprune
-    method = vlmprune.PromPrune(budget=64)
-    with method(model):
-        out = model.generate(**inputs, max_new_tokens=32)
-    method.last_selection[0].kept   # indices of the kept visual tokens of the first image
+import vlmprune
+method = vlmprune.PromPrune(budget=64)
+with method(model):
+    out = model.generate(**inputs, max_new_tokens=32)
+method.last_selection[0].kept   # indices of the kept visual tokens of the first image
 """
 
 from vlmprune.core.base import ImageTokens, Kept, LayerTokens, Method, Region, Selection

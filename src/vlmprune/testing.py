@@ -52,12 +52,23 @@ def build_tokenizer(special: tuple[str, ...]):
         unk_token="<unk>",
         padding_side="left",
     )
-    fast.add_special_tokens({"additional_special_tokens": [s for s in special if s not in fast.all_special_tokens]})
+    fast.add_special_tokens(
+        {"additional_special_tokens": [s for s in special if s not in fast.all_special_tokens]}
+    )
     return fast
 
 
 _LLAVA_SPECIAL = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
-_QWEN_SPECIAL = ("<pad>", "<s>", "</s>", "<unk>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+_QWEN_SPECIAL = (
+    "<pad>",
+    "<s>",
+    "</s>",
+    "<unk>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
 
 
 def _text_config(vocab: int, layers: int, family: str, pad_id: int, bos: int, eos: int) -> dict:
@@ -106,26 +117,41 @@ def tiny_llava(attn: str = "sdpa", seed: int = 0, layers: int = 4, image_size: i
 
     tok = build_tokenizer(_LLAVA_SPECIAL)
     vc = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-        image_size=image_size, patch_size=14, projection_dim=32,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=14,
+        projection_dim=32,
     )
     tc = _text_config(len(tok), layers, "llava", tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
     cfg = LlavaConfig(
-        vision_config=vc, text_config=tc, image_token_id=tok.convert_tokens_to_ids("<image>"),
+        vision_config=vc,
+        text_config=tc,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
         attn_implementation=attn,
     )
     _seeded_init(seed)
     model = LlavaForConditionalGeneration(cfg)
-    ip = CLIPImageProcessorPil(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    ip = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
     proc = LlavaProcessor(
-        image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
-        image_token="<image>", num_additional_image_tokens=1,
+        image_processor=ip,
+        tokenizer=tok,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        image_token="<image>",
+        num_additional_image_tokens=1,
         chat_template=None,
     )
     return _finish(model, attn, seed, dtype), proc
 
 
-def tiny_llava_next(attn: str = "sdpa", seed: int = 0, layers: int = 4, image_size: int = 56, dtype=torch.float32):
+def tiny_llava_next(
+    attn: str = "sdpa", seed: int = 0, layers: int = 4, image_size: int = 56, dtype=torch.float32
+):
     """Tiny LLaVA-NeXT: anyres with pinpoints up to 2x2 tiles of ``image_size`` (4x4 grid each)."""
     from transformers import (
         CLIPVisionConfig,
@@ -139,24 +165,38 @@ def tiny_llava_next(attn: str = "sdpa", seed: int = 0, layers: int = 4, image_si
     s = image_size
     pinpoints = [[s, 2 * s], [2 * s, s], [2 * s, 2 * s]]
     vc = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-        image_size=s, patch_size=14, projection_dim=32,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=s,
+        patch_size=14,
+        projection_dim=32,
     )
     tc = _text_config(len(tok), layers, "llava_next", tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
     cfg = LlavaNextConfig(
-        vision_config=vc, text_config=tc, image_token_id=tok.convert_tokens_to_ids("<image>"),
-        image_grid_pinpoints=pinpoints, attn_implementation=attn,
+        vision_config=vc,
+        text_config=tc,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        image_grid_pinpoints=pinpoints,
+        attn_implementation=attn,
     )
     _seeded_init(seed)
     model = LlavaNextForConditionalGeneration(cfg)
     with torch.no_grad():  # the stock init leaves image_newline at zero: give it a value so it matters
         model.model.image_newline.normal_()
     ip = LlavaNextImageProcessorPil(
-        size={"shortest_edge": s}, crop_size={"height": s, "width": s}, image_grid_pinpoints=pinpoints,
+        size={"shortest_edge": s},
+        crop_size={"height": s, "width": s},
+        image_grid_pinpoints=pinpoints,
     )
     proc = LlavaNextProcessor(
-        image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
-        image_token="<image>", num_additional_image_tokens=1,
+        image_processor=ip,
+        tokenizer=tok,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        image_token="<image>",
+        num_additional_image_tokens=1,
     )
     return _finish(model, attn, seed, dtype), proc
 
@@ -220,15 +260,29 @@ def _tiny_qwen(kind: str, attn: str, seed: int, layers: int, dtype, max_pixels: 
     )
     if kind == "qwen2_5_vl":
         vc = dict(
-            depth=4, hidden_size=32, intermediate_size=64, num_heads=4, out_hidden_size=64, patch_size=14,
-            window_size=56, fullatt_block_indexes=[1, 3], spatial_merge_size=2, temporal_patch_size=2,
+            depth=4,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=4,
+            out_hidden_size=64,
+            patch_size=14,
+            window_size=56,
+            fullatt_block_indexes=[1, 3],
+            spatial_merge_size=2,
+            temporal_patch_size=2,
         )
         cfg = Qwen2_5_VLConfig(text_config=tc, vision_config=vc, attn_implementation=attn, **ids)
         cls = Qwen2_5_VLForConditionalGeneration
     else:
         vc = dict(
-            depth=3, embed_dim=32, hidden_size=64, num_heads=4, mlp_ratio=2, patch_size=14,
-            spatial_merge_size=2, temporal_patch_size=2,
+            depth=3,
+            embed_dim=32,
+            hidden_size=64,
+            num_heads=4,
+            mlp_ratio=2,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
         )
         cfg = Qwen2VLConfig(text_config=tc, vision_config=vc, attn_implementation=attn, **ids)
         cls = Qwen2VLForConditionalGeneration
@@ -240,12 +294,16 @@ def _tiny_qwen(kind: str, attn: str, seed: int, layers: int, dtype, max_pixels: 
     return _finish(model, attn, seed, dtype), QwenTinyProcessor(ip, tok)
 
 
-def tiny_qwen2_5_vl(attn: str = "sdpa", seed: int = 0, layers: int = 4, dtype=torch.float32, max_pixels=168 * 168):
+def tiny_qwen2_5_vl(
+    attn: str = "sdpa", seed: int = 0, layers: int = 4, dtype=torch.float32, max_pixels=168 * 168
+):
     """Tiny Qwen2.5-VL: windowed vision tower (full attention at blocks 1 and 3), 2x2 merger, M-RoPE."""
     return _tiny_qwen("qwen2_5_vl", attn, seed, layers, dtype, max_pixels)
 
 
-def tiny_qwen2_vl(attn: str = "sdpa", seed: int = 0, layers: int = 4, dtype=torch.float32, max_pixels=168 * 168):
+def tiny_qwen2_vl(
+    attn: str = "sdpa", seed: int = 0, layers: int = 4, dtype=torch.float32, max_pixels=168 * 168
+):
     """Tiny Qwen2-VL: full-attention vision tower, 2x2 merger, M-RoPE."""
     return _tiny_qwen("qwen2_vl", attn, seed, layers, dtype, max_pixels)
 

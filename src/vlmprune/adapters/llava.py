@@ -31,7 +31,9 @@ class ClipTowerMixin:
             )
         layer = self.config.vision_feature_layer
         if not isinstance(layer, int):
-            raise UnsupportedModelError(f"{self.family}: a list vision_feature_layer={layer!r} is not supported")
+            raise UnsupportedModelError(
+                f"{self.family}: a list vision_feature_layer={layer!r} is not supported"
+            )
         n_states = vcfg.num_hidden_layers + 1  # hidden_states: embeddings + one per layer
         self.saliency_layer = (layer if layer >= 0 else layer + n_states) - 1
         self.side = vcfg.image_size // vcfg.patch_size

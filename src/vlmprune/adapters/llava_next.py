@@ -65,7 +65,10 @@ class LlavaNextAdapter(ClipTowerMixin, Adapter):
         n = self.side * self.side
         src = torch.arange(n_crops * n, dtype=torch.float64).view(n_crops, n, 1)  # (C, N, 1)
         packed, _ = self.base.pack_image_features(
-            [src], image_size[None], self.config.vision_feature_select_strategy, torch.tensor([-1.0], dtype=torch.float64)
+            [src],
+            image_size[None],
+            self.config.vision_feature_select_strategy,
+            torch.tensor([-1.0], dtype=torch.float64),
         )
         return packed[0][:, 0].round().long()  # (P,)
 

@@ -25,6 +25,9 @@ class Qwen2_5_VLAdapter(QwenVisionMixin, Adapter):
 
         v = self.config.vision_config
         window_index, _ = get_vision_window_index(
-            grid_thw, spatial_merge_size=v.spatial_merge_size, window_size=v.window_size, patch_size=v.patch_size
+            grid_thw,
+            spatial_merge_size=v.spatial_merge_size,
+            window_size=v.window_size,
+            patch_size=v.patch_size,
         )
         return window_index

@@ -50,7 +50,9 @@ class QwenVisionMixin:
             def grab_received(module, args, kwargs):
                 hidden = kwargs.get("hidden_states", args[0] if args else None)
                 with torch.no_grad():
-                    rec = qwen_attention_received(module, hidden, kwargs["cu_seqlens"], kwargs["position_embeddings"])
+                    rec = qwen_attention_received(
+                        module, hidden, kwargs["cu_seqlens"], kwargs["position_embeddings"]
+                    )
                 on_record().raw["received"] = rec
 
             handles.append(attn.register_forward_pre_hook(grab_received, with_kwargs=True))
@@ -63,7 +65,7 @@ class QwenVisionMixin:
         return handles
 
     def _merge_unit(self) -> int:
-        return self.config.vision_config.spatial_merge_size ** 2
+        return self.config.vision_config.spatial_merge_size**2
 
     def _to_raster(self, per_group: torch.Tensor, grid_thw) -> torch.Tensor:
         """(G, ...) merged-token values in the tower's order -> raster order over all images."""
@@ -82,7 +84,11 @@ class QwenVisionMixin:
         layouts = []
         for t, h, w in torch.as_tensor(grid).tolist():
             n = t * (h // m) * (w // m)
-            region = Region(torch.arange(n), (h // m, w // m)) if t == 1 else Region(torch.arange(n), (t * h // m, w // m))
+            region = (
+                Region(torch.arange(n), (h // m, w // m))
+                if t == 1
+                else Region(torch.arange(n), (t * h // m, w // m))
+            )
             layouts.append(ImageLayout(n, torch.arange(n), [region], (t, h // m, w // m)))
         return layouts
 

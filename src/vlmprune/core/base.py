@@ -189,7 +189,9 @@ class Method:
             if not 0.0 < float(self.ratio) <= 1.0:
                 raise ValueError(f"`ratio` must be in (0, 1], got {self.ratio}")
         if self.positions is not None and self.positions not in POSITION_POLICIES:
-            raise ValueError(f"`positions` must be one of {POSITION_POLICIES} or None, got {self.positions!r}")
+            raise ValueError(
+                f"`positions` must be one of {POSITION_POLICIES} or None, got {self.positions!r}"
+            )
         self.last_selection: list[Selection] = []
 
     # -- budgets ---------------------------------------------------------------------------

@@ -84,12 +84,16 @@ def last_token_attention(layer, hidden, position_embeddings, mask2d) -> tuple[to
     hd = attn.head_dim
 
     def proj(lin, inp):
-        return torch.nn.functional.linear(inp, lin.weight.float(), None if lin.bias is None else lin.bias.float())
+        return torch.nn.functional.linear(
+            inp, lin.weight.float(), None if lin.bias is None else lin.bias.float()
+        )
 
     q = proj(attn.q_proj, x[:, -1:]).view(bsz, 1, -1, hd).transpose(1, 2)  # (B, H, 1, hd)
     k_flat = proj(attn.k_proj, x)  # (B, L, Hkv*hd)
     k = k_flat.view(bsz, length, -1, hd).transpose(1, 2)  # (B, Hkv, L, hd)
-    if getattr(attn, "q_norm", None) is not None:  # pragma: no cover - Qwen3-style, not a supported family yet
+    if (
+        getattr(attn, "q_norm", None) is not None
+    ):  # pragma: no cover - Qwen3-style, not a supported family yet
         q, k = attn.q_norm(q), attn.k_norm(k)
     cos, sin = (t.float().unsqueeze(1) for t in position_embeddings)  # (B, 1, L, hd)
     q = q * cos[:, :, -1:] + rotate_half(q) * sin[:, :, -1:]

@@ -101,21 +101,31 @@ class PruningSession:
     # -- install / remove -----------------------------------------------------------------
     def __enter__(self):
         if getattr(self.model, "_vlmprune_session", None) is not None:
-            raise RuntimeError("a vlmprune method is already applied to this model; nested `with` blocks are not supported")
+            raise RuntimeError(
+                "a vlmprune method is already applied to this model; nested `with` blocks are not supported"
+            )
         try:
             vision = self.adapter.vision_module()
             self._handles.append(vision.register_forward_pre_hook(self._new_record))
             self._handles += self.adapter.vision_hooks(lambda: self._record, self.needs)
             self._handles.append(self.adapter.base.register_forward_pre_hook(self._on_base, with_kwargs=True))
             self._handles.append(
-                self.adapter.language_model.register_forward_pre_hook(self._on_language_model, with_kwargs=True)
+                self.adapter.language_model.register_forward_pre_hook(
+                    self._on_language_model, with_kwargs=True
+                )
             )
             if self.layer is not None:
                 layers = self.adapter.layers
-                self._handles.append(layers[self.layer - 1].register_forward_pre_hook(self._on_layer_before, with_kwargs=True))
-                self._handles.append(layers[self.layer].register_forward_pre_hook(self._on_prune_layer, with_kwargs=True))
+                self._handles.append(
+                    layers[self.layer - 1].register_forward_pre_hook(self._on_layer_before, with_kwargs=True)
+                )
+                self._handles.append(
+                    layers[self.layer].register_forward_pre_hook(self._on_prune_layer, with_kwargs=True)
+                )
                 for later in layers[self.layer + 1 :]:
-                    self._handles.append(later.register_forward_pre_hook(self._on_later_layer, with_kwargs=True))
+                    self._handles.append(
+                        later.register_forward_pre_hook(self._on_later_layer, with_kwargs=True)
+                    )
         except BaseException:
             self._remove()
             raise
@@ -146,11 +156,18 @@ class PruningSession:
             "image_grid_thw": kwargs.get("image_grid_thw"),
         }
         st, cache = self._state, kwargs.get("past_key_values")
-        if st is not None and cache is not None and kwargs.get("attention_mask") is None and input_ids is not None:
+        if (
+            st is not None
+            and cache is not None
+            and kwargs.get("attention_mask") is None
+            and input_ids is not None
+        ):
             past = cache.get_seq_length()
             if past > 0:
                 full = st.orig_len + (past - st.new_len) + input_ids.shape[1]
-                kwargs["attention_mask"] = torch.ones(input_ids.shape[0], full, dtype=torch.long, device=input_ids.device)
+                kwargs["attention_mask"] = torch.ones(
+                    input_ids.shape[0], full, dtype=torch.long, device=input_ids.device
+                )
                 return args, kwargs
         return None
 
@@ -165,7 +182,11 @@ class PruningSession:
         if past == 0:
             self._state = None
             ids = self._call.get("input_ids")
-            if ids is None or tuple(ids.shape) != tuple(embeds.shape[:2]) or not (ids == self.adapter.image_token_id).any():
+            if (
+                ids is None
+                or tuple(ids.shape) != tuple(embeds.shape[:2])
+                or not (ids == self.adapter.image_token_id).any()
+            ):
                 self.method.last_selection = []
                 return None
             return args, self._prefill(ids, embeds, kwargs)
@@ -184,7 +205,9 @@ class PruningSession:
             while off < pos.numel():
                 layout = next(it, None)
                 if layout is None or off + layout.n_placeholders > pos.numel():
-                    raise ValueError("the image placeholders in `input_ids` do not match the images' token counts")
+                    raise ValueError(
+                        "the image placeholders in `input_ids` do not match the images' token counts"
+                    )
                 spans.append((b, pos[off : off + layout.n_placeholders]))
                 off += layout.n_placeholders
         if next(it, None) is not None:
@@ -199,7 +222,9 @@ class PruningSession:
         if method.needs_saliency and self.adapter.saliency == "feature_norm":
             saliency = feats.float().norm(dim=-1)
         if method.needs_saliency and saliency is None:
-            raise RuntimeError(f"{method.name}: no saliency was captured (did the vision tower run in this call?)")
+            raise RuntimeError(
+                f"{method.name}: no saliency was captured (did the vision tower run in this call?)"
+            )
         text = None
         if method.needs_text:
             real = mask2d[row].bool() & ~is_image[row]
@@ -267,7 +292,9 @@ class PruningSession:
         else:
             for (row, ph), lay in zip(spans, layouts):
                 n = int(lay.content.numel())
-                images.append(_ImageSpan(row, ph[lay.content.to(device)], torch.arange(n, device=device), n, lay))
+                images.append(
+                    _ImageSpan(row, ph[lay.content.to(device)], torch.arange(n, device=device), n, lay)
+                )
                 selections.append(Selection(torch.arange(n), n, lay.grid, lay.regions, None, "none", 0.0))
         method.last_selection = selections
 
@@ -366,7 +393,9 @@ class PruningSession:
         hidden = args[0] if args else kwargs["hidden_states"]
         cache = kwargs.get("past_key_values")
         if self._phase == "decode":
-            mask2d = torch.cat([st.layer_prefix, st.cur_mask[:, st.new_len :].to(st.layer_prefix.dtype)], dim=1)
+            mask2d = torch.cat(
+                [st.layer_prefix, st.cur_mask[:, st.new_len :].to(st.layer_prefix.dtype)], dim=1
+            )
             st.layer_override = {"attention_mask": self._layer_mask(hidden, mask2d, cache)}
             kwargs.update(st.layer_override)
             return args, kwargs
@@ -376,7 +405,9 @@ class PruningSession:
         st, method = self._state, self.method
         prev_hidden, prev_pe = st.layer_input
         with torch.no_grad():
-            attention, keys = last_token_attention(self.adapter.layers[self.layer - 1], prev_hidden, prev_pe, st.cur_mask)
+            attention, keys = last_token_attention(
+                self.adapter.layers[self.layer - 1], prev_hidden, prev_pe, st.cur_mask
+            )
         bsz, length = st.cur_mask.shape
         is_image = torch.zeros(bsz, length, dtype=torch.bool, device=hidden.device)
         for span in st.images:
@@ -410,7 +441,12 @@ class PruningSession:
             keep[span.row, span.positions[dropped]] = False
             sel = method.last_selection[i]
             method.last_selection[i] = Selection(
-                span.origin[k].cpu(), sel.num_tokens, sel.grid, sel.regions, sel.assignment, "in_llm",
+                span.origin[k].cpu(),
+                sel.num_tokens,
+                sel.grid,
+                sel.regions,
+                sel.assignment,
+                "in_llm",
                 sel.selection_ms + ms,
             )
         index, valid = compact_index(keep)
@@ -435,4 +471,3 @@ class PruningSession:
             return None
         kwargs.update(self._state.layer_override)
         return args, kwargs
-

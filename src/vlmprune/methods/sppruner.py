@@ -30,7 +30,8 @@ embeddings ``Q`` and budget ``K < N``:
 Our choices (not in the abstract): the min-max eps ``1e-6``; Python's ``round`` (half to even)
 for ``K_f``; ties everywhere to the lowest raster index; softmax over the normalised ``s_v``;
 the L2 "nearest member"; a neighbour token contributes both to its run and to its focus token, and
-its ``assignment`` is the focus token's slot (0 weight: the run's slot); the text is whatever the
+its ``assignment`` is the focus token's slot (0 weight: the run's slot; a run's own placed token
+keeps its slot); the text is whatever the
 adapter passes as ``ImageTokens.text``; with neither text nor saliency ``f`` is constant and the
 focus set is the first tokens in raster order. On LLaVA-NeXT each crop is a region: the image's
 budget is shared across crops in proportion to their token counts and each crop is reduced on its
@@ -295,7 +296,7 @@ def _select(
         assignment[members] = slot[rep[run]]  # every non-focus token: its run's slot
     folded = target >= 0
     assignment[folded] = slot[target[folded]]  # neighbours of a subject: the subject's slot
-    assignment[focus] = slot[focus]
+    assignment[kept] = torch.arange(k, device=device)  # a kept token (focus or run token) is its own slot
     return kept, feats.to(dtype), assignment, is_focus
 
 

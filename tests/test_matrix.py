@@ -1,0 +1,115 @@
+"""Registry-driven matrix: every registered method x every model family (timm style).
+
+A new method gets these invariants for free by registering itself:
+- keeping every token equals the unmodified model;
+- exactly min(K, N) sorted unique kept indices per image, in a batch with a two-image prompt;
+- the kept tokens really are the ones the LLM sees (pre-LLM: the LLM input equals the stock
+  input at the kept positions, or merged features for merging methods; in-LLM: equals the stock
+  model with the dropped keys masked from layer K on), and generation equals the stock model fed
+  exactly that input.
+"""
+
+import pytest
+import torch
+from conftest import batch_inputs, cached_model
+from reference import layer_key_mask, left_pack, stock_embeds, stock_positions
+from test_exactness import kept_mask
+
+import vlmprune
+
+METHODS = vlmprune.list_methods()
+NEW = 3
+BUDGET = 5
+
+
+def capture_llm_input(model):
+    """Registers (after the session's hook) a pre-hook recording what the language model gets."""
+    got = {}
+
+    def grab(module, args, kwargs):
+        got.setdefault("calls", []).append(
+            {k: kwargs.get(k) for k in ("inputs_embeds", "attention_mask", "position_ids")}
+        )
+
+    return got, model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_keep_all_equals_stock(name, family):
+    model, proc = cached_model(family)
+    inputs = batch_inputs(family, proc)
+    with torch.no_grad():
+        ref = model(**inputs).logits
+        method = vlmprune.get_method(name, budget=100_000)
+        with method(model):
+            got = model(**inputs).logits
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)
+    assert all(s.kept.numel() == s.num_tokens for s in method.last_selection)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_kept_tokens_are_what_the_llm_sees(name, family):
+    model, proc = cached_model(family)
+    inputs = batch_inputs(family, proc)
+    method = vlmprune.get_method(name, budget=BUDGET)
+    with torch.no_grad():
+        with method(model):
+            got, handle = capture_llm_input(model)
+            try:
+                out_logits = model(**inputs).logits
+                out_gen = model.generate(**inputs, max_new_tokens=NEW, do_sample=False)
+            finally:
+                handle.remove()
+    sels = method.last_selection
+    assert len(sels) == 3  # one single-image prompt, one two-image prompt
+    for s in sels:
+        assert s.kept.numel() == min(BUDGET, s.num_tokens)
+        assert (
+            torch.all(s.kept[1:] > s.kept[:-1])
+            and int(s.kept.min()) >= 0
+            and int(s.kept.max()) < s.num_tokens
+        )
+    prefill = got["calls"][0]
+    if method.pre_llm and method.llm_layer is None:
+        stock = stock_embeds(model, inputs)
+        keep = kept_mask(model, inputs, sels)
+        packed, valid = left_pack(stock, keep)
+        fed = prefill["inputs_embeds"]
+        assert fed.shape == packed.shape
+        real = valid & prefill["attention_mask"].bool()
+        text = real & ~left_pack(inputs["input_ids"] == model.config.image_token_id, keep)[0]
+        torch.testing.assert_close(fed[text], packed[text], atol=0, rtol=0)  # text untouched
+        if not method.merges:
+            torch.testing.assert_close(fed[real], packed[real], atol=0, rtol=0)
+        # generation == the stock model fed exactly this input (positions as the session computed)
+        kw = {"inputs_embeds": fed, "attention_mask": prefill["attention_mask"]}
+        if prefill["position_ids"] is not None:
+            kw["position_ids"] = prefill["position_ids"]
+        with torch.no_grad():
+            ref_logits = model(**kw).logits
+            ref_new = model.generate(**kw, max_new_tokens=NEW, do_sample=False)
+        torch.testing.assert_close(out_logits[real], ref_logits[real], atol=1e-4, rtol=1e-4)
+        assert torch.equal(out_gen[:, inputs["input_ids"].shape[1] :], ref_new[:, -NEW:])
+    elif not method.pre_llm:
+        keep = kept_mask(model, inputs, sels, in_llm=True)
+        with layer_key_mask(model, method.llm_layer, ~keep), torch.no_grad():
+            ref_logits = model(**inputs).logits
+            ref_gen = model.generate(**inputs, max_new_tokens=NEW, do_sample=False)
+        ref_at_kept, valid = left_pack(ref_logits, keep)
+        real = valid & left_pack(inputs["attention_mask"], keep)[0].bool()
+        torch.testing.assert_close(out_logits[real], ref_at_kept[real], atol=1e-4, rtol=1e-4)
+        assert torch.equal(out_gen, ref_gen)
+    assert stock_positions is not None
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_ratio_and_budget_one(name, family):
+    model, proc = cached_model(family)
+    inputs = batch_inputs(family, proc, "single")
+    for kwargs, expect in (({"budget": 1}, lambda n: 1), ({"ratio": 0.3}, lambda n: max(1, round(0.3 * n)))):
+        method = vlmprune.get_method(name, **kwargs)
+        with method(model), torch.no_grad():
+            model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        (sel,) = method.last_selection
+        assert sel.kept.numel() == expect(sel.num_tokens)
