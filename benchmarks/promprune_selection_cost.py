@@ -183,7 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     for k in [int(s) for s in args.budgets.split(",")]:
         method = PromPrune(budget=k)
         images = [
-            ImageTokens(features=feats[i], budget=k, regions=[Region(torch.arange(n), grid)], grid=grid, saliency=sals[i])
+            ImageTokens(
+                features=feats[i],
+                budget=k,
+                regions=[Region(torch.arange(n), grid)],
+                grid=grid,
+                saliency=sals[i],
+            )
             for i in range(b)
         ]
         ours = [kept.indices for kept in method.select_images(images)]

@@ -202,3 +202,24 @@ def test_unsupported_model():
     )
     with pytest.raises(vlmprune.UnsupportedModelError, match="llava"):
         vlmprune.Pool(budget=4)(LlamaForCausalLM(cfg))
+
+
+@pytest.mark.parametrize("name", ["promprune", "fastv"])
+def test_beam_search_and_multiple_returns(family, name):
+    """generate expands rows after the vision tower ran once per image: both must line up."""
+    model, proc = cached_model(family)
+    inputs = batch_inputs(family, proc)
+    with torch.no_grad():
+        ref = model.generate(**inputs, max_new_tokens=NEW, num_beams=2, num_return_sequences=2)
+    keep_all = vlmprune.get_method(name, budget=100_000)
+    with keep_all(model), torch.no_grad():
+        got = model.generate(**inputs, max_new_tokens=NEW, num_beams=2, num_return_sequences=2)
+    assert torch.equal(got, ref)
+    method = vlmprune.get_method(name, budget=4)
+    with method(model), torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=NEW, num_beams=2)
+        single = method.last_selection
+    assert out.shape == (2, inputs["input_ids"].shape[1] + NEW)
+    assert len(single) == 6  # 3 images, each row repeated for 2 beams
+    for a, b in zip(single[0::2][:1], single[1::2][:1]):
+        assert torch.equal(a.kept, b.kept)

@@ -323,7 +323,10 @@ def test_multi_region_image_selects_each_crop_with_a_proportional_budget():
     kept = m.select_images([img])[0].indices
     shares = split_across_regions(11, [16, 12, 6])
     expected = torch.cat(
-        [r.indices[select(img.features[r.indices], img.saliency[r.indices], k)] for r, k in zip(regions, shares)]
+        [
+            r.indices[select(img.features[r.indices], img.saliency[r.indices], k)]
+            for r, k in zip(regions, shares)
+        ]
     )
     assert torch.equal(kept, torch.sort(expected).values)
     check_valid(kept, 34, 11)
@@ -339,7 +342,9 @@ def test_multi_region_image_selects_each_crop_with_a_proportional_budget():
 
 def test_select_images_equals_reference_on_llava_sized_batch():
     x, sal = bench.synthetic_batch(3, 64, 96, seed=3)
-    images = [ImageTokens(x[i], 16, [Region(torch.arange(64), (8, 8))], (8, 8), saliency=sal[i]) for i in range(3)]
+    images = [
+        ImageTokens(x[i], 16, [Region(torch.arange(64), (8, 8))], (8, 8), saliency=sal[i]) for i in range(3)
+    ]
     for k, params in itertools.product((1, 16, 63), ({}, dict(kr_min=0.1, kr_max=0.7))):
         out = PromPrune(budget=k, **params).select_images(images)
         for i in range(3):

@@ -100,7 +100,11 @@ def test_scan_order_is_a_permutation_of_neighbouring_steps(scan, grid):
 @pytest.mark.parametrize("scan", ["serpentine", "window"])
 def test_every_scan_run_has_exactly_one_context_token(scan):
     g = torch.Generator().manual_seed(0)
-    x, sal, text = torch.randn(48, 16, generator=g), torch.rand(48, generator=g), torch.randn(4, 16, generator=g)
+    x, sal, text = (
+        torch.randn(48, 16, generator=g),
+        torch.rand(48, generator=g),
+        torch.randn(4, 16, generator=g),
+    )
     for k in (4, 9, 20, 47):
         kept, _, assign = select(x, sal, text, (6, 8), k, scan=scan, window=3, merge_neighbors=False)
         k_f = round(0.75 * k)
@@ -170,7 +174,12 @@ def test_neighbour_aggregation_rule():
     x = torch.tensor([[1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
     merged, target = aggregate_neighbours(x, torch.tensor([True, False, True]), (1, 3))
     assert target.tolist() == [-1, 0, -1]
-    assert _neighbours(2, 2, "cpu").tolist() == [[-1, -1, 1, 2], [-1, 0, -1, 3], [0, -1, 3, -1], [1, 2, -1, -1]]
+    assert _neighbours(2, 2, "cpu").tolist() == [
+        [-1, -1, 1, 2],
+        [-1, 0, -1, 3],
+        [0, -1, 3, -1],
+        [1, 2, -1, -1],
+    ]
 
 
 def test_union_modes():
@@ -197,7 +206,11 @@ def test_union_modes():
 def test_budget_edges_and_validation():
     x, sal = torch.randn(12, 4), torch.rand(12)
     kept, feats, assign = select(x, sal, None, (3, 4), 12)
-    assert torch.equal(kept, torch.arange(12)) and torch.equal(feats, x) and torch.equal(assign, torch.arange(12))
+    assert (
+        torch.equal(kept, torch.arange(12))
+        and torch.equal(feats, x)
+        and torch.equal(assign, torch.arange(12))
+    )
     kept, feats, assign = select(x, sal, None, (3, 4), 0)
     assert kept.numel() == 0 and feats.shape == (0, 4) and bool((assign == -1).all())
     for kwargs, field in [
@@ -213,7 +226,11 @@ def test_budget_edges_and_validation():
             SPPruner(budget=5, **kwargs)
     with pytest.raises(ValueError, match="grid"):
         select(x, sal, None, (4, 4), 5)
-    for kwargs, field in [(dict(llm_layer=0), "llm_layer"), (dict(llm_layer=True), "llm_layer"), (dict(llm_keep=2), "llm_keep")]:
+    for kwargs, field in [
+        (dict(llm_layer=0), "llm_layer"),
+        (dict(llm_layer=True), "llm_layer"),
+        (dict(llm_keep=2), "llm_keep"),
+    ]:
         with pytest.raises(ValueError, match=field):
             SPPruner(budget=5, **kwargs)
 
@@ -236,7 +253,14 @@ def test_method_flags_and_llm_layer():
     m = SPPruner(budget=16)
     assert SPPruner.name == "sppruner" and SPPruner.merges and SPPruner.needs_saliency and SPPruner.needs_text
     assert m.llm_layer is None and SPPruner(budget=16, llm_layer=2).llm_layer == 2
-    assert (m.rho, m.union, m.scan, m.window, m.merge_neighbors, m.llm_keep) == (0.75, "soft", "serpentine", 4, True, 0.5)
+    assert (m.rho, m.union, m.scan, m.window, m.merge_neighbors, m.llm_keep) == (
+        0.75,
+        "soft",
+        "serpentine",
+        4,
+        True,
+        0.5,
+    )
     assert isinstance(get_method("sppruner", ratio=0.25), SPPruner)
 
 

@@ -195,8 +195,33 @@ class PruningSession:
         return args, self._decode(embeds, kwargs, past)
 
     # -- prefill ------------------------------------------------------------------------------
-    def _spans(self, ids: torch.Tensor, layouts) -> list[tuple[int, torch.Tensor]]:
-        """Assign images (batch order) to rows: (row, placeholder positions (n,)) per image."""
+    def _spans(self, ids: torch.Tensor, layouts) -> tuple[list[tuple[int, torch.Tensor]], list[int]]:
+        """Assign images to rows: ``(row, placeholder positions (n,))`` per image in batch order,
+        and for each the index of its image in the vision tower's run.
+
+        ``generate(num_beams=r)`` / ``num_return_sequences=r`` repeat each prompt row r times
+        (``repeat_interleave``) after the vision tower ran once per original image: then each
+        group of r identical rows shares its images.
+        """
+        bsz = ids.shape[0]
+        for r in range(1, bsz + 1):
+            if bsz % r or (r > 1 and not torch.equal(ids, ids[::r].repeat_interleave(r, dim=0))):
+                continue
+            base = self._assign(ids[::r], layouts)
+            if base is None:
+                continue
+            spans, vision_index = [], []
+            per_row: dict[int, list[int]] = {}
+            for j, (row, _) in enumerate(base):
+                per_row.setdefault(row, []).append(j)
+            for b in range(bsz):
+                for j in per_row.get(b // r, []):
+                    spans.append((b, base[j][1]))
+                    vision_index.append(j)
+            return spans, vision_index
+        raise ValueError("the image placeholders in `input_ids` do not match the images' token counts")
+
+    def _assign(self, ids: torch.Tensor, layouts) -> list[tuple[int, torch.Tensor]] | None:
         is_image = ids == self.adapter.image_token_id
         spans, it = [], iter(layouts)
         for b in range(ids.shape[0]):
@@ -205,13 +230,11 @@ class PruningSession:
             while off < pos.numel():
                 layout = next(it, None)
                 if layout is None or off + layout.n_placeholders > pos.numel():
-                    raise ValueError(
-                        "the image placeholders in `input_ids` do not match the images' token counts"
-                    )
+                    return None
                 spans.append((b, pos[off : off + layout.n_placeholders]))
                 off += layout.n_placeholders
-        if next(it, None) is not None:
-            raise ValueError("more images than image placeholders in `input_ids`")
+        if self._record is not None and len(spans) != len(layouts) and self.adapter.family.startswith("qwen"):
+            return None  # Qwen layouts come from the tower's own grid: every image must be used
         return spans
 
     def _image_tokens(self, embeds, mask2d, is_image, index, row, ph, layout) -> ImageTokens:
@@ -255,7 +278,8 @@ class PruningSession:
             )
         mask2d = mask if mask is not None else torch.ones(bsz, length, dtype=torch.long, device=device)
         layouts = self.adapter.image_layouts(self._call, self._record)
-        spans = self._spans(ids, layouts)
+        spans, vision_index = self._spans(ids, layouts)
+        layouts = [layouts[j] for j in vision_index]
         is_image = ids == self.adapter.image_token_id
 
         keep = torch.ones(bsz, length, dtype=torch.bool, device=device)
@@ -263,8 +287,8 @@ class PruningSession:
         selections: list[Selection] = []
         if method.pre_llm:
             tokens = [
-                self._image_tokens(embeds, mask2d, is_image, i, row, ph, lay)
-                for i, ((row, ph), lay) in enumerate(zip(spans, layouts))
+                self._image_tokens(embeds, mask2d, is_image, j, row, ph, lay)
+                for j, (row, ph), lay in zip(vision_index, spans, layouts)
             ]
             _sync(device)
             t0 = time.perf_counter()

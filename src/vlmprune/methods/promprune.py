@@ -228,7 +228,9 @@ def _select_rows(
         mm = (mean.squeeze(1) * mean.squeeze(1)).sum(dim=-1)  # (B, D) -> (B,)
         kernel = gram.add_(fm.unsqueeze(2)).add_(fm.unsqueeze(1)).sub_(mm[:, None, None])  # (B, N, N)
     else:
-        t_sal = _saliency_count(_entropy_from_gram(_gram((f - mean).transpose(1, 2))), k, kr_min, kr_max, mu, tau)
+        t_sal = _saliency_count(
+            _entropy_from_gram(_gram((f - mean).transpose(1, 2))), k, kr_min, kr_max, mu, tau
+        )
         kernel = _gram(f)  # (B, N, N)
     t_cov = k - t_sal
 
@@ -420,7 +422,9 @@ class PromPrune(Method):
         units: list[tuple[int, torch.Tensor, int]] = []  # (image, region indices, budget)
         for i, image in enumerate(images):
             regions = image_regions(image)
-            shares = split_across_regions(self.keep_count(image.num_tokens), [int(r.indices.numel()) for r in regions])
+            shares = split_across_regions(
+                self.keep_count(image.num_tokens), [int(r.indices.numel()) for r in regions]
+            )
             for region, k in zip(regions, shares):
                 units.append((i, region.indices.to(image.features.device), k))
         groups: dict[tuple, list[int]] = {}

@@ -266,7 +266,12 @@ def _select(
         return torch.arange(n, device=device), features.clone(), torch.arange(n, device=device), ~is_focus
     if k == 0:
         empty = torch.empty(0, dtype=torch.long, device=device)
-        return empty, features.new_empty(0, d), torch.full((n,), -1, dtype=torch.long, device=device), is_focus
+        return (
+            empty,
+            features.new_empty(0, d),
+            torch.full((n,), -1, dtype=torch.long, device=device),
+            is_focus,
+        )
 
     x = features.float()
     score = focus_scores(x, saliency, text, union)  # (N,)

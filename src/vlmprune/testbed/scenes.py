@@ -197,7 +197,10 @@ def make_scene(seed: int, level: float = 1.0, width: int = 336, height: int = 33
         placed.append((cx, cy, r))
         colour, shape = combos[order[ci]]
         ci += 1
-        specs.append((shape, colour, size, cx, cy, r, rng.uniform(0, 2 * math.pi) if shape != "circle" else 0.0))
+        # squares, diamonds and crosses stay near upright so a square never turns into a diamond
+        rot = {"circle": 0.0, "triangle": rng.uniform(0, 2 * math.pi), "star": rng.uniform(0, 2 * math.pi)}.get(
+            shape, rng.uniform(-0.3, 0.3))
+        specs.append((shape, colour, size, cx, cy, r, rot))
     # the scene order (and so object indices) is a random permutation, not size order
     perm = rng.permutation(len(specs))
     specs = [specs[i] for i in perm]
@@ -206,7 +209,6 @@ def make_scene(seed: int, level: float = 1.0, width: int = 336, height: int = 33
     ids = Image.new("L", (width, height), 0)
     idraw = ImageDraw.Draw(ids)
     for i, (shape, colour, size, cx, cy, r, rot) in enumerate(specs):
-        rot = rot if shape not in ("square", "cross", "diamond") or rng.random() < 0.5 else 0.0
         jitter = rng.integers(-12, 13, 3)
         fill = tuple(int(np.clip(v + j, 0, 255)) for v, j in zip(RGB[colour], jitter))
         _draw(draw, shape, cx, cy, r, rot, fill)
