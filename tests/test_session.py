@@ -223,3 +223,18 @@ def test_beam_search_and_multiple_returns(family, name):
     assert len(single) == 6  # 3 images, each row repeated for 2 beams
     for a, b in zip(single[0::2][:1], single[1::2][:1]):
         assert torch.equal(a.kept, b.kept)
+
+
+def test_saliency_signal_is_pluggable(family):
+    model, proc = cached_model(family)
+    inputs = batch_inputs(family, proc, "single")
+    picks = {}
+    for signal in ("auto", "feature_norm"):
+        method = vlmprune.get_method("promprune", budget=4)
+        with method(model, saliency=signal), torch.no_grad():
+            model(**inputs)
+        picks[signal] = method.last_selection[0].kept
+    assert all(k.numel() == 4 for k in picks.values())
+    wrong = "cls_attention" if family.startswith("qwen") else "attention_received"
+    with pytest.raises(ValueError, match="saliency"):
+        vlmprune.get_method("promprune", budget=4)(model, saliency=wrong)

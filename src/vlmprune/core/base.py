@@ -222,8 +222,12 @@ class Method:
         return min(image.budget, int(image.hidden.shape[0]))
 
     # -- applying ---------------------------------------------------------------------------
-    def __call__(self, model) -> PruningSession:
-        """``with method(model): ...`` prunes every forward/generate call inside the block."""
+    def __call__(self, model, saliency: str = "auto") -> PruningSession:
+        """``with method(model): ...`` prunes every forward/generate call inside the block.
+
+        ``saliency`` picks the vision saliency signal: ``"auto"`` (CLS attention on CLIP towers,
+        attention received on Qwen), ``"cls_attention"``, ``"attention_received"``, ``"feature_norm"``.
+        """
         from vlmprune.core.session import PruningSession
 
-        return PruningSession(self, model)
+        return PruningSession(self, model, saliency=saliency)

@@ -100,16 +100,32 @@ def _gram(a: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
     return out
 
 
-def _centred_gram(f8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, N, D) unit rows -> (Gram of the centred rows, the row mean (B, D)).
+def _cosine_gram(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N, D) float32 -> (``F Fᵀ`` (B, N, N) of the rows normalised with eps 1e-8, norms (B, N)).
 
-    Gram: (B, N, N) ``Fc Fcᵀ`` if ``N <= D`` else (B, D, D) ``Fcᵀ Fc``.
+    One GEMM on the raw rows, then scaled by the inverse norms (no normalised copy of the tokens).
     """
-    mean = f8.mean(dim=1, keepdim=True)  # (B, N, D) -> (B, 1, D)
-    fc = f8 - mean
-    n, d = f8.shape[1], f8.shape[2]
-    gram = _gram(fc) if n <= d else _gram(fc.transpose(1, 2))
-    return gram, mean.squeeze(1)
+    norm = torch.linalg.vector_norm(x, dim=-1)  # (B, N, D) -> (B, N)
+    s = _gram(x)  # (B, N, N)
+    inv = 1.0 / norm.clamp_min(ENTROPY_EPS)
+    s.mul_(inv.unsqueeze(2)).mul_(inv.unsqueeze(1))
+    return s, norm
+
+
+def _double_centre(s: torch.Tensor) -> torch.Tensor:
+    """(B, N, N) ``F Fᵀ`` -> (B, N, N) ``Fc Fcᵀ`` with ``Fc = F - mean_over_tokens(F)``.
+
+    ``fc_i . fc_j = s_ij - m_i - m_j + mean(m)`` with ``m_i = f_i . mean(F)`` the row means of ``s``.
+    """
+    m = s.mean(dim=2)  # (B, N, N) -> (B, N)
+    return s - m.unsqueeze(2) - m.unsqueeze(1) + m.mean(dim=1)[:, None, None]
+
+
+def _centred_gram_small_d(x: torch.Tensor) -> torch.Tensor:
+    """(B, N, D) float32 with ``N > D`` -> (B, D, D) ``Fcᵀ Fc``."""
+    f8 = F.normalize(x, dim=-1, eps=ENTROPY_EPS)
+    fc = f8 - f8.mean(dim=1, keepdim=True)  # (B, N, D)
+    return _gram(fc.transpose(1, 2))  # (B, D, N) @ (B, N, D) -> (B, D, D)
 
 
 def _entropy_from_gram(gram: torch.Tensor) -> torch.Tensor:
@@ -142,8 +158,11 @@ def spectral_entropy(features: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 0 or x.shape[2] == 0:
         out = torch.zeros(x.shape[0], dtype=torch.float32, device=x.device)
         return out[0] if single else out
-    f8 = F.normalize(x.float(), dim=-1, eps=ENTROPY_EPS)  # (B, N, D)
-    hn = _entropy_from_gram(_centred_gram(f8)[0])  # (B,)
+    x = x.float()
+    if x.shape[1] <= x.shape[2]:
+        hn = _entropy_from_gram(_double_centre(_cosine_gram(x)[0]))  # (B, N, N) -> (B,)
+    else:
+        hn = _entropy_from_gram(_centred_gram_small_d(x))  # (B, D, D) -> (B,)
     return hn[0] if single else hn
 
 
@@ -198,12 +217,11 @@ def _select_rows(
     kr_max: float,
     mu: float,
     tau: float,
-    owned: bool = False,
 ) -> torch.Tensor:
     """The batched core on images that all need a selection (``0 < K_b < N``).
 
     Args:
-        x: (B, N, D) float32 features (overwritten when ``owned``). r: (B, N) normalised saliency.
+        x: (B, N, D) float32 features (read only). r: (B, N) normalised saliency.
         k: (B,) long budgets.
 
     Returns:
@@ -213,25 +231,15 @@ def _select_rows(
     device = x.device
     ar = torch.arange(b, device=device)
 
-    # Entropy: the reference's float32 ops (normalise, centre, Gram, eigvalsh), in place where
-    # possible; the DPP kernel is then derived from the same Gram matrix (no second GEMM).
-    norm = x.norm(dim=-1)  # (B, N, D) -> (B, N)
-    denom = norm.clamp_min(ENTROPY_EPS).unsqueeze(2)  # (B, N, 1)
-    f = x.div_(denom) if owned else x.div(denom)  # (B, N, D) unit rows, eps 1e-8 (= F.normalize)
-    mean = f.mean(dim=1, keepdim=True)  # (B, N, D) -> (B, 1, D)
+    # One Gram matrix per image gives both the spectral entropy (double-centred) and the DPP's
+    # cosine kernel; the tokens themselves are read only by the norm and the GEMM.
     if n <= d:
-        fm = torch.bmm(f, mean.transpose(1, 2)).squeeze(2)  # (B, N, D) @ (B, D, 1) -> (B, N): f_i . m
-        fc = f.sub_(mean)  # centred in place, (B, N, D)
-        gram = _gram(fc)  # (B, N, N)
-        t_sal = _saliency_count(_entropy_from_gram(gram), k, kr_min, kr_max, mu, tau)  # (B,)
-        # F Fᵀ = Fc Fcᵀ + (F m) 1ᵀ + 1 (F m)ᵀ - |m|²: the cosine kernel without a second GEMM
-        mm = (mean.squeeze(1) * mean.squeeze(1)).sum(dim=-1)  # (B, D) -> (B,)
-        kernel = gram.add_(fm.unsqueeze(2)).add_(fm.unsqueeze(1)).sub_(mm[:, None, None])  # (B, N, N)
+        kernel, norm = _cosine_gram(x)  # (B, N, N), (B, N)
+        hn = _entropy_from_gram(_double_centre(kernel))  # (B,)
     else:
-        t_sal = _saliency_count(
-            _entropy_from_gram(_gram((f - mean).transpose(1, 2))), k, kr_min, kr_max, mu, tau
-        )
-        kernel = _gram(f)  # (B, N, N)
+        kernel, norm = _cosine_gram(x)
+        hn = _entropy_from_gram(_centred_gram_small_d(x))
+    t_sal = _saliency_count(hn, k, kr_min, kr_max, mu, tau)  # (B,)
     t_cov = k - t_sal
 
     # eps 1e-6 rows = eps 1e-8 rows * scale; scale is exactly 1 for every row of norm >= 1e-6
@@ -247,35 +255,44 @@ def _select_rows(
     rank.scatter_(1, order, torch.arange(n, device=device).expand(b, n))
     salient = rank < t_sal.unsqueeze(1)  # (B, N)
 
-    # Stage 2: greedy DPP MAP on the other tokens, all images at once.
+    # Stage 2: greedy DPP MAP on the other tokens, all images at once. ``floor`` is 0 for an
+    # available token and -inf for a stage-1 or picked one, so ``max(d² - e², floor)`` is the
+    # update and the exclusion at once; d² <= RANK_EPS is set to the floor (0: a tie).
     t_max = int(t_cov.max())
-    blocked = salient.clone()
+    floor = torch.zeros(b, n, device=device).masked_fill_(salient, float("-inf"))  # (B, N)
+    d2 = torch.where(d2 > RANK_EPS, d2, floor)
     c = x.new_zeros(b, max(t_max, 1), n)  # Cholesky rows c_i, (B, T, N)
-    picks = torch.full((b, max(t_max, 1)), n, dtype=torch.long, device=device)  # n: no pick
-    seeded = t_sal > 0
+    picks: list[torch.Tensor] = []
     seed = None
-    if t_max > 0 and bool(seeded.any()):
+    if t_max > 0 and bool((t_sal > 0).any()):
         # the remaining token least like any salient one: argmin_j max_{s in S_sal} L[j, s]
         overlap = kernel.masked_fill(~salient.unsqueeze(1), float("-inf")).amax(dim=2)  # (B, N, N) -> (B, N)
-        seed = overlap.masked_fill(blocked, float("inf")).argmin(dim=1)  # (B,)
+        seed = overlap.masked_fill_(salient, float("inf")).argmin(dim=1)  # (B,)
+        seed = torch.where(t_sal > 0, seed, d2.argmax(dim=1))
     for i in range(t_max):
-        score = d2.masked_fill(d2 <= RANK_EPS, 0.0).masked_fill_(blocked, float("-inf"))  # (B, N)
-        j = score.argmax(dim=1)  # (B,) lowest index on ties
-        if i == 0 and seed is not None:
-            j = torch.where(seeded, seed, j)
+        j = seed if i == 0 and seed is not None else d2.argmax(dim=1)  # (B,) lowest index on ties
+        picks.append(j)
         row = kernel[ar, j]  # (B, N) L[j]
         if i > 0:
             cj = c[ar, :i, j]  # (B, i) c_t[j]
             row = row - torch.bmm(cj.unsqueeze(1), c[:, :i]).squeeze(1)  # (B, 1, i) @ (B, i, N) -> (B, N)
-        e = row / d2[ar, j].clamp_min(1e-8).sqrt().unsqueeze(1)  # (B, N)
+        e = row / _d2_at(d2, ar, j)  # (B, N)
         c[:, i] = e
-        d2 = (d2 - e.square()).clamp_min(0.0)
-        blocked[ar, j] = True
-        picks[:, i] = torch.where(t_cov > i, j, n)
+        floor[ar, j] = float("-inf")
+        d2 = torch.maximum(d2 - e.square(), floor)
+        d2 = torch.where(d2 > RANK_EPS, d2, floor)
 
-    kept = torch.zeros(b, n + 1, dtype=torch.bool, device=device)
-    kept.scatter_(1, picks, True)  # (B, N + 1): column n collects the "no pick" entries
-    return kept[:, :n] | salient
+    kept = salient.clone()
+    if t_max > 0:
+        chosen = torch.stack(picks, dim=1)  # (B, T)
+        valid = torch.arange(t_max, device=device) < t_cov.unsqueeze(1)  # (B, T): step i < T_cov
+        kept[ar.unsqueeze(1).expand_as(chosen)[valid], chosen[valid]] = True
+    return kept
+
+
+def _d2_at(d2: torch.Tensor, ar: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """(B, N), (B,), (B,) -> (B, 1) ``sqrt(max(d²[j], 1e-8))`` (d² of the pick, before the update)."""
+    return d2[ar, j].clamp_min(1e-8).sqrt().unsqueeze(1)
 
 
 @torch.no_grad()
@@ -287,14 +304,12 @@ def select_rows(
     kr_max: float = 1.0,
     mu: float = 0.42,
     tau: float = 0.02,
-    overwrite: bool = False,
 ) -> list[torch.Tensor]:
     """PromPrune on a batch of images with the same ``N`` and a budget per image.
 
     Args:
         features: (B, N, D) projector outputs, any float dtype. saliency: (B, N) or None (uniform).
         budgets: B ints ``>= 0``; ``>= N`` keeps every token.
-        overwrite: the caller's float32 ``features`` may be used as scratch space (saves a copy).
 
     Returns:
         B sorted 1-D LongTensors of ``min(K_b, N)`` kept indices.
@@ -318,9 +333,8 @@ def select_rows(
         else:
             idx = torch.tensor(todo, device=device)
             xs, rs = x[idx].float(), r[idx]
-        owned = overwrite or xs.data_ptr() != x.data_ptr()  # a fresh copy is ours to overwrite
         k_t = torch.tensor([ks[i] for i in todo], dtype=torch.long, device=device)
-        kept = _select_rows(xs, rs, k_t, kr_min, kr_max, mu, tau, owned=owned)  # (B', N)
+        kept = _select_rows(xs, rs, k_t, kr_min, kr_max, mu, tau)  # (B', N)
         rows, cols = kept.nonzero(as_tuple=True)  # row-major: sorted within each row
         for part, i in zip(torch.split(cols, [ks[i] for i in todo]), todo):
             out[i] = part
@@ -371,6 +385,26 @@ def select(
         raise ValueError(f"`features` must be (N, D), got shape {tuple(features.shape)}")
     sal = None if saliency is None else saliency.reshape(1, -1)  # (N,) -> (1, N)
     return select_rows(features.unsqueeze(0), sal, [budget], kr_min, kr_max, mu, tau)[0]
+
+
+def _stack(parts: list[torch.Tensor]) -> torch.Tensor:
+    """B x (N, D) -> (B, N, D) float32, without copying when the parts are evenly spaced, row-major
+    views of one float32 storage (the usual case: per-image slices of one projector output)."""
+    first = parts[0]
+    n, d = first.shape
+    same = all(
+        p.dtype == torch.float32
+        and p.device == first.device
+        and p.stride() == (d, 1)
+        and p.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+        for p in parts
+    )
+    if same and n > 0 and d > 0:
+        offsets = [p.storage_offset() for p in parts]
+        step = offsets[1] - offsets[0] if len(parts) > 1 else 0
+        if step >= 0 and all(b - a == step for a, b in zip(offsets, offsets[1:])):
+            return first.as_strided((len(parts), n, d), (step, d, 1), offsets[0])  # a view, (B, N, D)
+    return torch.stack([p.float() for p in parts])  # (B, N, D)
 
 
 # -- the method ----------------------------------------------------------------------------------
@@ -433,20 +467,17 @@ class PromPrune(Method):
             groups.setdefault((int(idx.numel()), f.shape[1], f.device), []).append(u)
 
         picked: list[torch.Tensor | None] = [None] * len(units)
-        for (n, d, device), members in groups.items():
-            x = torch.empty(len(members), n, d, dtype=torch.float32, device=device)  # (B, N, D)
-            sal = torch.zeros(len(members), n, dtype=torch.float32, device=device)  # (B, N)
+        for (n, _, device), members in groups.items():
+            parts, sal = [], torch.zeros(len(members), n, dtype=torch.float32, device=device)  # (B, N)
             for row, u in enumerate(members):
                 i, idx, _ = units[u]
                 feats = images[i].features
-                if idx.numel() == feats.shape[0] and bool((idx == torch.arange(n, device=device)).all()):
-                    x[row].copy_(feats)  # the region is the whole image, in order
-                else:
-                    x[row] = feats[idx]
+                whole = idx.numel() == feats.shape[0] and bool((idx == torch.arange(n, device=device)).all())
+                parts.append(feats if whole else feats[idx])  # (N, D)
                 if images[i].saliency is not None:
                     sal[row] = images[i].saliency.to(device)[idx]
             budgets = [units[u][2] for u in members]
-            rows = select_rows(x, sal, budgets, self.kr_min, self.kr_max, self.mu, self.tau, overwrite=True)
+            rows = select_rows(_stack(parts), sal, budgets, self.kr_min, self.kr_max, self.mu, self.tau)
             for u, local in zip(members, rows):
                 picked[u] = units[u][1][local]  # region-local -> image indices
 

@@ -212,14 +212,15 @@ def questions_for_scene(scene: Scene, k: int, seed: int | None = None) -> list[Q
 
 def heldout_set(n: int, seed: int = 0, level: float = 1.0, size=(336, 336), families=FAMILIES):
     """``n`` held-out questions, exactly balanced over ``families`` (and yes/no within existence),
-    one question per scene. Returns ``[(scene_seed, QA)]``; render scenes with :func:`scene_for`."""
+    one question per scene (``size``: (W, H) or a function of the scene seed). Returns ``[(scene_seed, QA)]``; render scenes with :func:`scene_for`."""
     per = [n // len(families) + (1 if i < n % len(families) else 0) for i in range(len(families))]
     out = []
     s = HELDOUT_BASE + seed * 1_000_003
     for fam, m in zip(families, per):
         got = 0
         while got < m:
-            sc = make_scene(s, level=level, width=size[0], height=size[1])
+            w, h = size(s) if callable(size) else size
+            sc = make_scene(s, level=level, width=w, height=h)
             rng = np.random.default_rng([s, 4242])
             if fam == "existence":
                 qa = existence(sc, rng, answer="yes" if got % 2 == 0 else "no")

@@ -1,0 +1,465 @@
+"""Train a testbed VLM on the procedural task (CPU or GPU; seeded, resumable).
+
+    python -m vlmprune.testbed.train --family llava --out testbed/llava --minutes 240 --resume
+
+Recipe (issue 5's levers):
+
+1. **Vision pretraining** (``--vision-steps``): the vision tower alone, on dense per-patch labels
+   from the generator (object colour / shape / size class / object-centre flag of each 14-px patch,
+   read from the features the LLM sees: ``hidden_states[-2]``) and image-level objectives on the CLS
+   token (which colours, shapes and colour-shape pairs are present; per-colour / per-shape / total
+   counts), both at the feature layer and at the pooled output - without a CLS objective the CLS
+   token gets no gradient with ``vision_feature_layer=-2`` and CLS attention would be meaningless.
+   (Qwen has no CLS: the image-level heads read the mean of the merged tokens.)
+2. **VLM training**: many questions about the same image packed into one multi-turn sequence, loss
+   on every answer token (and its end-of-turn token); the tower is frozen for ``--freeze-steps``
+   steps, then trained at ``--vision-lr-mult`` x the learning rate with the auxiliary losses kept on.
+   A curriculum moves scenes from few large subjects to crowded small ones over
+   ``--curriculum-steps`` steps.
+
+bf16 autocast on CPU (AMX) with fp32 master weights. Every ``--ckpt-minutes`` the model is written
+with ``save_pretrained`` (bf16 safetensors, loadable offline) to ``--out`` and the training state
+(fp32 weights, heads, optimizer, step) to ``--out/resume/``; ``--resume`` continues from there.
+Per-family held-out accuracy is logged every ``--eval-minutes`` to ``--out/train_log.jsonl``.
+Data depend only on the step (scene seeds ``step * batch + i``), so a run is reproducible.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from vlmprune.testbed import model as M
+from vlmprune.testbed import questions as Q
+from vlmprune.testbed.scenes import COLOURS, SHAPES, SIZES, make_scene
+
+N_COUNTS = len(COLOURS) + len(SHAPES) + 1  # per-colour, per-shape, total
+MAX_COUNT = 16
+N_PRESENT = len(COLOURS) + len(SHAPES) + len(COLOURS) * len(SHAPES)
+
+
+# ----------------------------------------------------------------------------------------- labels
+def _pool2(a: np.ndarray) -> np.ndarray:
+    """2x2 pooling of a label grid for Qwen's merged tokens: the most frequent non-zero label."""
+    h, w = a.shape
+    b = a.reshape(h // 2, 2, w // 2, 2).transpose(0, 2, 1, 3).reshape(h // 2, w // 2, 4)
+    out = np.zeros((h // 2, w // 2), a.dtype)
+    for i in range(h // 2):
+        for j in range(w // 2):
+            v = b[i, j][b[i, j] > 0]
+            if v.size:
+                vals, cnt = np.unique(v, return_counts=True)
+                out[i, j] = vals[cnt.argmax()]
+    return out
+
+
+def scene_labels(scene, merged: bool = False) -> dict:
+    size_id = np.array([SIZES.index(o.size) + 1 for o in scene.objects] + [0], np.int64)
+    lab = dict(colour=scene.patch_colour, shape=scene.patch_shape, centre=scene.patch_centre,
+               size=size_id[scene.patch_object])
+    if merged:
+        lab = {k: _pool2(v) for k, v in lab.items()}
+    lab = {k: torch.from_numpy(np.ascontiguousarray(v)).reshape(-1) for k, v in lab.items()}
+    present = torch.zeros(N_PRESENT)
+    counts = torch.zeros(N_COUNTS, dtype=torch.long)
+    for o in scene.objects:
+        ci, si = COLOURS.index(o.colour), SHAPES.index(o.shape)
+        present[ci] = 1
+        present[len(COLOURS) + si] = 1
+        present[len(COLOURS) + len(SHAPES) + ci * len(SHAPES) + si] = 1
+        counts[ci] += 1
+        counts[len(COLOURS) + si] += 1
+    counts[-1] = len(scene.objects)
+    lab["present"] = present
+    lab["counts"] = counts.clamp(max=MAX_COUNT - 1)
+    return lab
+
+
+class AuxHeads(nn.Module):
+    """Auxiliary heads on the vision features (not part of the saved HF model)."""
+
+    def __init__(self, d: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.colour = nn.Linear(d, len(COLOURS) + 1)
+        self.shape = nn.Linear(d, len(SHAPES) + 1)
+        self.size = nn.Linear(d, len(SIZES) + 1)
+        self.centre = nn.Linear(d, 2)
+        self.img_norm = nn.LayerNorm(d)
+        self.present = nn.Linear(d, N_PRESENT)
+        self.counts = nn.Linear(d, N_COUNTS * MAX_COUNT)
+
+    def losses(self, tokens: torch.Tensor, image_vecs: list[torch.Tensor], labels: list[dict]) -> dict:
+        """``tokens``: (sum of tokens, d) patch features in raster order; ``image_vecs``: list of
+        (B, d) image-level vectors (CLS or pooled), each supervised by presence and counts."""
+        lab = {k: torch.cat([x[k] for x in labels]) for k in ("colour", "shape", "size", "centre")}
+        h = self.norm(tokens.float())
+        out = {}
+        accs = {}
+        for k in ("colour", "shape", "size"):
+            logits = getattr(self, k)(h)
+            out[k] = F.cross_entropy(logits, lab[k])
+            fg = lab[k] > 0
+            accs[k] = ((logits.argmax(-1) == lab[k]) & fg).sum().item() / max(1, fg.sum().item())
+        cw = torch.tensor([1.0, 5.0])  # centre patches are rare
+        out["centre"] = F.cross_entropy(self.centre(h), lab["centre"], weight=cw)
+        present = torch.stack([x["present"] for x in labels])
+        counts = torch.stack([x["counts"] for x in labels])
+        for j, v in enumerate(image_vecs):
+            g = self.img_norm(v.float())
+            out[f"present{j}"] = F.binary_cross_entropy_with_logits(self.present(g), present)
+            cl = self.counts(g).view(-1, N_COUNTS, MAX_COUNT)
+            out[f"counts{j}"] = F.cross_entropy(cl.reshape(-1, MAX_COUNT), counts.reshape(-1))
+            accs[f"count{j}"] = (cl.argmax(-1) == counts).float().mean().item()
+        return out, accs
+
+
+# ----------------------------------------------------------------------------------------- data
+def scene_size(family: str, seed: int) -> tuple[int, int]:
+    if family == "llava":
+        return 336, 336
+    rng = random.Random(seed * 7 + 3)
+    while True:  # dynamic resolution: multiples of 28, 224..476 a side, at most 336*336 pixels
+        w, h = rng.randrange(224, 477, 28), rng.randrange(224, 477, 28)
+        if w * h <= M.QWEN_MAX_PIXELS:
+            return w, h
+
+
+def make_batch(family, processor, seeds, level, k_questions, eos_id, image_id):
+    tok = processor.tokenizer
+    scenes = [make_scene(s, level=level, width=scene_size(family, s)[0], height=scene_size(family, s)[1])
+              for s in seeds]
+    ip = processor.image_processor
+    img = ip([sc.image for sc in scenes], return_tensors="pt")
+    if family == "llava":
+        counts = [576] * len(scenes)
+        extra = {}
+    else:
+        counts = (img["image_grid_thw"].prod(-1) // 4).tolist()
+        extra = {"image_grid_thw": img["image_grid_thw"]}
+    seqs, tgts = [], []
+    for sc, n_img in zip(scenes, counts):
+        ids, pos, tid = [], [], []
+        for i, qa in enumerate(Q.questions_for_scene(sc, k_questions)):
+            seg = tok(M.turn_text(family, qa.question, i == 0), add_special_tokens=False)["input_ids"]
+            if i == 0:
+                j = seg.index(image_id)
+                seg = seg[:j] + [image_id] * n_img + seg[j + 1:]
+            ids += seg
+            a = tok(M.answer_text(family, qa.answer), add_special_tokens=False)["input_ids"]
+            for t in a + [eos_id]:
+                pos.append(len(ids) - 1)  # the logit at position p predicts token p + 1
+                tid.append(t)
+                ids.append(t)
+        seqs.append(ids)
+        tgts.append((pos, tid))
+    L = max(len(s) for s in seqs)
+    B = len(seqs)
+    input_ids = torch.full((B, L), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((B, L), dtype=torch.long)
+    rows, cols, targets = [], [], []
+    for b, (s, (pos, tid)) in enumerate(zip(seqs, tgts)):  # right padding for training
+        input_ids[b, : len(s)] = torch.tensor(s)
+        mask[b, : len(s)] = 1
+        rows += [b] * len(pos)
+        cols += pos
+        targets += tid
+    inputs = dict(input_ids=input_ids, attention_mask=mask, pixel_values=img["pixel_values"], **extra)
+    if family == "qwen":
+        inputs["mm_token_type_ids"] = (input_ids == image_id).to(torch.int32)
+    return scenes, inputs, (torch.tensor(rows), torch.tensor(cols), torch.tensor(targets))
+
+
+class Heldout:
+    """A fixed, family-balanced held-out set, encoded once through the stock processor."""
+
+    def __init__(self, family, processor, n, batch=16, seed=0):
+        self.family = family
+        items = Q.heldout_set(n, seed=seed, size=lambda sd: scene_size(family, sd))
+        self.items = items
+        self.batches = []
+        tok = processor.tokenizer
+        self.answer_ids = M.answer_token_ids(tok, family)
+        for i in range(0, len(items), batch):
+            chunk = items[i: i + batch]
+            imgs = []
+            for s, _ in chunk:
+                w, h = scene_size(family, s)
+                imgs.append(make_scene(s, width=w, height=h).image)
+            enc = M.encode(family, processor, imgs, [qa.question for _, qa in chunk])
+            self.batches.append((enc, chunk))
+
+    @torch.no_grad()
+    def evaluate(self, model, autocast=True) -> dict:
+        was = model.training
+        model.eval()
+        right = {f: 0 for f in Q.FAMILIES}
+        total = {f: 0 for f in Q.FAMILIES}
+        for enc, chunk in self.batches:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                logits = model(**enc, logits_to_keep=1).logits[:, -1]
+            pred = logits.argmax(-1).tolist()
+            for p, (_, qa) in zip(pred, chunk):
+                total[qa.family] += 1
+                right[qa.family] += int(p == self.answer_ids[qa.answer])
+        model.train(was)
+        acc = {f: right[f] / total[f] for f in Q.FAMILIES if total[f]}
+        acc["overall"] = sum(right.values()) / max(1, sum(total.values()))
+        return acc
+
+
+# ----------------------------------------------------------------------------------------- vision
+def vision_outputs(family, model, inputs):
+    """Run the vision tower alone: (patch tokens (N, d), [image vectors], per-image token counts)."""
+    if family == "llava":
+        out = model.model.vision_tower(pixel_values=inputs["pixel_values"], output_hidden_states=True)
+        return _llava_parts(out)
+    out = model.model.visual(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"])
+    return _qwen_parts(out.pooler_output, inputs["image_grid_thw"])
+
+
+def _llava_parts(out):
+    feat = out.hidden_states[-2]
+    return feat[:, 1:].reshape(-1, feat.shape[-1]), [feat[:, 0], out.pooler_output]
+
+
+def _qwen_parts(merged, grid):
+    counts = (grid.prod(-1) // 4).tolist()
+    means = torch.stack([x.float().mean(0) for x in torch.split(merged, counts)])
+    return merged, [means]
+
+
+class VisionCapture:
+    """Forward hook keeping the vision tower's output during a full VLM forward."""
+
+    def __init__(self, family, model):
+        self.family = family
+        self.out = None
+        mod = model.model.vision_tower if family == "llava" else model.model.visual
+        self.handle = mod.register_forward_hook(self._hook)
+
+    def _hook(self, module, args, output):
+        if self.family == "llava":
+            self.out = _llava_parts(output)
+        else:
+            self.out = (output.pooler_output, None)  # grid is added by the caller
+
+    def remove(self):
+        self.handle.remove()
+
+
+# ----------------------------------------------------------------------------------------- state
+def save_state(out: Path, model, heads, opt, state: dict, processor) -> None:
+    from safetensors.torch import save_file
+
+    res = out / "resume"
+    res.mkdir(parents=True, exist_ok=True)
+    tmp = res / "tmp"
+    tmp.mkdir(exist_ok=True)
+    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model_fp32.safetensors"))
+    save_file({k: v.detach().contiguous() for k, v in heads.state_dict().items()}, str(tmp / "heads.safetensors"))
+    torch.save(opt.state_dict(), tmp / "optim.pt")
+    (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    for f in tmp.iterdir():
+        os.replace(f, res / f.name)
+    tmp.rmdir()
+    M.save(model, processor, out, dtype=torch.bfloat16, extra={"step": state["step"], "minutes": state["minutes"],
+                                                               "last_eval": state.get("last_eval")})
+
+
+def load_state(out: Path, model, heads):
+    from safetensors.torch import load_file
+
+    res = out / "resume"
+    if not (res / "state.json").exists():
+        return None, None
+    model.load_state_dict(load_file(str(res / "model_fp32.safetensors")), strict=False)
+    heads.load_state_dict(load_file(str(res / "heads.safetensors")))
+    return json.loads((res / "state.json").read_text()), torch.load(res / "optim.pt", weights_only=False)
+
+
+def make_optimizer(model, heads, lr, vision_mult, family, wd=0.01):
+    vision = model.model.vision_tower if family == "llava" else model.model.visual
+    vids = {id(p) for p in vision.parameters()}
+    groups = [
+        {"params": [p for p in vision.parameters()], "lr_mult": vision_mult, "name": "vision"},
+        {"params": list(heads.parameters()), "lr_mult": 1.0, "name": "heads"},
+        {"params": [p for p in model.parameters() if id(p) not in vids], "lr_mult": 1.0, "name": "llm"},
+    ]
+    return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), weight_decay=wd)
+
+
+# ----------------------------------------------------------------------------------------- main
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--family", choices=("llava", "qwen"), default="llava")
+    p.add_argument("--out", default=None, help="output directory (default testbed/<family>)")
+    p.add_argument("--size", default="default", choices=tuple(M.SIZES))
+    p.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of this invocation")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/resume if it exists")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=8, help="images per step")
+    p.add_argument("--questions", type=int, default=20, help="questions packed per image")
+    p.add_argument("--vision-steps", type=int, default=500, help="steps of vision-tower pretraining")
+    p.add_argument("--vision-lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--vision-lr-mult", type=float, default=0.2, help="tower lr multiplier once unfrozen")
+    p.add_argument("--freeze-steps", type=int, default=1000, help="VLM steps with the tower frozen")
+    p.add_argument("--aux-weight", type=float, default=0.3, help="aux loss weight during VLM training")
+    p.add_argument("--curriculum-steps", type=int, default=3000)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-bf16", action="store_true")
+    p.add_argument("--eval-minutes", type=float, default=10.0)
+    p.add_argument("--eval-n", type=int, default=300)
+    p.add_argument("--ckpt-minutes", type=float, default=5.0)
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many total steps (0: no limit)")
+
+
+def log(out: Path, rec: dict) -> None:
+    with open(out / "train_log.jsonl", "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    print(json.dumps(rec), flush=True)
+
+
+def main(args) -> int:
+    torch.set_num_threads(args.threads)
+    out = Path(args.out or f"testbed/{args.family}")
+    out.mkdir(parents=True, exist_ok=True)
+    fam = args.family
+    model, processor = M.build(fam, args.size, seed=args.seed)
+    model.train()
+    d = model.config.vision_config.hidden_size if fam == "llava" else model.config.vision_config.out_hidden_size
+    torch.manual_seed(args.seed + 1)
+    heads = AuxHeads(d)
+    state = None
+    opt_state = None
+    if args.resume:
+        state, opt_state = load_state(out, model, heads)
+    state = state or {"step": 0, "minutes": 0.0, "config": {k: v for k, v in vars(args).items() if not k.startswith("_")}}
+    stage = "vision" if state["step"] < args.vision_steps else "vlm"
+    opt = make_optimizer(model, heads, args.lr, args.vision_lr_mult, fam)
+    if opt_state is not None:
+        try:
+            opt.load_state_dict(opt_state)
+        except ValueError:
+            print("optimizer state does not match; starting a fresh optimizer", flush=True)
+    tok = processor.tokenizer
+    eos_id = tok.convert_tokens_to_ids(M.eos_token(fam))
+    image_id = model.config.image_token_id
+    print(f"building held-out set ({args.eval_n} questions)...", flush=True)
+    held = Heldout(fam, processor, args.eval_n)
+    capture = VisionCapture(fam, model)
+    vision = model.model.vision_tower if fam == "llava" else model.model.visual
+    t0 = time.time()
+    base_minutes = state["minutes"]
+    last_ckpt = last_eval = time.time()
+    bf16 = not args.no_bf16
+    window = []
+    if state["step"] == 0:
+        log(out, {"event": "start", "params_M": sum(p.numel() for p in model.parameters()) / 1e6, **state["config"]})
+    while True:
+        step = state["step"]
+        elapsed = (time.time() - t0) / 60
+        if elapsed >= args.minutes or (args.max_steps and step >= args.max_steps):
+            break
+        in_vision = step < args.vision_steps
+        vstep = step - args.vision_steps
+        frozen = not in_vision and vstep < args.freeze_steps
+        for p in vision.parameters():
+            p.requires_grad_(not frozen)
+        # learning rates: linear warmup at the start of each stage (and of the tower's unfreezing), then constant
+        def warm(i):
+            return min(1.0, max(0, i + 1) / args.warmup)
+
+        for g in opt.param_groups:
+            if in_vision:
+                g["lr"] = args.vision_lr * warm(step) if g["name"] in ("vision", "heads") else 0.0
+            elif g["name"] == "vision":
+                g["lr"] = 0.0 if frozen else args.lr * args.vision_lr_mult * warm(vstep - args.freeze_steps)
+            else:
+                g["lr"] = args.lr * warm(vstep)
+        level = min(1.0, (step / max(1, args.vision_steps)) if in_vision else (vstep / max(1, args.curriculum_steps)))
+        seeds = [(args.seed * 100_003 + step * args.batch + i) % Q.HELDOUT_BASE for i in range(args.batch)]
+        tb = time.time()
+        scenes, inputs, (rows, cols, targets) = make_batch(fam, processor, seeds, level, args.questions, eos_id,
+                                                            image_id)
+        labels = [scene_labels(sc, merged=(fam == "qwen")) for sc in scenes]
+        t_data = time.time() - tb
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            if in_vision:
+                toks, vecs = vision_outputs(fam, model, inputs)
+                aux, accs = heads.losses(toks, vecs, labels)
+                loss = sum(aux.values())
+                lm = torch.tensor(0.0)
+                tok_acc = float("nan")
+            else:
+                logits = model(**inputs).logits
+                lg = logits[rows, cols].float()
+                lm = F.cross_entropy(lg, targets)
+                tok_acc = (lg.argmax(-1) == targets).float().mean().item()
+                loss = lm
+                accs = {}
+                if not frozen:
+                    toks, vecs = capture.out
+                    if fam == "qwen":
+                        toks, vecs = _qwen_parts(toks, inputs["image_grid_thw"])
+                    aux, accs = heads.losses(toks, vecs, labels)
+                    loss = loss + args.aux_weight * sum(aux.values())
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], 1.0)
+        opt.step()
+        state["step"] = step + 1
+        dt = time.time() - tb
+        window.append((dt, t_data))
+        if state["step"] % 10 == 0:
+            w = window[-10:]
+            rec = {"step": state["step"], "stage": "vision" if in_vision else ("vlm-frozen" if frozen else "vlm"),
+                   "minutes": round(base_minutes + (time.time() - t0) / 60, 2), "level": round(level, 3),
+                   "loss": round(loss.item(), 4), "lm": round(lm.item(), 4),
+                   "answer_acc": round(tok_acc, 4) if tok_acc == tok_acc else None,
+                   "img_per_s": round(args.batch * len(w) / sum(x[0] for x in w), 2),
+                   "data_frac": round(sum(x[1] for x in w) / sum(x[0] for x in w), 3),
+                   **{k: round(v, 3) for k, v in accs.items()}}
+            log(out, rec)
+        now = time.time()
+        if now - last_eval >= args.eval_minutes * 60 and not in_vision:
+            acc = held.evaluate(model, autocast=bf16)
+            state["last_eval"] = acc
+            log(out, {"event": "eval", "step": state["step"], "minutes": round(base_minutes + (now - t0) / 60, 2),
+                      **{k: round(v, 4) for k, v in acc.items()}})
+            last_eval = time.time()
+        if now - last_ckpt >= args.ckpt_minutes * 60:
+            state["minutes"] = base_minutes + (time.time() - t0) / 60
+            save_state(out, model, heads, opt, state, processor)
+            last_ckpt = time.time()
+    if state["step"] > args.vision_steps:
+        acc = held.evaluate(model, autocast=bf16)
+        state["last_eval"] = acc
+        log(out, {"event": "eval", "step": state["step"], "minutes": round(base_minutes + (time.time() - t0) / 60, 2),
+                  **{k: round(v, 4) for k, v in acc.items()}})
+    state["minutes"] = base_minutes + (time.time() - t0) / 60
+    save_state(out, model, heads, opt, state, processor)
+    capture.remove()
+    log(out, {"event": "stop", "step": state["step"], "minutes": round(state["minutes"], 2)})
+    return 0
+
+
+def cli(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m vlmprune.testbed.train", description=__doc__.split("\n\n")[0])
+    add_arguments(p)
+    return main(p.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli())
