@@ -113,3 +113,26 @@ def test_ratio_and_budget_one(name, family):
             model.generate(**inputs, max_new_tokens=2, do_sample=False)
         (sel,) = method.last_selection
         assert sel.kept.numel() == expect(sel.num_tokens)
+
+
+@pytest.mark.parametrize("policy", ["compact", "original"])
+def test_two_stage_sppruner_forward_and_generate(family, policy):
+    """SPpruner's progressive option: a pre-LLM stage then an in-LLM pass, through forward and generate."""
+    if policy == "compact" and family.startswith("qwen"):
+        pytest.skip("Qwen supports original positions only")
+    model, proc = cached_model(family)
+    inputs = batch_inputs(family, proc)
+    method = vlmprune.SPPruner(budget=24, llm_layer=2, llm_keep=0.5, positions=policy)
+    with method(model), torch.no_grad():
+        out = model(**inputs)
+        gen = model.generate(**inputs, max_new_tokens=NEW, do_sample=False)
+    assert gen.shape[1] == inputs["input_ids"].shape[1] + NEW
+    pruned_any = any(sel.num_tokens > 24 for sel in method.last_selection)
+    assert (out.logits.shape[1] < inputs["input_ids"].shape[1]) == pruned_any
+    for sel in method.last_selection:
+        assert sel.stage == "in_llm"
+        if sel.num_tokens > 24:  # focus tokens stay, half of the context tokens go
+            focus = round(0.75 * 24)
+            assert focus <= sel.kept.numel() < 24
+        else:  # budget >= N: every token is focus, nothing to drop
+            assert sel.kept.numel() == sel.num_tokens

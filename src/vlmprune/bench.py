@@ -92,7 +92,13 @@ _BENCH_TEXT = {
     "head_dim": 64,
 }
 _BENCH_CLIP = {"hidden_size": 64, "intermediate_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4}
-_BENCH_QWEN25_VISION = {"depth": 4, "hidden_size": 64, "intermediate_size": 128, "num_heads": 4, "window_size": 112}
+_BENCH_QWEN25_VISION = {
+    "depth": 4,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_heads": 4,
+    "window_size": 112,
+}
 _BENCH_QWEN2_VISION = {"depth": 4, "embed_dim": 64, "num_heads": 4, "mlp_ratio": 4}
 
 # Default images (W, H) in pixels and default budgets / ratios per model.
@@ -156,6 +162,11 @@ CSV_FIELDS = (
     "full_over_pruned",
     "full_over_pruned_q1",
     "full_over_pruned_q3",
+    "prefill_cpu_ms",
+    "full_prefill_cpu_ms",
+    "oracle_prefill_cpu_ms",
+    "pruned_over_oracle_cpu",
+    "full_over_pruned_cpu",
     "selection_ms",
     "selection_ms_q1",
     "selection_ms_q3",
@@ -262,7 +273,9 @@ def load_bench_model(
     if dtype is None:
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     if name not in _FAMILY:
-        raise ValueError(f"--model must be one of {', '.join(MODELS)} or an arch of {', '.join(list_archs())}; got {name!r}")
+        raise ValueError(
+            f"--model must be one of {', '.join(MODELS)} or an arch of {', '.join(list_archs())}; got {name!r}"
+        )
     family = _FAMILY[name]
     size = _parse_image_size(image_size)
 
@@ -479,7 +492,9 @@ def build_oracle(model, inputs, k: int, family: str) -> Oracle:
         rows.append(torch.nonzero(keep).flatten())
     lengths = {int(r.numel()) for r in rows}
     if len(lengths) != 1:
-        raise ValueError("the oracle needs rows that shorten to the same length (same images and prompt per row)")
+        raise ValueError(
+            "the oracle needs rows that shorten to the same length (same images and prompt per row)"
+        )
     index = torch.stack(rows)  # (B, L')
     mask = inputs.get("attention_mask")
     short_mask = mask.gather(1, index) if mask is not None else torch.ones_like(index)
@@ -502,16 +517,20 @@ def _sync(device: torch.device) -> None:
 
 def _stamps(device):
     """A logits processor recording (after a device sync) when each step's logits exist:
-    ``times[0]`` is the end of prefill (first token), ``times[i]`` the end of decode step ``i``."""
+    ``times[0]`` is the end of prefill (first token), ``times[i]`` the end of decode step ``i``;
+    ``cpu`` the process CPU time at the first step (``time.process_time``)."""
     from transformers import LogitsProcessor
 
     class _Stamps(LogitsProcessor):
         def __init__(self):
             self.times: list[float] = []
+            self.cpu: float | None = None
 
         def __call__(self, input_ids, scores):
             _sync(device)
             self.times.append(time.perf_counter())
+            if self.cpu is None:
+                self.cpu = time.process_time()
             return scores
 
     return _Stamps()
@@ -564,9 +583,21 @@ def _quartiles(values: list[float]) -> tuple[float, float, float]:
 def _summary(values: list[float], prefix: str) -> dict:
     vals = [v for v in values if v is not None and not math.isnan(v)]
     if not vals:
-        return {prefix: None, f"{prefix}_q1": None, f"{prefix}_q3": None, f"{prefix}_min": None, f"{prefix}_max": None}
+        return {
+            prefix: None,
+            f"{prefix}_q1": None,
+            f"{prefix}_q3": None,
+            f"{prefix}_min": None,
+            f"{prefix}_max": None,
+        }
     q1, med, q3 = _quartiles(vals)
-    return {prefix: med, f"{prefix}_q1": q1, f"{prefix}_q3": q3, f"{prefix}_min": min(vals), f"{prefix}_max": max(vals)}
+    return {
+        prefix: med,
+        f"{prefix}_q1": q1,
+        f"{prefix}_q3": q3,
+        f"{prefix}_min": min(vals),
+        f"{prefix}_max": max(vals),
+    }
 
 
 def _device_name(device: torch.device) -> str:
@@ -644,11 +675,19 @@ class BenchSettings:
     seed: int = 0
 
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
-def default_budgets(family: str, num_tokens: int, name: str = "") -> tuple[list[int] | None, list[float] | None]:
+def default_budgets(
+    family: str, num_tokens: int, name: str = ""
+) -> tuple[list[int] | None, list[float] | None]:
     """Default ``(budgets, ratios)`` for a model whose images have ``num_tokens`` visual tokens:
     LLaVA 192/128/64 of 576, LLaVA-NeXT 640/320 of 2880 (rescaled to ``num_tokens`` when it differs,
     e.g. ``tiny-llava-next`` 160/80 of 720), Qwen ratio 0.222."""
@@ -708,8 +747,13 @@ def run_bench(settings: BenchSettings, progress: bool = True, log=None) -> dict:
         raise RuntimeError("--device cuda was asked for but torch.cuda.is_available() is False")
     dtype = _DTYPES[settings.dtype] if settings.dtype else None
     bm = load_bench_model(
-        settings.model, device=str(device), dtype=dtype, tiny_arch=settings.tiny_arch,
-        image_size=settings.image_size, attn=settings.attn, seed=settings.seed,
+        settings.model,
+        device=str(device),
+        dtype=dtype,
+        tiny_arch=settings.tiny_arch,
+        image_size=settings.image_size,
+        attn=settings.attn,
+        seed=settings.seed,
     )
     model, family = bm.model, bm.family
     inputs = make_bench_inputs(bm, settings.batch, settings.text_tokens, device)
@@ -735,7 +779,9 @@ def run_bench(settings: BenchSettings, progress: bool = True, log=None) -> dict:
     from vlmprune.core.base import resolve_budget
 
     def kept_of(kind, value):
-        return resolve_budget(value if kind == "budget" else None, value if kind == "ratio" else None, n_tokens)
+        return resolve_budget(
+            value if kind == "budget" else None, value if kind == "ratio" else None, n_tokens
+        )
 
     gc = _gen_config(model, 1 + max(0, settings.decode_tokens))
     text_len = text_token_count(model, inputs)
@@ -761,21 +807,35 @@ def run_bench(settings: BenchSettings, progress: bool = True, log=None) -> dict:
             oracle = build_oracle(model, inputs, k, family)
             with torch.no_grad():
                 o_kwargs = oracle.prepare()
-            lengths, kv = instrumented(lambda o_kwargs=o_kwargs: model(**o_kwargs, use_cache=True, logits_to_keep=1))
+            lengths, kv = instrumented(
+                lambda o_kwargs=o_kwargs: model(**o_kwargs, use_cache=True, logits_to_keep=1)
+            )
             oracles[k] = {"oracle": oracle, "lengths": lengths, "kv": kv, "runs": [], "full": []}
 
     jobs = []
     for name in methods:
         for kind, value in configs:
             method = vlmprune.get_method(name, **{kind: value})
-            job = {"name": name, "kind": kind, "value": value, "method": method, "k": kept_of(kind, value),
-                   "runs": {"full": [], "pruned": [], "oracle": []}, "error": None}
+            job = {
+                "name": name,
+                "kind": kind,
+                "value": value,
+                "method": method,
+                "k": kept_of(kind, value),
+                "runs": {"full": [], "pruned": [], "oracle": []},
+                "error": None,
+            }
             try:
                 with method(model):
                     lengths, kv = instrumented(lambda: model(**inputs, use_cache=True, logits_to_keep=1))
                 sels = method.last_selection
-                job.update(lengths=lengths, kv=kv, stage=sels[0].stage if sels else "none",
-                           tokens_before=int(sels[0].num_tokens), tokens_after=int(sels[0].kept.numel()))
+                job.update(
+                    lengths=lengths,
+                    kv=kv,
+                    stage=sels[0].stage if sels else "none",
+                    tokens_before=int(sels[0].num_tokens),
+                    tokens_after=int(sels[0].kept.numel()),
+                )
             except Exception as err:  # a method failing on this model is reported, not fatal
                 job["error"] = f"{type(err).__name__}: {err}"
                 log(f"[bench] {name} {kind}={value}: {job['error']}")
@@ -795,29 +855,42 @@ def run_bench(settings: BenchSettings, progress: bool = True, log=None) -> dict:
             method = job["method"]
             with method(model):
                 _sync(device)
-                t0 = time.perf_counter()
+                c0, t0 = time.process_time(), time.perf_counter()
                 model.generate(**inputs, generation_config=gc, logits_processor=procs)
             sel_ms = sum(s.selection_ms for s in method.last_selection)
         elif kind == "oracle":
             oracle = oracles[job["k"]]["oracle"]
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             with torch.no_grad():
                 kwargs = oracle.prepare()
             model.generate(**kwargs, generation_config=gc, logits_processor=procs)
             sel_ms = None
         else:
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             model.generate(**inputs, generation_config=gc, logits_processor=procs)
             sel_ms = None
         _sync(device)
         t = stamps.times
         ttft = (t[0] - t0) * 1e3
+        cpu = (stamps.cpu - c0) * 1e3
         decode = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else None
         peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-        return {"prefill_ms": ttft, "decode_tok_s": decode, "selection_ms": sel_ms, "peak_mem_bytes": peak}
+        return {
+            "prefill_ms": ttft,
+            "prefill_cpu_ms": cpu,
+            "decode_tok_s": decode,
+            "selection_ms": sel_ms,
+            "peak_mem_bytes": peak,
+        }
 
-    orders = [("full", "oracle", "pruned"), ("oracle", "pruned", "full"), ("pruned", "full", "oracle"),
-              ("full", "pruned", "oracle"), ("pruned", "oracle", "full"), ("oracle", "full", "pruned")]
+    orders = [
+        ("full", "oracle", "pruned"),
+        ("oracle", "pruned", "full"),
+        ("pruned", "full", "oracle"),
+        ("full", "pruned", "oracle"),
+        ("pruned", "oracle", "full"),
+        ("oracle", "full", "pruned"),
+    ]
     live = [j for j in jobs if j["error"] is None]
     total = (settings.warmup + settings.repeats) * 3 * len(live)
     bar = _Progress(total, enabled=progress, desc=f"bench {bm.name}")
@@ -865,45 +938,83 @@ def run_bench(settings: BenchSettings, progress: bool = True, log=None) -> dict:
     def col(runs, key):
         return [r[key] for r in runs if r.get(key) is not None]
 
-    def ratios_of(num, den):
-        return [a["prefill_ms"] / b["prefill_ms"] for a, b in zip(num, den)]
+    def median_of(runs, key):
+        vals = col(runs, key)
+        return statistics.median(vals) if vals else None
+
+    def paired(num, den, key):
+        return [a[key] / b[key] for a, b in zip(num, den) if a.get(key) and b.get(key)]
 
     def peak(runs):
         vals = col(runs, "peak_mem_bytes")
         return max(vals) if vals else None
 
-    all_full = [r for j in live for r in j["runs"]["full"]]
-    full_eq = equivalent_tokens(full_lengths, text_len)
-    rows = []
-    full_row = {
-        **common,
-        "method": "full",
-        "stage": "none",
-        "budget": n_tokens,
-        "ratio": 1.0,
-        "tokens_before": n_tokens,
-        "tokens_after": n_tokens,
-        "seq_len": full_lengths[0] if full_lengths else full_len,
-        **_summary(col(all_full, "prefill_ms"), "prefill_ms"),
-        "full_prefill_ms": None,
-        "decode_tok_s": statistics.median(col(all_full, "decode_tok_s")) if col(all_full, "decode_tok_s") else None,
-        "peak_mem_bytes": peak(all_full),
-        "kv_cache_bytes": full_kv,
-        "full_kv_cache_bytes": full_kv,
-        "flops": full_flops,
-        "full_flops": full_flops,
-        "flops_reduction": 0.0,
-        "equivalent_tokens": full_eq,
-        "tokens_per_layer": full_lengths,
-        "samples": {"prefill_ms": col(all_full, "prefill_ms")},
-    }
-    full_row["full_prefill_ms"] = full_row["prefill_ms"]
-    full_row["full_prefill_ms_q1"], full_row["full_prefill_ms_q3"] = full_row["prefill_ms_q1"], full_row["prefill_ms_q3"]
-    full_row["full_over_pruned"] = 1.0
-    full_row["full_decode_tok_s"] = full_row["decode_tok_s"]
-    full_row["full_peak_mem_bytes"] = full_row["peak_mem_bytes"]
-    rows.append(full_row)
+    def timing(pruned: list, full: list, oracle: list | None) -> dict:
+        """Timing fields of a row from its runs (``pruned``, ``full``, ``oracle``: per-repeat
+        dicts of :func:`timed`, index i of each from the same repeat)."""
+        out = {**_summary(col(pruned, "prefill_ms"), "prefill_ms")}
+        out.update({f"full_{k}": v for k, v in _summary(col(full, "prefill_ms"), "prefill_ms").items()})
+        out["prefill_cpu_ms"] = median_of(pruned, "prefill_cpu_ms")
+        out["full_prefill_cpu_ms"] = median_of(full, "prefill_cpu_ms")
+        for name, (num, den) in {
+            "full_over_pruned": (full, pruned),
+            "pruned_over_oracle": (pruned, oracle),
+        }.items():
+            if den is None:
+                continue
+            q1, med, q3 = _quartiles(paired(num, den, "prefill_ms")) if num else (None, None, None)
+            out.update({name: med, f"{name}_q1": q1, f"{name}_q3": q3})
+            cpu = paired(num, den, "prefill_cpu_ms")
+            out[f"{name}_cpu"] = statistics.median(cpu) if cpu else None
+        if oracle is not None:
+            out.update(
+                {f"oracle_{k}": v for k, v in _summary(col(oracle, "prefill_ms"), "prefill_ms").items()}
+            )
+            out["oracle_prefill_cpu_ms"] = median_of(oracle, "prefill_cpu_ms")
+        out.update(
+            decode_tok_s=median_of(pruned, "decode_tok_s"),
+            full_decode_tok_s=median_of(full, "decode_tok_s"),
+            peak_mem_bytes=peak(pruned),
+            full_peak_mem_bytes=peak(full),
+        )
+        out["samples"] = {
+            "prefill_ms": col(pruned, "prefill_ms"),
+            "full_prefill_ms": col(full, "prefill_ms"),
+            "oracle_prefill_ms": col(oracle or [], "prefill_ms"),
+            "prefill_cpu_ms": col(pruned, "prefill_cpu_ms"),
+            "full_prefill_cpu_ms": col(full, "prefill_cpu_ms"),
+            "oracle_prefill_cpu_ms": col(oracle or [], "prefill_cpu_ms"),
+        }
+        return out
 
+    def accounting(lengths: list[int], kv: int) -> dict:
+        flops = _flops_for(shape, lengths, batch, settings.convention)
+        return {
+            "seq_len": lengths[-1] if lengths else None,
+            "kv_cache_bytes": kv,
+            "full_kv_cache_bytes": full_kv,
+            "flops": flops,
+            "full_flops": full_flops,
+            "flops_reduction": 1 - flops / full_flops,
+            "equivalent_tokens": equivalent_tokens(lengths, text_len),
+            "tokens_per_layer": lengths,
+        }
+
+    common = {**dict.fromkeys(CSV_FIELDS), **common}
+    all_full = [r for j in live for r in j["runs"]["full"]]
+    rows = [
+        {
+            **common,
+            "method": "full",
+            "stage": "none",
+            "budget": n_tokens,
+            "ratio": 1.0,
+            "tokens_before": n_tokens,
+            "tokens_after": n_tokens,
+            **timing(all_full, all_full, None),
+            **accounting(full_lengths, full_kv),
+        }
+    ]
     seen_oracle = set()
     for kind, value in configs:
         k = kept_of(kind, value)
@@ -914,89 +1025,47 @@ def run_bench(settings: BenchSettings, progress: bool = True, log=None) -> dict:
         o_jobs = [j for j in live if j["k"] == k]
         o_runs = [r for j in o_jobs for r in j["runs"]["oracle"]]
         f_runs = [r for j in o_jobs for r in j["runs"]["full"]]
-        o_flops = _flops_for(shape, o["lengths"], batch, settings.convention)
-        speed = ratios_of(f_runs, o_runs)
-        sq1, smed, sq3 = _quartiles(speed) if speed else (None, None, None)
-        rows.append({
-            **common,
-            "method": "oracle",
-            "stage": "oracle",
-            "budget": k,
-            "ratio": value if kind == "ratio" else None,
-            "tokens_before": n_tokens,
-            "tokens_after": int(o["oracle"].visual_tokens[0]),
-            "seq_len": o["lengths"][0],
-            **_summary(col(o_runs, "prefill_ms"), "prefill_ms"),
-            **{f"full_{k2}": v for k2, v in _summary(col(f_runs, "prefill_ms"), "prefill_ms").items()},
-            "oracle_prefill_ms": None,
-            "full_over_pruned": smed,
-            "full_over_pruned_q1": sq1,
-            "full_over_pruned_q3": sq3,
-            "pruned_over_oracle": 1.0,
-            "decode_tok_s": statistics.median(col(o_runs, "decode_tok_s")) if col(o_runs, "decode_tok_s") else None,
-            "full_decode_tok_s": statistics.median(col(f_runs, "decode_tok_s")) if col(f_runs, "decode_tok_s") else None,
-            "peak_mem_bytes": peak(o_runs),
-            "full_peak_mem_bytes": peak(f_runs),
-            "kv_cache_bytes": o["kv"],
-            "full_kv_cache_bytes": full_kv,
-            "flops": o_flops,
-            "full_flops": full_flops,
-            "flops_reduction": 1 - o_flops / full_flops,
-            "equivalent_tokens": equivalent_tokens(o["lengths"], text_len),
-            "tokens_per_layer": o["lengths"],
-            "samples": {"prefill_ms": col(o_runs, "prefill_ms"), "full_prefill_ms": col(f_runs, "prefill_ms")},
-        })
-        rows[-1]["oracle_prefill_ms"] = rows[-1]["prefill_ms"]
+        rows.append(
+            {
+                **common,
+                "method": "oracle",
+                "stage": "oracle",
+                "budget": k,
+                "ratio": value if kind == "ratio" else None,
+                "tokens_before": n_tokens,
+                "tokens_after": int(o["oracle"].visual_tokens[0]),
+                **timing(o_runs, f_runs, o_runs),
+                **accounting(o["lengths"], o["kv"]),
+            }
+        )
 
     for job in jobs:
-        row = {**common, "method": job["name"], "budget": job["k"], "ratio": job["value"] if job["kind"] == "ratio" else None,
-               "error": job["error"], "tokens_before": job.get("tokens_before", n_tokens)}
-        if job["error"] is not None and not job["runs"]["pruned"]:
+        row = {
+            **common,
+            "method": job["name"],
+            "budget": job["k"],
+            "ratio": job["value"] if job["kind"] == "ratio" else None,
+            "error": job["error"],
+            "tokens_before": job.get("tokens_before", n_tokens),
+        }
+        runs = job["runs"]
+        if job["error"] is not None and not runs["pruned"]:
             rows.append(row)
             continue
-        runs = job["runs"]
-        o = oracles[job["k"]]
-        flops = _flops_for(shape, job["lengths"], batch, settings.convention)
-        po = ratios_of(runs["pruned"], runs["oracle"])
-        fp = ratios_of(runs["full"], runs["pruned"])
-        poq = _quartiles(po) if po else (None, None, None)
-        fpq = _quartiles(fp) if fp else (None, None, None)
         sel = col(runs["pruned"], "selection_ms")
         selq = _quartiles(sel) if sel else (None, None, None)
-        row.update({
-            "stage": job["stage"],
-            "tokens_after": job["tokens_after"],
-            "seq_len": job["lengths"][-1] if job["lengths"] else None,
-            **_summary(col(runs["pruned"], "prefill_ms"), "prefill_ms"),
-            **{f"full_{k2}": v for k2, v in _summary(col(runs["full"], "prefill_ms"), "prefill_ms").items()},
-            **{f"oracle_{k2}": v for k2, v in _summary(col(runs["oracle"], "prefill_ms"), "prefill_ms").items()},
-            "pruned_over_oracle": poq[1],
-            "pruned_over_oracle_q1": poq[0],
-            "pruned_over_oracle_q3": poq[2],
-            "full_over_pruned": fpq[1],
-            "full_over_pruned_q1": fpq[0],
-            "full_over_pruned_q3": fpq[2],
-            "selection_ms": selq[1],
-            "selection_ms_q1": selq[0],
-            "selection_ms_q3": selq[2],
-            "decode_tok_s": statistics.median(col(runs["pruned"], "decode_tok_s")) if col(runs["pruned"], "decode_tok_s") else None,
-            "full_decode_tok_s": statistics.median(col(runs["full"], "decode_tok_s")) if col(runs["full"], "decode_tok_s") else None,
-            "peak_mem_bytes": peak(runs["pruned"]),
-            "full_peak_mem_bytes": peak(runs["full"]),
-            "kv_cache_bytes": job["kv"],
-            "full_kv_cache_bytes": full_kv,
-            "flops": flops,
-            "full_flops": full_flops,
-            "flops_reduction": 1 - flops / full_flops,
-            "equivalent_tokens": equivalent_tokens(job["lengths"], text_len),
-            "tokens_per_layer": job["lengths"],
-            "samples": {
-                "prefill_ms": col(runs["pruned"], "prefill_ms"),
-                "full_prefill_ms": col(runs["full"], "prefill_ms"),
-                "oracle_prefill_ms": col(runs["oracle"], "prefill_ms"),
-                "selection_ms": sel,
-            },
-        })
+        row.update(
+            {
+                "stage": job["stage"],
+                "tokens_after": job["tokens_after"],
+                **timing(runs["pruned"], runs["full"], runs["oracle"]),
+                **accounting(job["lengths"], job["kv"]),
+                "selection_ms": selq[1],
+                "selection_ms_q1": selq[0],
+                "selection_ms_q3": selq[2],
+            }
+        )
+        row["samples"]["selection_ms"] = sel
         rows.append(row)
 
     meta = {
@@ -1018,8 +1087,14 @@ def run_bench(settings: BenchSettings, progress: bool = True, log=None) -> dict:
         "grid": list(grid),
         "text_tokens": text_len,
         "prompt_length": full_len,
-        "llm": {"layers": shape.num_layers, "d": shape.d, "m": shape.m, "heads": shape.num_heads,
-                "kv_heads": shape.num_kv_heads, "head_dim": shape.head_dim},
+        "llm": {
+            "layers": shape.num_layers,
+            "d": shape.d,
+            "m": shape.m,
+            "heads": shape.num_heads,
+            "kv_heads": shape.num_kv_heads,
+            "head_dim": shape.head_dim,
+        },
         "repeats": settings.repeats,
         "warmup": settings.warmup,
         "decode_tokens": settings.decode_tokens,
@@ -1029,8 +1104,8 @@ def run_bench(settings: BenchSettings, progress: bool = True, log=None) -> dict:
         "oracle": ORACLE_DEFINITION,
         "memory": MEMORY_NOTE_CUDA if device.type == "cuda" else MEMORY_NOTE_CPU,
         "prefill": "time to first token: generate() call -> first logits (logits processor, synchronised), "
-                   "median over repeats; ratios = median of per-repeat paired ratios (full/pruned/oracle "
-                   "interleaved in a rotating order inside each repeat)",
+        "median over repeats; ratios = median of per-repeat paired ratios (full/pruned/oracle "
+        "interleaved in a rotating order inside each repeat)",
         "budgets": budgets,
         "ratios": ratios,
         "methods": methods,
@@ -1056,7 +1131,7 @@ def format_table(result: dict) -> str:
     meta, rows = result["meta"], result["rows"]
     head = (
         f"{'method':<10} {'K':>5} {'tokens':>9} {'prefill ms [IQR]':>20} {'full ms':>8} {'oracle ms':>9} "
-        f"{'pr/orc':>6} {'speedup':>7} {'sel ms':>7} {'dec t/s':>7} {'KV MB':>6} {'peak MB':>7} "
+        f"{'pr/orc':>6} {'(cpu)':>6} {'speedup':>7} {'sel ms':>7} {'dec t/s':>7} {'KV MB':>6} {'peak MB':>7} "
         f"{'FLOPs G':>8} {'red.':>6} {'eq.tok':>6}"
     )
     lines = [
@@ -1081,15 +1156,17 @@ def format_table(result: dict) -> str:
         lines.append(
             f"{r['method']:<10} {r['budget']:>5} {tokens:>9} {iqr:>20} {_fmt(r.get('full_prefill_ms'), '.1f'):>8} "
             f"{_fmt(r.get('oracle_prefill_ms'), '.1f'):>9} {_fmt(r.get('pruned_over_oracle'), '.3f'):>6} "
+            f"{_fmt(r.get('pruned_over_oracle_cpu'), '.3f'):>6} "
             f"{_fmt(r.get('full_over_pruned'), '.2f'):>7} {_fmt(r.get('selection_ms'), '.2f'):>7} "
             f"{_fmt(r.get('decode_tok_s'), '.0f'):>7} {_fmt(kv and kv / 2**20, '.2f'):>6} "
             f"{_fmt(pk and pk / 2**20, '.0f'):>7} {_fmt(r.get('flops') and r['flops'] / 1e9, '.2f'):>8} "
-            f"{_fmt(r.get('flops_reduction') and 100 * r['flops_reduction'], '.1f')+'%':>6} "
+            f"{_fmt(r.get('flops_reduction') and 100 * r['flops_reduction'], '.1f') + '%':>6} "
             f"{_fmt(r.get('equivalent_tokens'), '.0f'):>6}"
         )
     lines.append(
         "pr/orc = pruned/oracle prefill (overhead of choosing), speedup = full/pruned prefill: medians of "
-        "per-repeat paired ratios. " + meta["memory"] + "."
+        "per-repeat paired ratios of wall-clock time to first token; (cpu) = the same ratio of process CPU "
+        "time (robust to other processes on a shared CPU). " + meta["memory"] + "."
     )
     lines.append(meta["oracle"] + ".")
     return "\n".join(lines)
@@ -1131,35 +1208,63 @@ def _float_list(text: str) -> list[float]:
 def add_arguments(parser) -> None:
     """Options of ``vlmprune bench`` (see the module docstring for what is measured)."""
     parser.add_argument(
-        "--model", default="tiny-llava",
+        "--model",
+        default="tiny-llava",
         help="tiny-llava (default: built-in 576-token LLaVA-1.5-shaped model), tiny-llava-next, tiny-qwen2.5-vl, "
-             "tiny-qwen2-vl, or a real-size architecture: llava-1.5-7b, llava-next-7b, qwen2.5-vl-7b, qwen2-vl-7b "
-             "(random weights; for GPUs)",
+        "tiny-qwen2-vl, or a real-size architecture: llava-1.5-7b, llava-next-7b, qwen2.5-vl-7b, qwen2-vl-7b "
+        "(random weights; for GPUs)",
     )
-    parser.add_argument("--tiny-arch", action="store_true",
-                        help="shrink the model (archs.tiny_variant for architectures, the test-suite size for tiny-*): "
-                             "CPU smoke runs, timings meaningless")
-    parser.add_argument("--methods", default=None,
-                        help="comma-separated method names (default: every registered method)")
-    parser.add_argument("--budgets", type=_int_list, default=None,
-                        help="visual tokens kept per image, comma-separated (default: 192,128,64 for 576-token "
-                             "LLaVA; 640,320 for LLaVA-NeXT at 2880, scaled for smaller models)")
-    parser.add_argument("--ratios", type=_float_list, default=None,
-                        help="kept fractions instead of budgets, e.g. 0.222 (default for Qwen)")
+    parser.add_argument(
+        "--tiny-arch",
+        action="store_true",
+        help="shrink the model (archs.tiny_variant for architectures, the test-suite size for tiny-*): "
+        "CPU smoke runs, timings meaningless",
+    )
+    parser.add_argument(
+        "--methods", default=None, help="comma-separated method names (default: every registered method)"
+    )
+    parser.add_argument(
+        "--budgets",
+        type=_int_list,
+        default=None,
+        help="visual tokens kept per image, comma-separated (default: 192,128,64 for 576-token "
+        "LLaVA; 640,320 for LLaVA-NeXT at 2880, scaled for smaller models)",
+    )
+    parser.add_argument(
+        "--ratios",
+        type=_float_list,
+        default=None,
+        help="kept fractions instead of budgets, e.g. 0.222 (default for Qwen)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--dtype", default=None, choices=sorted(_DTYPES),
-                        help="default float32 on CPU, bfloat16 on CUDA")
+    parser.add_argument(
+        "--dtype", default=None, choices=sorted(_DTYPES), help="default float32 on CPU, bfloat16 on CUDA"
+    )
     parser.add_argument("--attn", default="sdpa", help="attn_implementation of the model (default sdpa)")
     parser.add_argument("--batch", type=int, default=1, help="prompts per call (one image each; default 1)")
-    parser.add_argument("--text-tokens", type=int, default=64,
-                        help="non-image tokens in the prompt, template included (default 64)")
-    parser.add_argument("--image-size", default=None, help="input image W or WxH in pixels (default per model)")
+    parser.add_argument(
+        "--text-tokens",
+        type=int,
+        default=64,
+        help="non-image tokens in the prompt, template included (default 64)",
+    )
+    parser.add_argument(
+        "--image-size", default=None, help="input image W or WxH in pixels (default per model)"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed repeats (default 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed warm-up repeats (default 1)")
-    parser.add_argument("--decode-tokens", type=int, default=8,
-                        help="tokens decoded after the first, for decode tokens/s (default 8; 0: prefill only)")
-    parser.add_argument("--convention", default="fastv", choices=("fastv", "swiglu", "exact"),
-                        help="FLOPs convention (default fastv: 4nd^2 + 2n^2d + 2ndm per layer)")
+    parser.add_argument(
+        "--decode-tokens",
+        type=int,
+        default=8,
+        help="tokens decoded after the first, for decode tokens/s (default 8; 0: prefill only)",
+    )
+    parser.add_argument(
+        "--convention",
+        default="fastv",
+        choices=("fastv", "swiglu", "exact"),
+        help="FLOPs convention (default fastv: 4nd^2 + 2n^2d + 2ndm per layer)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0, help="random weights seed (default 0)")
     parser.add_argument("--out", default=None, help="output directory (default results/bench/<model>)")
@@ -1177,10 +1282,23 @@ def settings_from_args(args) -> BenchSettings:
     if args.budgets and args.ratios:
         raise ValueError("give --budgets or --ratios, not both")
     return BenchSettings(
-        model=args.model, methods=methods, budgets=args.budgets, ratios=args.ratios, device=args.device,
-        dtype=args.dtype, batch=args.batch, text_tokens=args.text_tokens, repeats=args.repeats,
-        warmup=args.warmup, decode_tokens=args.decode_tokens, convention=args.convention,
-        tiny_arch=args.tiny_arch, image_size=args.image_size, attn=args.attn, threads=args.threads, seed=args.seed,
+        model=args.model,
+        methods=methods,
+        budgets=args.budgets,
+        ratios=args.ratios,
+        device=args.device,
+        dtype=args.dtype,
+        batch=args.batch,
+        text_tokens=args.text_tokens,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        decode_tokens=args.decode_tokens,
+        convention=args.convention,
+        tiny_arch=args.tiny_arch,
+        image_size=args.image_size,
+        attn=args.attn,
+        threads=args.threads,
+        seed=args.seed,
     )
 
 
@@ -1196,14 +1314,19 @@ def main(args) -> int:
     except (ValueError, KeyError, RuntimeError) as err:
         print(f"vlmprune bench: {err}", file=sys.stderr)
         return 2
-    out_dir = args.out or os.path.join("results", "bench", settings.model + ("-tiny" if settings.tiny_arch else ""))
+    out_dir = args.out or os.path.join(
+        "results", "bench", settings.model + ("-tiny" if settings.tiny_arch else "")
+    )
     plot = not args.no_plot
     if plot:
         try:
             import matplotlib  # noqa: F401
         except ImportError:
-            print("vlmprune bench: matplotlib is not installed, skipping bench.png "
-                  "(pip install 'vlmprune[bench]')", file=sys.stderr)
+            print(
+                "vlmprune bench: matplotlib is not installed, skipping bench.png "
+                "(pip install 'vlmprune[bench]')",
+                file=sys.stderr,
+            )
             plot = False
     paths = write_results(result, out_dir, plot=plot)
     result["meta"]["files"] = {k: str(v) for k, v in paths.items() if v}

@@ -72,7 +72,12 @@ def resolve_dtype(dtype: str, device: str):
         if device.startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+    table = {
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
+    }
     table.update({"float16": torch.float16, "fp16": torch.float16, "half": torch.float16})
     if dtype not in table:
         raise ValueError(f"`--dtype` must be one of auto, {', '.join(sorted(table))}; got {dtype!r}")
@@ -106,15 +111,15 @@ def _chat_template_file(path: Path) -> str | None:
 
 def load_model(spec: str, device: str = "auto", dtype: str = "auto") -> Loaded:
     """Load ``spec`` (a checkpoint directory, a hub id, or a key of :data:`TINY_SPECS`)."""
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, device)
+    if spec in TINY_SPECS:  # before the (slow) transformers Auto* imports
+        return _tiny(spec, device, torch_dtype)
     import transformers
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
     from vlmprune.errors import UnsupportedModelError
 
-    device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, device)
-    if spec in TINY_SPECS:
-        return _tiny(spec, device, torch_dtype)
     local = Path(spec).is_dir()
     kw = {"local_files_only": True} if local else {}
     config = AutoConfig.from_pretrained(spec, **kw)
@@ -141,12 +146,39 @@ def load_model(spec: str, device: str = "auto", dtype: str = "auto") -> Loaded:
 
         from vlmprune.testing import QwenTinyProcessor
 
-        print(f"note: AutoProcessor failed ({type(err).__name__}); using Qwen2VLImageProcessorPil", file=sys.stderr)
+        print(
+            f"note: AutoProcessor failed ({type(err).__name__}); using Qwen2VLImageProcessorPil",
+            file=sys.stderr,
+        )
         tok = AutoTokenizer.from_pretrained(spec, **kw)
         merge = int(config.vision_config.spatial_merge_size)
-        processor = QwenTinyProcessor(Qwen2VLImageProcessorPil.from_pretrained(spec, **kw), tok, merge_size=merge)
+        processor = QwenTinyProcessor(
+            Qwen2VLImageProcessorPil.from_pretrained(spec, **kw), tok, merge_size=merge
+        )
         template = (_chat_template_file(Path(spec)) if local else None) or getattr(tok, "chat_template", None)
-    return Loaded(model, processor, family, spec, False, template, device, torch_dtype)
+    return Loaded(model, processor, family, describe_checkpoint(spec), False, template, device, torch_dtype)
+
+
+def describe_checkpoint(spec: str) -> str:
+    """``spec`` for reports: relative to the working directory when below it, with the step of a
+    testbed checkpoint (its ``testbed.json``) when there is one."""
+    path = Path(spec)
+    if not path.is_dir():
+        return spec
+    try:
+        text = str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        text = spec
+    meta = path / "testbed.json"
+    if meta.is_file():
+        try:
+            info = json.loads(meta.read_text())
+            text += (
+                f" (testbed checkpoint, step {info['step']})" if "step" in info else " (testbed checkpoint)"
+            )
+        except (ValueError, KeyError, OSError):
+            pass
+    return text
 
 
 def prompt_text(loaded: Loaded, prompt: str) -> str:
@@ -249,6 +281,13 @@ def flops_schedules(model_config, method, selections, input_ids, attention_mask,
     return shape, full, pruned, text
 
 
+def method_size(args) -> dict:
+    """``{"ratio": r}`` or ``{"budget": k}`` (default 64) from ``--ratio`` / ``--budget``."""
+    if args.ratio is not None:
+        return {"ratio": args.ratio}
+    return {"budget": 64 if args.budget is None else args.budget}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model",
@@ -261,12 +300,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--method", default="promprune", help="pruning method (see `vlmprune list`)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--budget", type=int, default=None, help="visual tokens kept per image (default 64)")
-    group.add_argument("--ratio", type=float, default=None, help="kept fraction in (0, 1] instead of --budget")
+    group.add_argument(
+        "--ratio", type=float, default=None, help="kept fraction in (0, 1] instead of --budget"
+    )
     parser.add_argument("--viz", default=None, metavar="OUT.png", help="also render which tokens were kept")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (default)")
     parser.add_argument("--max-new-tokens", type=int, default=32, help="answer length limit (default 32)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed prefill runs per side (median; default 3)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed prefill runs per side (median; default 3)"
+    )
     parser.add_argument(
         "--flops-convention", default="fastv", choices=("fastv", "swiglu", "exact"), help="see vlmprune.flops"
     )
@@ -275,12 +318,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args) -> dict:
     """Everything ``vlmprune run`` reports, as a dict (the ``--json`` output)."""
+    from PIL import Image
+
     import vlmprune
     from vlmprune.flops import FlopsReport
-    from vlmprune.viz import compare_grid, layout_info, load_image, panel_title, render_selection
+    from vlmprune.viz import (
+        LEGEND,
+        compare_grid,
+        describe_geometry,
+        display_size_for,
+        layout_info,
+        load_image,
+        panel_title,
+        render_selection,
+    )
 
     image, image_desc = load_image(args.image)
-    size_kw = {"ratio": args.ratio} if args.ratio is not None else {"budget": args.budget or 64}
+    size_kw = method_size(args)
     method = vlmprune.get_method(args.method, **size_kw)  # bad arguments fail before loading
     loaded = load_model(args.model, device=args.device, dtype=args.dtype)
     inputs = make_prompt_inputs(loaded, image, args.prompt)
@@ -292,7 +346,12 @@ def run(args) -> dict:
     pruned_ms = prefill_ms(loaded, inputs, method, args.repeats)
     image_token_id = int(loaded.model.config.image_token_id)
     shape, full_sched, pruned_sched, text = flops_schedules(
-        loaded.model.config, method, selections, inputs["input_ids"], inputs.get("attention_mask"), image_token_id
+        loaded.model.config,
+        method,
+        selections,
+        inputs["input_ids"],
+        inputs.get("attention_mask"),
+        image_token_id,
     )
     report = FlopsReport.compute(shape, pruned_sched, full_sched, args.flops_convention)
     sel = selections[0]
@@ -327,14 +386,21 @@ def run(args) -> dict:
     }
     if args.viz:
         info = layout_info(loaded.model, loaded.processor)
-        w, h = image.size
-        s = min(1.0, 640 / max(w, h))
-        display = (max(1, round(w * s)), max(1, round(h * s)))
+        display = display_size_for(image.size, 640, 2 if info.family == "llava_next" else 1)
         panel = render_selection(image, sel, info, display_size=display)
-        footer = f"model: {loaded.description}; prompt: {args.prompt!r}; answer with pruning: {pruned_answer!r}"
+        footer = (
+            f"model: {loaded.description}; prompt: {args.prompt!r}; answer with pruning: {pruned_answer!r}"
+        )
         if loaded.tiny:
             footer += "\nNOTE: random tiny model: its saliency is not meaningful."
-        grid = compare_grid(image.resize(display), [(panel_title(method, sel), panel)], cols=2, footer=footer)
+        footer += "\n" + describe_geometry(info.family, image.size, info.config) + "\n" + LEGEND
+        grid = compare_grid(
+            image.resize(display, Image.BICUBIC),
+            [(panel_title(method, sel), panel)],
+            cols=2,
+            footer=footer,
+            original_title=f"original ({image.size[0]}x{image.size[1]})",
+        )
         Path(args.viz).parent.mkdir(parents=True, exist_ok=True)
         grid.save(args.viz)
         result["viz"] = str(args.viz)
@@ -366,6 +432,14 @@ def _print(r: dict) -> None:
 
 
 def main(args) -> int:
+    import vlmprune
+
+    size_kw = method_size(args)
+    try:  # argument errors as one line, before anything is loaded
+        vlmprune.get_method(args.method, **size_kw)
+    except (KeyError, ValueError) as err:
+        print(f"vlmprune run: {err.args[0] if err.args else err}", file=sys.stderr)
+        return 2
     result = run(args)
     if args.json:
         print(json.dumps(result, indent=2))

@@ -125,7 +125,9 @@ def _resized_hw(height: int, width: int, size: dict) -> tuple[int, int]:
         return size["height"], size["width"]
     if "shortest_edge" in size:
         if "longest_edge" in size:
-            raise ValueError("a size with both `shortest_edge` and `longest_edge` is not supported for CLIP crops")
+            raise ValueError(
+                "a size with both `shortest_edge` and `longest_edge` is not supported for CLIP crops"
+            )
         return resize_shortest_edge(height, width, size["shortest_edge"])
     raise ValueError(f"unsupported image processor size {size!r}")
 
@@ -265,11 +267,15 @@ def llava_next_geometry(image_size: tuple[int, int], cfg: dict) -> TokenGeometry
     return TokenGeometry(boxes, view, ("base", "high-res"), grids, (width, height))
 
 
-def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280):
+def smart_resize(
+    height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280
+):
     """Qwen2-VL's resize target ``(h, w)``: multiples of ``factor``, pixel count in range, aspect kept
     as well as possible (the same arithmetic as transformers' ``smart_resize``)."""
     if max(height, width) / min(height, width) > 200:
-        raise ValueError(f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}")
+        raise ValueError(
+            f"absolute aspect ratio must be smaller than 200, got {max(height, width) / min(height, width)}"
+        )
     h_bar = round(height / factor) * factor
     w_bar = round(width / factor) * factor
     if h_bar * w_bar > max_pixels:
@@ -283,7 +289,9 @@ def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56
     return h_bar, w_bar
 
 
-def qwen_geometry(image_size: tuple[int, int], cfg: dict, grid: tuple[int, ...] | None = None) -> TokenGeometry:
+def qwen_geometry(
+    image_size: tuple[int, int], cfg: dict, grid: tuple[int, ...] | None = None
+) -> TokenGeometry:
     """Qwen2-VL / Qwen2.5-VL: (gh*gw,) merged tokens, each ``patch*merge`` px square of the resized image.
 
     ``cfg``: ``min_pixels``, ``max_pixels`` (or ``size`` {"shortest_edge": min, "longest_edge":
@@ -315,7 +323,9 @@ def qwen_geometry(image_size: tuple[int, int], cfg: dict, grid: tuple[int, ...] 
     return TokenGeometry(boxes, np.zeros(len(boxes), np.int64), ("image",), ((gh, gw),), (width, height))
 
 
-def token_geometry(family: str, image_size: tuple[int, int], processor_config: dict, selection=None) -> TokenGeometry:
+def token_geometry(
+    family: str, image_size: tuple[int, int], processor_config: dict, selection=None
+) -> TokenGeometry:
     """:class:`TokenGeometry` of one image of ``image_size`` = ``(W, H)`` (PIL's ``image.size``).
 
     ``selection`` (optional): the image's :class:`~vlmprune.Selection`; its token count (and Qwen
@@ -377,6 +387,34 @@ def processor_config(processor, model_config=None) -> dict:
     return out
 
 
+def describe_geometry(family: str, image_size: tuple[int, int], processor_config: dict) -> str:
+    """One line saying how the processor turned an image of ``image_size`` into tokens."""
+    geo = token_geometry(family, image_size, processor_config)
+    cfg, (w, h) = processor_config, image_size
+    if family == "llava":
+        crop = _size(cfg.get("crop_size"))
+        pad = "pad to square, " if cfg.get("do_pad") and w != h else ""
+        g = geo.grids[0]
+        size = _size(cfg.get("size"))
+        how = f"shortest edge to {size['shortest_edge']}" if "shortest_edge" in size else f"to {size}"
+        return (
+            f"LLaVA: {pad}resize {how}, centre crop {crop.get('width')}x{crop.get('height')}, "
+            f"{g[0]}x{g[1]} tokens of {cfg.get('patch_size', 14)} px"
+        )
+    if family == "llava_next":
+        bh, bw = select_best_resolution((h, w), [tuple(p) for p in cfg["image_grid_pinpoints"]])
+        (g, _), (r, c) = geo.grids
+        return (
+            f"LLaVA-NeXT: base view {g}x{g} tokens (image squashed to the square crop) + high-res view {r}x{c} tokens "
+            f"(image fitted into the {bw}x{bh} pinpoint canvas, tiles, padding rows/cols removed)"
+        )
+    factor = int(cfg.get("patch_size", 14)) * int(cfg.get("merge_size", 2))
+    gh, gw = geo.grids[0]
+    return (
+        f"Qwen: smart_resize to {gw * factor}x{gh * factor}, {gh}x{gw} merged tokens of {factor}x{factor} px"
+    )
+
+
 def layout_info(model, processor) -> LayoutInfo:
     """:class:`LayoutInfo` of a loaded model and its processor."""
     from vlmprune.adapters import get_adapter
@@ -401,25 +439,38 @@ def box_pixels(box, scale: tuple[float, float] = (1.0, 1.0)) -> tuple[int, int, 
 
 
 def group_colour(slot: int) -> tuple[int, int, int]:
-    """A saturated colour for merge group ``slot`` (golden-ratio hues: neighbours differ)."""
-    h = (slot * 0.6180339887) % 1.0
-    r, g, b = colorsys.hsv_to_rgb(h, 0.85, 1.0)
+    """A saturated colour for merge group ``slot``; hues are scrambled (murmur3's 32-bit finaliser)
+    so that groups with nearby or evenly strided slots, often spatial neighbours, get unrelated colours."""
+    x = (slot + 0x9E3779B9) & 0xFFFFFFFF
+    x = ((x ^ (x >> 16)) * 0x85EBCA6B) & 0xFFFFFFFF
+    x = ((x ^ (x >> 13)) * 0xC2B2AE35) & 0xFFFFFFFF
+    h = (x ^ (x >> 16)) / 2**32
+    r, g, b = colorsys.hsv_to_rgb(h, 0.8, 1.0)
     return int(r * 255), int(g * 255), int(b * 255)
 
 
 def token_status(selection) -> tuple[np.ndarray, np.ndarray]:
     """Per token of ``selection``: status (N,) int8 (1 kept, 0 dropped, 2 merged into a kept token)
-    and group (N,) int64 (slot of the kept token it belongs to; -1 for dropped tokens)."""
+    and group (N,) int64 (the merge slot of the kept token it belongs to; -1 for dropped tokens).
+
+    A kept token's group is its own ``assignment`` slot. A token is *merged* when its slot is the
+    slot of a token that is still kept, so a later in-LLM stage that drops a merged token's
+    representative (SPpruner's progressive option) shows that whole group as dropped."""
     n = int(selection.num_tokens)
-    kept = np.asarray(selection.kept.cpu() if hasattr(selection.kept, "cpu") else selection.kept, dtype=np.int64)
+    kept = np.asarray(
+        selection.kept.cpu() if hasattr(selection.kept, "cpu") else selection.kept, dtype=np.int64
+    )
     status = np.zeros(n, np.int8)
     group = np.full(n, -1, np.int64)
     status[kept] = 1
-    group[kept] = np.arange(len(kept))
+    group[kept] = n + np.arange(len(kept))  # a group of its own unless the assignment says otherwise
     assign = selection.assignment
     if assign is not None:
         assign = np.asarray(assign.cpu() if hasattr(assign, "cpu") else assign, dtype=np.int64)
-        merged = (assign >= 0) & (status == 0)
+        own = assign[kept]
+        group[kept] = np.where(own >= 0, own, group[kept])
+        alive = np.isin(assign, own[own >= 0])
+        merged = (assign >= 0) & (status == 0) & alive
         status[merged] = 2
         group[merged] = assign[merged]
     return status, group
@@ -434,7 +485,7 @@ def _label_map(boxes: np.ndarray, idx: np.ndarray, hw: tuple[int, int], scale) -
     return labels
 
 
-def _render_view(base: np.ndarray, labels: np.ndarray, status, group, dim: float, tint: float, outline: int):
+def _render_view(base: np.ndarray, labels: np.ndarray, status, group, dim, tint, shade, outline: int):
     """(H, W, 3) uint8 rendering of one view from the display image ``base`` and its label map."""
     img = base.astype(np.float32)
     out = img.copy()
@@ -452,7 +503,8 @@ def _render_view(base: np.ndarray, labels: np.ndarray, status, group, dim: float
         palette = np.zeros((int(slots.max()) + 1, 3), np.float32)
         for s in slots:
             palette[s] = group_colour(int(s))
-        out[merged] = img[merged] * (1.0 - tint) + palette[grp[merged]] * tint
+        grey = np.asarray(DROP_GREY, np.float32)
+        out[merged] = img[merged] * (1.0 - tint - shade) + palette[grp[merged]] * tint + grey * shade
         if outline > 0:  # group boundaries, drawn on merged pixels only (kept pixels stay untouched)
             gl = np.where(st >= 1, grp, -1 - (st < 0))  # group label per pixel; dropped -1, unseen -2
             edge = np.zeros((h, w), bool)
@@ -487,7 +539,8 @@ def render_selection(
     *,
     display_size: tuple[int, int] | None = None,
     dim: float = 0.7,
-    tint: float = 0.45,
+    tint: float = 0.35,
+    shade: float = 0.3,
     outline: int | None = None,
 ) -> Image.Image:
     """The image as the model's tokens saw it after pruning.
@@ -499,7 +552,8 @@ def render_selection(
 
     Kept tokens' pixels are the display image unchanged; dropped ones are
     ``(1 - dim) * pixel + dim * DROP_GREY``; tokens a merging method folded into a kept token are
-    ``(1 - tint) * pixel + tint * colour(slot)`` with the group's outline; pixels seen by no token
+    ``(1 - tint - shade) * pixel + tint * colour(slot) + shade * DROP_GREY`` (a kept token's group:
+    shaded and tinted with one colour, outlined in it; the kept token itself plain); pixels seen by no token
     are hatched. LLaVA-NeXT returns ``base | high-res`` side by side, :data:`VIEW_GAP` px apart.
     ``out.info["views"]`` lists ``(name, (x, y, w, h))`` of each view in the returned image.
     """
@@ -523,7 +577,7 @@ def render_selection(
     for v, _name in enumerate(geo.views):
         idx = np.nonzero(geo.view == v)[0]
         labels = _label_map(geo.boxes, idx, (dh, dw), scale)
-        views.append(_render_view(base, labels, status, group, dim, tint, outline))
+        views.append(_render_view(base, labels, status, group, dim, tint, shade, outline))
     n = len(views)
     out = np.full((dh, n * dw + (n - 1) * VIEW_GAP, 3), BACKGROUND, np.uint8)
     info = []
@@ -579,10 +633,12 @@ def compare_grid(
     cols: int | None = None,
     footer: str | None = None,
     show_original: bool = True,
+    original_title: str | None = None,
     pad: int = 10,
     font_size: int = 15,
 ) -> Image.Image:
-    """Panels in a grid, each under its title; the original ``image`` first when ``show_original``.
+    """Panels in a grid, each under its title; the original ``image`` first when ``show_original``
+    (titled ``original_title``, default ``"original WxH"``).
 
     Panels are pasted unscaled, top-centred in equal cells (cell = the largest panel, at least
     260 px wide); ``cols`` defaults to ``ceil(sqrt(n))``. A panel whose ``info["views"]`` names
@@ -591,7 +647,8 @@ def compare_grid(
     """
     cells = list(panels)
     if show_original and image is not None:
-        cells = [(f"original {image.size[0]}x{image.size[1]}", image.convert("RGB"))] + cells
+        title = original_title or f"original {image.size[0]}x{image.size[1]}"
+        cells = [(title, image.convert("RGB"))] + cells
     if not cells:
         raise ValueError("compare_grid needs at least one panel")
     n = len(cells)
@@ -619,7 +676,9 @@ def compare_grid(
         px = x0 + (cw - panel.size[0]) // 2
         py = y0 + title_h + label_h
         for name, (vx, _vy, vw, _vh) in panel.info.get("views", []) if label_h else []:
-            draw.text((px + vx + 2, y0 + title_h), _fit(draw, name, small, vw - 4), fill=(70, 70, 70), font=small)
+            draw.text(
+                (px + vx + 2, y0 + title_h), _fit(draw, name, small, vw - 4), fill=(70, 70, 70), font=small
+            )
         grid.paste(panel.convert("RGB"), (px, py))
         placed.append((title, (px, py, panel.size[0], panel.size[1])))
     y = rows * cell_h + (rows + 1) * pad
@@ -647,7 +706,9 @@ def load_image(spec: str | None) -> tuple[Image.Image, str]:
         try:
             import skimage.data
         except ImportError as err:  # pragma: no cover
-            raise ImportError("the default photographs need scikit-image: pip install 'vlmprune[viz]'") from err
+            raise ImportError(
+                "the default photographs need scikit-image: pip install 'vlmprune[viz]'"
+            ) from err
         return Image.fromarray(getattr(skimage.data, name)()).convert("RGB"), f"skimage.data.{name}()"
     path = Path(spec)
     if not path.exists():
@@ -656,13 +717,24 @@ def load_image(spec: str | None) -> tuple[Image.Image, str]:
 
 
 def default_model_spec() -> str:
-    """``testbed/llava`` when that directory exists (in the working directory or the source
-    checkout), else ``tiny-llava`` (random weights, 336 px / 576 tokens)."""
+    """``testbed/llava`` when it holds a saved checkpoint (``config.json``; looked up in the working
+    directory, then the source checkout), else ``tiny-llava`` (random weights, 336 px / 576 tokens)."""
     for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
         candidate = root / "testbed" / "llava"
-        if candidate.is_dir():
+        if (candidate / "config.json").is_file():
             return str(candidate)
     return "tiny-llava"
+
+
+def display_size_for(image_size: tuple[int, int], max_side: int | None, views: int = 1) -> tuple[int, int]:
+    """Display ``(W', H')`` of an image of ``image_size``: never upscaled, longest side at most
+    ``max_side`` (``max_side / sqrt(2)`` per view when a rendering has two views side by side)."""
+    w, h = image_size
+    if not max_side:
+        return w, h
+    limit = max_side / math.sqrt(views)
+    s = min(1.0, limit / max(w, h))
+    return max(1, round(w * s)), max(1, round(h * s))
 
 
 def panel_title(method, selection) -> str:
@@ -688,7 +760,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--budget", type=int, default=None, help="visual tokens kept per image (default 64)")
-    group.add_argument("--ratio", type=float, default=None, help="kept fraction in (0, 1] instead of --budget")
+    group.add_argument(
+        "--ratio", type=float, default=None, help="kept fraction in (0, 1] instead of --budget"
+    )
     parser.add_argument("--out", default="compare.png", help="output PNG (default compare.png)")
     parser.add_argument(
         "--model",
@@ -696,11 +770,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="checkpoint dir / hub id, or tiny-llava|tiny-llava-next|tiny-qwen2.5-vl|tiny-qwen2-vl; default "
         "testbed/llava if present, else tiny-llava (random weights: its saliency is not meaningful)",
     )
-    parser.add_argument("--prompt", default="What is in the image?", help="question the text-aware methods see")
+    parser.add_argument(
+        "--prompt", default="What is in the image?", help="question the text-aware methods see"
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto (default)")
     parser.add_argument("--cols", type=int, default=None, help="grid columns (default ceil(sqrt(panels)))")
-    parser.add_argument("--max-side", type=int, default=640, help="longest side of each rendered panel in px")
+    parser.add_argument(
+        "--max-side",
+        type=int,
+        default=640,
+        help="longest side of the shown image in px (LLaVA-NeXT: /sqrt(2) per view)",
+    )
 
 
 def _methods(names: list[str]) -> list[str]:
@@ -723,12 +804,23 @@ def main(args) -> int:
     spec = args.model or default_model_spec()
     budget = args.budget if (args.budget is not None or args.ratio is not None) else 64
     size_kw = {"ratio": args.ratio} if args.ratio is not None else {"budget": budget}
-    loaded = load_model(spec, device=args.device, dtype=args.dtype)
+    try:  # argument errors as one line, before anything is loaded
+        for name in names:
+            vlmprune.get_method(name, **size_kw)
+    except ValueError as err:
+        print(f"vlmprune compare: {err}", file=sys.stderr)
+        return 2
+    try:
+        loaded = load_model(spec, device=args.device, dtype=args.dtype)
+    except Exception as err:  # a testbed being (re)written while we read it: say so, use the tiny model
+        if args.model is not None or spec == "tiny-llava":
+            raise
+        print(f"note: could not load {spec} ({type(err).__name__}: {err}); using tiny-llava", file=sys.stderr)
+        loaded = load_model("tiny-llava", device=args.device, dtype=args.dtype)
     inputs = make_prompt_inputs(loaded, image, args.prompt)
     info = layout_info(loaded.model, loaded.processor)
+    display = display_size_for(image.size, args.max_side, 2 if info.family == "llava_next" else 1)
     w, h = image.size
-    s = min(1.0, args.max_side / max(w, h)) if args.max_side else 1.0
-    display = (max(1, round(w * s)), max(1, round(h * s)))
     panels, n_tokens = [], None
     for name in names:
         method = vlmprune.get_method(name, **size_kw)
@@ -740,15 +832,17 @@ def main(args) -> int:
         print(f"{name:<10} kept {len(sel.kept):>5} of {sel.num_tokens} ({sel.stage})")
     amount = f"budget {budget}" if args.ratio is None else f"ratio {args.ratio}"
     footer = (
-        f"model: {loaded.description}; {info.family} layout; image: {image_desc} {w}x{h}; {amount} of {n_tokens} "
-        f"visual tokens; prompt: {args.prompt!r}\n{LEGEND}"
+        f"model: {loaded.description}; image: {image_desc} {w}x{h}; {amount} of {n_tokens} visual tokens; "
+        f"prompt: {args.prompt!r}\n{describe_geometry(info.family, image.size, info.config)}\n{LEGEND}"
     )
     if loaded.tiny:
         footer += (
             "\nNOTE: a tiny model with RANDOM weights: its saliency and attention are not meaningful, so these "
             "panels show each method's mechanics (geometry, budget, spread), not what a trained model would keep."
         )
-    grid = compare_grid(image.resize(display, Image.BICUBIC), panels, cols=args.cols, footer=footer)
+    cols = args.cols or (2 if info.family == "llava_next" else None)  # two-view panels are wide
+    shown = image.resize(display, Image.BICUBIC)
+    grid = compare_grid(shown, panels, cols=cols, footer=footer, original_title=f"original ({w}x{h})")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)

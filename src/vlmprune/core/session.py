@@ -475,10 +475,11 @@ class PruningSession:
             )
         index, valid = compact_index(keep)
         new_hidden = gather_seq(hidden, index, 1)
-        cos, sin = kwargs["position_embeddings"]
+        # without explicit position ids the LLM builds them (and cos/sin) with batch 1: broadcast first
+        cos, sin = (t.expand(bsz, *t.shape[1:]) for t in kwargs["position_embeddings"])
         override = {"position_embeddings": (gather_seq(cos, index, 1), gather_seq(sin, index, 1))}
         if torch.is_tensor(kwargs.get("position_ids")):
-            override["position_ids"] = gather_seq(kwargs["position_ids"], index, 1)
+            override["position_ids"] = gather_seq(kwargs["position_ids"].expand(bsz, -1), index, 1)
         st.layer_prefix = gather_seq(st.cur_mask, index, 1) * valid.to(st.cur_mask.dtype)
         override["attention_mask"] = self._layer_mask(new_hidden, st.layer_prefix, cache)
         st.layer_override = override

@@ -78,11 +78,21 @@ def _minmax(v: torch.Tensor) -> torch.Tensor:
 # -- 1. focus identification ---------------------------------------------------------------------
 def relevance(features: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
     """(N, D) tokens, (M, D) text embeddings -> (N,) ``max_j cos(X_i, Q_j)`` (not normalised)."""
-    if text.dim() != 2 or text.shape[1] != features.shape[1]:
-        raise ValueError(f"`text` must be (M, {features.shape[1]}), got shape {tuple(text.shape)}")
-    f = F.normalize(features.float(), dim=-1, eps=1e-6)
-    q = F.normalize(text.float().to(features.device), dim=-1, eps=1e-6)
-    return (f @ q.T).amax(dim=1)  # (N, D) @ (D, M) -> (N, M) -> (N,)
+    x = features.float()
+    return _relevance(x, _norms(x), text)
+
+
+def _norms(x: torch.Tensor) -> torch.Tensor:
+    """(N, D) -> (N,) ``max(|x_i|, 1e-6)``: dividing by it is the eps-1e-6 row normalisation."""
+    return torch.linalg.vecdot(x, x, dim=-1).sqrt().clamp_min(1e-6)
+
+
+def _relevance(x: torch.Tensor, norms: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """(N, D) rows, (N,) their clamped norms, (M, D) text -> (N,) max cosine."""
+    if text.dim() != 2 or text.shape[1] != x.shape[1]:
+        raise ValueError(f"`text` must be (M, {x.shape[1]}), got shape {tuple(text.shape)}")
+    q = F.normalize(text.float().to(x.device), dim=-1, eps=1e-6)
+    return (x @ q.T).amax(dim=1) / norms  # (N, D) @ (D, M) -> (N, M) -> (N,)
 
 
 def focus_scores(
@@ -92,13 +102,20 @@ def focus_scores(
     union: str = "soft",
 ) -> torch.Tensor:
     """(N,) float32 subject score ``f`` from saliency and text relevance (module docstring, step 1)."""
-    n = features.shape[0]
-    s_v = None if saliency is None else _minmax(saliency.to(features.device).reshape(n))
-    s_r = None if text is None or text.shape[0] == 0 else _minmax(relevance(features, text))
+    x = features.float()
+    s_v = None if saliency is None else _minmax(saliency.to(features.device).reshape(-1))
+    return _focus_scores(x, _norms(x), s_v, text, union)
+
+
+def _focus_scores(
+    x: torch.Tensor, norms: torch.Tensor, s_v: torch.Tensor | None, text: torch.Tensor | None, union: str
+) -> torch.Tensor:
+    n = x.shape[0]
+    s_r = None if text is None or text.shape[0] == 0 else _minmax(_relevance(x, norms, text))
     if s_v is None and s_r is None:
-        return torch.zeros(n, dtype=torch.float32, device=features.device)
+        return torch.zeros(n, dtype=torch.float32, device=x.device)
     if s_r is None:
-        return s_v  # type: ignore[return-value]
+        return s_v
     if s_v is None:
         return s_r
     if union == "soft":
@@ -162,6 +179,37 @@ def scan_runs(order: torch.Tensor, is_focus: torch.Tensor, k_c: int) -> tuple[to
     return members, run
 
 
+def _mix(weights: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(K, N) weights (about one non-zero per token) @ (N, D) -> (K, D), as a sparse product."""
+    return torch.sparse.mm(weights.to_sparse(), x)
+
+
+def context_weights(s_v: torch.Tensor | None, members: torch.Tensor, run: torch.Tensor, k_c: int, n: int):
+    """(K_c, N) weights of the context tokens: ``softmax(s_v)`` over each run's members (uniform
+    without saliency), 0 elsewhere; every row sums to 1."""
+    device = members.device
+    logits = torch.zeros(members.numel(), device=device) if s_v is None else s_v[members]
+    e = torch.exp(logits - logits.max())  # (m,); s_v in [0, 1]
+    den = torch.zeros(k_c, device=device).index_add_(0, run, e)  # (K_c,)
+    wts = torch.zeros(k_c, n, device=device)
+    wts[run, members] = e / den[run]
+    return wts
+
+
+def place_context(
+    x: torch.Tensor, sq: torch.Tensor, means: torch.Tensor, members: torch.Tensor, run: torch.Tensor
+) -> torch.Tensor:
+    """(K_c,) raster index of the member of each run nearest (L2) to the run's mean, ties to the
+    lowest index. x: (N, D), sq: (N,) squared norms, means: (K_c, D)."""
+    k_c = means.shape[0]
+    dots = (x @ means.T)[members, run]  # (N, D) @ (D, K_c) -> (N, K_c) -> (m,)
+    dist = sq[members] - 2.0 * dots + means.square().sum(dim=1)[run]  # (m,) |x - mean|²
+    best = torch.full((k_c,), float("inf"), device=x.device).scatter_reduce(0, run, dist, "amin")
+    big = torch.iinfo(torch.long).max
+    cand = torch.where(dist == best[run], members, big)  # (m,) the members at the minimum
+    return torch.full((k_c,), big, dtype=torch.long, device=x.device).scatter_reduce(0, run, cand, "amin")
+
+
 def context_tokens(
     x: torch.Tensor,
     s_v: torch.Tensor | None,
@@ -169,7 +217,7 @@ def context_tokens(
     run: torch.Tensor,
     k_c: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One token per run: ``softmax(s_v)``-weighted mean, placed at the member nearest to it.
+    """One token per run: the ``softmax(s_v)``-weighted mean, placed at the member nearest to it.
 
     Args:
         x: (N, D) float32 features. s_v: (N,) normalised saliency or None (uniform weights).
@@ -178,19 +226,8 @@ def context_tokens(
     Returns:
         ``means`` (k_c, D) and ``rep`` (k_c,) raster index of each run's representative.
     """
-    device = x.device
-    xm = x[members]  # (m, D)
-    logits = torch.zeros(members.numel(), device=device) if s_v is None else s_v[members]
-    e = torch.exp(logits - logits.max())  # (m,) s_v in [0, 1]: no overflow either way
-    den = torch.zeros(k_c, device=device).index_add_(0, run, e)  # (k_c,)
-    wts = e / den[run]  # (m,) softmax within each run
-    means = torch.zeros(k_c, x.shape[1], device=device).index_add_(0, run, wts.unsqueeze(1) * xm)  # (k_c, D)
-    dist = (xm - means[run]).square().sum(dim=1)  # (m, D) -> (m,)
-    best = torch.full((k_c,), float("inf"), device=device).scatter_reduce(0, run, dist, "amin")
-    cand = torch.where(dist == best[run], members, torch.iinfo(torch.long).max)  # ties: lowest index
-    rep = torch.full((k_c,), torch.iinfo(torch.long).max, dtype=torch.long, device=device)
-    rep = rep.scatter_reduce(0, run, cand, "amin")
-    return means, rep
+    means = _mix(context_weights(s_v, members, run, k_c, x.shape[0]), x)  # (K_c, N) @ (N, D) -> (K_c, D)
+    return means, place_context(x, torch.linalg.vecdot(x, x, dim=-1), means, members, run)
 
 
 # -- 3. subject integrity ------------------------------------------------------------------------
@@ -205,6 +242,31 @@ def _neighbours(h: int, w: int, device) -> torch.Tensor:
     return out.view(h * w, 4)  # (h, w, 4) -> (N, 4)
 
 
+def neighbour_weights(x: torch.Tensor, norms: torch.Tensor, is_focus: torch.Tensor, grid: tuple[int, int]):
+    """Which focus token each non-focus 4-neighbour of a subject is folded into, and its weight.
+
+    Args:
+        x: (N, D) rows. norms: (N,) their norms clamped at 1e-6. is_focus: (N,) bool. grid: (h, w).
+
+    Returns:
+        ``target`` (N,) the most similar adjacent focus token (ties: lowest index; -1: none or
+        ``cos <= 0``) and ``weight`` (N,) ``max(cos, 0)``.
+    """
+    h, w = grid
+    n = h * w
+    nb = _neighbours(h, w, x.device)  # (N, 4)
+    valid = (nb >= 0) & is_focus[nb.clamp_min(0)] & ~is_focus.unsqueeze(1)  # (N, 4)
+    right = torch.linalg.vecdot(x[:-1], x[1:], dim=-1) / (norms[:-1] * norms[1:])  # (N - 1,) cos(i, i + 1)
+    down = torch.linalg.vecdot(x[: n - w], x[w:], dim=-1) / (norms[: n - w] * norms[w:])  # (N - w,)
+    cos = torch.full((n, 4), float("-inf"), device=x.device)  # (N, 4): up, left, right, down
+    cos[w:, 0], cos[1:, 1], cos[:-1, 2], cos[: n - w, 3] = down, right, right, down
+    cos = cos.masked_fill(~valid, float("-inf"))
+    best = cos.argmax(dim=1, keepdim=True)  # (N, 1) first maximum = lowest raster index among ties
+    weight = cos.gather(1, best).squeeze(1).clamp_min(0.0)  # (N,); -inf (no focus neighbour) -> 0
+    target = torch.where(weight > 0, nb.gather(1, best).squeeze(1), -1)  # (N,)
+    return target, weight
+
+
 def aggregate_neighbours(
     x: torch.Tensor, is_focus: torch.Tensor, grid: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,21 +279,22 @@ def aggregate_neighbours(
         ``merged`` (N, D): for focus rows ``(x_f + Σ w_i x_i) / (1 + Σ w_i)``, other rows ``x``;
         ``target`` (N,): the focus token each token was folded into (-1: none, or weight 0).
     """
-    h, w = grid
-    nb = _neighbours(h, w, x.device)  # (N, 4)
-    valid = (nb >= 0) & is_focus[nb.clamp_min(0)] & ~is_focus.unsqueeze(1)  # (N, 4)
-    xn = F.normalize(x, dim=-1, eps=1e-6)
-    cos = (xn.unsqueeze(1) * xn[nb.clamp_min(0)]).sum(dim=-1)  # (N, 1, D) * (N, 4, D) -> (N, 4)
-    cos = cos.masked_fill(~valid, float("-inf"))
-    best = cos.argmax(dim=1)  # (N,) first maximum = lowest raster index among ties
-    wt = cos.gather(1, best.unsqueeze(1)).squeeze(1).clamp_min(0.0)  # (N,); -inf (no focus) -> 0
-    folded = valid.any(dim=1) & (wt > 0)
-    target = torch.where(folded, nb.gather(1, best.unsqueeze(1)).squeeze(1), -1)  # (N,)
-    src = folded.nonzero().squeeze(1)  # (s,)
-    num = x.clone().index_add_(0, target[src], wt[src].unsqueeze(1) * x[src])  # (N, D)
-    den = torch.ones(x.shape[0], device=x.device).index_add_(0, target[src], wt[src])  # (N,)
-    merged = torch.where(is_focus.unsqueeze(1), num / den.unsqueeze(1), x)
+    target, weight = neighbour_weights(x, _norms(x), is_focus, grid)
+    focus = is_focus.nonzero().squeeze(1)
+    merged = x.clone()
+    merged[focus] = _mix(_subject_weights(focus, target, weight, x.shape[0]), x)  # (K_f, N) @ (N, D)
     return merged, target
+
+
+def _subject_weights(focus: torch.Tensor, target: torch.Tensor, weight: torch.Tensor, n: int) -> torch.Tensor:
+    """(K_f, N) convex weights of the focus tokens: ``[1 at f, w_i at its folded neighbours] / (1 + Σ w_i)``."""
+    pos = torch.full((n,), -1, dtype=torch.long, device=focus.device)
+    pos[focus] = torch.arange(focus.numel(), device=focus.device)
+    wts = torch.zeros(focus.numel(), n, device=focus.device)
+    wts[pos[focus], focus] = 1.0
+    src = (target >= 0).nonzero().squeeze(1)
+    wts[pos[target[src]], src] = weight[src]  # a token has one target: no accumulation needed
+    return wts / wts.sum(dim=1, keepdim=True)
 
 
 # -- the full selection --------------------------------------------------------------------------
@@ -266,34 +329,36 @@ def _select(
         return torch.arange(n, device=device), features.clone(), torch.arange(n, device=device), ~is_focus
     if k == 0:
         empty = torch.empty(0, dtype=torch.long, device=device)
-        return (
-            empty,
-            features.new_empty(0, d),
-            torch.full((n,), -1, dtype=torch.long, device=device),
-            is_focus,
-        )
+        none = torch.full((n,), -1, dtype=torch.long, device=device)
+        return empty, features.new_empty(0, d), none, is_focus
 
     x = features.float()
-    score = focus_scores(x, saliency, text, union)  # (N,)
+    sq = torch.linalg.vecdot(x, x, dim=-1)  # (N,) squared norms
+    norms = sq.sqrt().clamp_min(1e-6)  # (N,) eps-1e-6 normalisers (cosines without a unit copy)
+    s_v = None if saliency is None else _minmax(saliency.to(device).reshape(n))
+
+    # 1. focus: top K_f by the subject score
     k_f = min(k, max(0, round(rho * k)))
     k_c = k - k_f
-    focus = _top(score, k_f)  # (K_f,)
+    focus = _top(_focus_scores(x, norms, s_v, text, union), k_f)  # (K_f,)
     is_focus[focus] = True
 
-    s_v = None if saliency is None else _minmax(saliency.to(device).reshape(n))
+    # 2. context: K_c runs of the scan, each a softmax(s_v)-weighted mean placed on a member
     members, run = scan_runs(scan_order((h, w), scan, window).to(device), is_focus, k_c)
-    if k_c > 0:
-        means, rep = context_tokens(x, s_v, members, run, k_c)  # (K_c, D), (K_c,)
-    else:
-        means, rep = x.new_empty(0, d), torch.empty(0, dtype=torch.long, device=device)
+    ctx_w = context_weights(s_v, members, run, k_c, n) if k_c > 0 else x.new_zeros(0, n)  # (K_c, N)
 
+    # 3. subject integrity: folded neighbours join their focus token's weights
     if merge_neighbors and k_f > 0:
-        merged_all, target = aggregate_neighbours(x, is_focus, (h, w))  # (N, D), (N,)
+        target, weight = neighbour_weights(x, norms, is_focus, (h, w))  # (N,), (N,)
     else:
-        merged_all, target = x, torch.full((n,), -1, dtype=torch.long, device=device)
+        target, weight = torch.full((n,), -1, dtype=torch.long, device=device), x.new_zeros(n)
+    sub_w = _subject_weights(focus, target, weight, n)  # (K_f, N)
+
+    merged = _mix(torch.cat((sub_w, ctx_w)), x)  # (K, N) @ (N, D) -> (K, D): focus rows, then context rows
+    rep = place_context(x, sq, merged[k_f:], members, run) if k_c > 0 else focus.new_empty(0)  # (K_c,)
 
     kept, order = torch.sort(torch.cat((focus, rep)))  # (K,)
-    feats = torch.cat((merged_all[focus], means))[order]  # (K, D) aligned with kept
+    feats = merged[order]  # (K, D) aligned with kept
     slot = torch.full((n,), -1, dtype=torch.long, device=device)
     slot[kept] = torch.arange(k, device=device)
     assignment = torch.full((n,), -1, dtype=torch.long, device=device)

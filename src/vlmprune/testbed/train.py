@@ -266,7 +266,12 @@ def save_state(out: Path, model, heads, opt, state: dict, processor) -> None:
     res.mkdir(parents=True, exist_ok=True)
     tmp = res / "tmp"
     tmp.mkdir(exist_ok=True)
-    save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model_fp32.safetensors"))
+    seen, tensors = set(), {}
+    for k, v in model.state_dict().items():  # tied weights (lm_head = embed_tokens) stored once
+        if v.data_ptr() not in seen:
+            seen.add(v.data_ptr())
+            tensors[k] = v.detach().contiguous()
+    save_file(tensors, str(tmp / "model_fp32.safetensors"))
     save_file({k: v.detach().contiguous() for k, v in heads.state_dict().items()}, str(tmp / "heads.safetensors"))
     torch.save(opt.state_dict(), tmp / "optim.pt")
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
@@ -283,7 +288,10 @@ def load_state(out: Path, model, heads):
     res = out / "resume"
     if not (res / "state.json").exists():
         return None, None
-    model.load_state_dict(load_file(str(res / "model_fp32.safetensors")), strict=False)
+    missing, unexpected = model.load_state_dict(load_file(str(res / "model_fp32.safetensors")), strict=False)
+    if unexpected or [k for k in missing if "lm_head" not in k]:
+        raise RuntimeError(f"resume state does not match the model: missing {missing}, unexpected {unexpected}")
+    model.tie_weights()
     heads.load_state_dict(load_file(str(res / "heads.safetensors")))
     return json.loads((res / "state.json").read_text()), torch.load(res / "optim.pt", weights_only=False)
 
@@ -365,8 +373,9 @@ def main(args) -> int:
     last_ckpt = last_eval = time.time()
     bf16 = not args.no_bf16
     window = []
-    if state["step"] == 0:
-        log(out, {"event": "start", "params_M": sum(p.numel() for p in model.parameters()) / 1e6, **state["config"]})
+    cfg = {k: v for k, v in vars(args).items() if not k.startswith("_")}
+    log(out, {"event": "start" if state["step"] == 0 else "resume", "step": state["step"],
+              "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3), **cfg})
     while True:
         step = state["step"]
         elapsed = (time.time() - t0) / 60

@@ -1,0 +1,249 @@
+"""The offline testbed: scene generator, question families, model round-trips, `vlmprune eval`."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from collections import Counter
+from functools import lru_cache
+
+import numpy as np
+import pytest
+import torch
+
+from vlmprune.testbed import model as M
+from vlmprune.testbed import questions as Q
+from vlmprune.testbed.scenes import COLOURS, SHAPES, make_scene
+
+
+@lru_cache(maxsize=2)
+def tiny(family):
+    return M.build(family, "tiny", seed=0)
+
+
+# ------------------------------------------------------------------------------------------- scenes
+def test_scene_is_deterministic():
+    a, b = make_scene(123), make_scene(123)
+    assert a.describe() == b.describe()
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert np.array_equal(a.patch_object, b.patch_object)
+    c = make_scene(124)
+    assert not np.array_equal(np.asarray(a.image), np.asarray(c.image))
+    assert a.image.size == (336, 336) and a.grid == (24, 24)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_scene_labels_consistent(seed):
+    sc = make_scene(seed, level=seed / 11)
+    assert 1 <= len(sc.objects) <= 15
+    assert len({(o.colour, o.shape) for o in sc.objects}) == len(sc.objects)  # names are unique
+    for i, o in enumerate(sc.objects):
+        assert o.area > 0
+        x0, y0, x1, y1 = o.bbox
+        assert 0 <= x0 < x1 <= 336 and 0 <= y0 < y1 <= 336
+        assert x0 <= o.centre[0] <= x1 and y0 <= o.centre[1] <= y1
+    fg = sc.patch_object >= 0
+    assert ((sc.patch_colour > 0) == fg).all() and ((sc.patch_shape > 0) == fg).all()
+    for idx in np.unique(sc.patch_object[fg]):
+        o = sc.objects[idx]
+        assert (sc.patch_colour[sc.patch_object == idx] == COLOURS.index(o.colour) + 1).all()
+        assert (sc.patch_shape[sc.patch_object == idx] == SHAPES.index(o.shape) + 1).all()
+    big = [o for o in sc.objects if o.size != "small"]
+    labelled = set(np.unique(sc.patch_object[fg]).tolist())
+    assert all(sc.objects.index(o) in labelled for o in big)  # every medium/large object owns patches
+    assert sc.patch_centre.sum() == len(sc.objects) or sc.patch_centre.sum() <= len(sc.objects)
+    # the pixels at an object's centre have (about) the object's colour, unless the shape is hollow there
+    img = np.asarray(sc.image).astype(int)
+    from vlmprune.testbed.scenes import RGB
+
+    for o in sc.objects:
+        if o.shape in ("circle", "square", "diamond", "cross"):
+            px = img[int(o.centre[1]), int(o.centre[0])]
+            assert np.abs(px - np.array(RGB[o.colour])).max() <= 14
+
+
+def test_non_square_scene():
+    sc = make_scene(5, width=392, height=224)
+    assert sc.image.size == (392, 224) and sc.grid == (16, 28)
+    with pytest.raises(ValueError, match="width"):
+        make_scene(5, width=300)
+
+
+# ------------------------------------------------------------------------------------------- questions
+def _check_answer(sc, qa):
+    """Re-derive the answer of a question from the scene description alone."""
+    q = qa.question
+    if qa.family == "existence":
+        c, s = re.match(r"is there a (\w+) (\w+)\?", q).groups()
+        assert qa.answer == ("yes" if sc.count(colour=c, shape=s) else "no")
+        if qa.answer == "no":  # adversarial: shares its colour or its shape with a present object
+            assert sc.count(colour=c) or sc.count(shape=s)
+    elif qa.family == "counting":
+        m = re.match(r"how many (\w+) objects are there\?", q)
+        if m:
+            assert int(qa.answer) == sc.count(colour=m.group(1))
+        elif q == "how many objects are there?":
+            assert int(qa.answer) == len(sc.objects)
+        else:
+            plural = re.match(r"how many (\w+) are there\?", q).group(1)
+            shape = {v: k for k, v in Q.PLURAL.items()}[plural]
+            assert int(qa.answer) == sc.count(shape=shape)
+    elif qa.family == "attribute":
+        m = re.match(r"what colour is the (\w+)\?", q)
+        if m:
+            (o,) = [o for o in sc.objects if o.shape == m.group(1)]
+            assert qa.answer == o.colour
+        else:
+            c = re.match(r"what shape is the (\w+) object\?", q).group(1)
+            (o,) = [o for o in sc.objects if o.colour == c]
+            assert qa.answer == o.shape
+    elif qa.family == "small":
+        m = re.match(r"what colour is the small (\w+)\?", q)
+        smalls = [o for o in sc.objects if o.size == "small"]
+        if m:
+            (o,) = [o for o in smalls if o.shape == m.group(1)]
+            assert qa.answer == o.colour
+        else:
+            (o,) = [o for o in smalls if o.colour == re.match(r"what shape is the small (\w+) object\?", q).group(1)]
+            assert qa.answer == o.shape
+    elif qa.family == "spatial":
+        what, rel, c, s = re.match(r"what (colour|shape) is (?:the object )?(left of|right of|above|below|nearest) "
+                                   r"the (\w+) (\w+)\?", q).groups()
+        (a,) = [o for o in sc.objects if o.colour == c and o.shape == s]
+        rest = [o for o in sc.objects if o is not a]
+        if rel != "nearest":
+            rest = [o for o in rest if Q._in_direction(a, o, rel)]
+        t = min(rest, key=lambda o: Q._dist(a, o))
+        assert qa.answer == (t.colour if what == "colour" else t.shape)
+    assert qa.answer in Q.ANSWERS
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_answers_match_scene(seed):
+    sc = make_scene(seed, level=seed / 9)
+    qs = Q.questions_for_scene(sc, 20)
+    assert len({q.question for q in qs}) == len(qs)
+    for qa in qs:
+        _check_answer(sc, qa)
+
+
+def test_heldout_balanced_and_split():
+    items = Q.heldout_set(30, seed=0)
+    fams = Counter(qa.family for _, qa in items)
+    assert set(fams.values()) == {6} and set(fams) == set(Q.FAMILIES)
+    yn = Counter(qa.answer for _, qa in items if qa.family == "existence")
+    assert yn["yes"] == yn["no"] == 3
+    assert all(s >= Q.HELDOUT_BASE for s, _ in items)  # training seeds are < HELDOUT_BASE
+    for s, qa in items:
+        _check_answer(Q.scene_for(s), qa)
+    assert Q.heldout_set(30, seed=0) == items  # deterministic
+    maj = Q.majority_baseline(items)
+    assert maj["existence"] == 0.5
+
+
+# ------------------------------------------------------------------------------------------- models
+def test_llava_round_trip_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    from transformers import LlavaForConditionalGeneration, LlavaProcessor
+
+    model, proc = tiny("llava")
+    assert model.config.vision_feature_layer == -2
+    M.save(model, proc, tmp_path, dtype=torch.float32)
+    m2 = LlavaForConditionalGeneration.from_pretrained(tmp_path)
+    p2 = LlavaProcessor.from_pretrained(tmp_path)
+    sc = make_scene(3)
+    enc = M.encode("llava", p2, [sc.image], ["is there a red star?"])
+    assert (enc["input_ids"] == model.config.image_token_id).sum() == 576
+    with torch.no_grad():
+        a = model(**M.encode("llava", proc, [sc.image], ["is there a red star?"])).logits
+        b = m2(**enc).logits
+    torch.testing.assert_close(a, b)
+    # the chat template renders the prompt format training uses
+    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "is there a red star?"}]},
+            {"role": "assistant", "content": "yes"}, {"role": "user", "content": "how many stars are there?"}]
+    assert p2.apply_chat_template(msgs, tokenize=False) == (
+        M.turn_text("llava", "is there a red star?", True) + M.answer_text("llava", "yes") + "</s>"
+        + M.turn_text("llava", "how many stars are there?", False))
+    ids = M.answer_token_ids(p2.tokenizer, "llava")
+    assert len(set(ids.values())) == len(Q.ANSWERS)
+
+
+def test_qwen_round_trip_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model, proc = tiny("qwen")
+    M.save(model, proc, tmp_path, dtype=torch.float32)
+    m2, p2, fam = M.load_testbed(tmp_path)
+    assert fam == "qwen" and type(m2).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    sc = make_scene(3, width=392, height=252)
+    enc = M.encode("qwen", p2, [sc.image], ["is there a red star?"])
+    assert enc["image_grid_thw"].tolist() == [[1, 18, 28]]
+    with torch.no_grad():
+        a = model(**M.encode("qwen", proc, [sc.image], ["is there a red star?"])).logits
+        b = m2(**enc).logits
+    torch.testing.assert_close(a, b)
+
+
+def test_training_batch_matches_processor():
+    """Training builds token ids segment by segment; the first turn must equal what the stock
+    processor produces for the same prompt (so training and evaluation see the same tokens)."""
+    from vlmprune.testbed.train import make_batch, scene_labels
+
+    model, proc = tiny("llava")
+    eos = proc.tokenizer.convert_tokens_to_ids("</s>")
+    scenes, inputs, (rows, cols, tgt) = make_batch("llava", proc, [7], 1.0, 3, eos, model.config.image_token_id)
+    qa = Q.questions_for_scene(scenes[0], 3)[0]
+    enc = M.encode("llava", proc, [scenes[0].image], [qa.question])
+    n = enc["input_ids"].shape[1]
+    assert inputs["input_ids"][0, :n].tolist() == enc["input_ids"][0].tolist()
+    assert tgt[0].item() == M.answer_token_ids(proc.tokenizer, "llava")[qa.answer]
+    assert cols[0].item() == n - 1
+    torch.testing.assert_close(inputs["pixel_values"], enc["pixel_values"])
+    lab = scene_labels(scenes[0])
+    assert lab["colour"].shape == (576,) and lab["counts"][-1] == len(scenes[0].objects)
+
+
+def test_train_resume(tmp_path):
+    from vlmprune.testbed.train import cli
+
+    args = ["--size", "tiny", "--out", str(tmp_path), "--batch", "2", "--questions", "4", "--vision-steps", "2",
+            "--freeze-steps", "1", "--eval-n", "5", "--minutes", "5"]
+    assert cli(args + ["--max-steps", "3"]) == 0
+    assert cli(args + ["--max-steps", "4", "--resume"]) == 0
+    state = json.loads((tmp_path / "resume" / "state.json").read_text())
+    assert state["step"] == 4
+    log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert any(r.get("event") == "eval" and "counting" in r for r in log)
+    m2, _, fam = M.load_testbed(tmp_path)
+    assert fam == "llava"
+
+
+# ------------------------------------------------------------------------------------------- eval
+def test_eval_end_to_end(tmp_path):
+    from vlmprune.cli import entry
+
+    rc = entry(["eval", "--model", "tiny", "--methods", "random,pool", "--budgets", "64,32", "--samples", "5",
+                "--batch", "5", "--out", str(tmp_path), "--json"])
+    assert rc == 0
+    res = json.loads((tmp_path / "eval.json").read_text())
+    rows = res["rows"]
+    need = {"model", "method", "budget", "family", "accuracy", "full_accuracy", "n"}
+    assert rows and all(need <= set(r) for r in rows)
+    assert {(r["method"], r["budget"]) for r in rows} == {("full", 576), ("random", 64), ("random", 32),
+                                                         ("pool", 64), ("pool", 32)}
+    assert {r["family"] for r in rows} == set(Q.FAMILIES) | {"overall"}
+    assert sum(r["n"] for r in rows if r["method"] == "full" and r["family"] != "overall") == 5
+    assert all(r["mean_tokens_kept"] == r["budget"] for r in rows if r["method"] != "full")
+    with open(tmp_path / "eval.csv") as f:
+        got = list(csv.DictReader(f))
+    assert len(got) == len(rows) and need <= set(got[0])
+    assert (tmp_path / "eval.png").stat().st_size > 1000
+
+
+def test_eval_without_checkpoint(tmp_path, monkeypatch, capsys):
+    from vlmprune.cli import entry
+    from vlmprune.testbed import evaluate
+
+    monkeypatch.setattr(evaluate, "testbed_dirs", lambda: [tmp_path])
+    assert entry(["eval", "--out", str(tmp_path / "o")]) != 0
+    assert "no testbed checkpoint" in capsys.readouterr().err
