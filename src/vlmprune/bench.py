@@ -36,13 +36,19 @@ Models (``--model``):
 * ``tiny-llava`` (default): the built-in small LLaVA-1.5, random weights, built offline. Same
   structure and token count as LLaVA-1.5 (CLIP tower with CLS, patch 14 at 336 px -> 24x24 = 576
   visual tokens, ``vision_feature_layer=-2``, MLP projector, Llama decoder), shrunk so that one
-  full prefill takes about a tenth of a second on one CPU core: CLIP 4 x 64 wide, Llama 8 layers,
-  d = 256, m = 688 (the 7B's m/d ratio), 4 heads of 64. The LLM dominates prefill compute (vision
-  tower ~5%), so speedups are visible; the attention term ``2n²d`` weighs more than at d = 4096, so
-  CPU speedups here are not those of a 7B model. Budgets 192, 128, 64 as in the LLaVA-1.5 papers.
+  full prefill (640 tokens, 4.8 GMACs) takes about 0.2 s on one idle CPU core and the whole default
+  run a few minutes: CLIP 4 layers x 64 wide, Llama 8 layers, d = 256, m = 688 (the 7B's m/d
+  ratio), 4 heads of 64. The LLM dominates prefill compute (vision tower + projector 0.35 GMACs,
+  7%), so speedups are visible; the attention term ``2n²d`` weighs more than at d = 4096 and a
+  fixed selection cost weighs more against a small LLM, so neither the CPU speedups nor the
+  ``pruned / oracle`` overheads here are those of a 7B model. Budgets 192, 128, 64 as in the
+  LLaVA-1.5 papers. Default: ``--repeats 5 --warmup 1 --decode-tokens 8``; torch's thread count
+  (set ``OMP_NUM_THREADS=1`` on a shared machine).
 * ``tiny-llava-next`` (168 px crops, 336x336 image: 5 crops x 144 = 720 content tokens; budgets 160,
   80 = the 640/320 of 2880 scaled), ``tiny-qwen2.5-vl`` / ``tiny-qwen2-vl`` (672x672 image: 24x24 =
   576 merged tokens; ratio 0.222), same LLM size.
+* ``testbed`` / ``testbed-qwen`` (or a checkpoint directory): the trained testbed VLMs of
+  :mod:`vlmprune.testbed` read from ``./testbed/llava`` / ``./testbed/qwen`` (336x336 images).
 * an architecture of :func:`vlmprune.archs.list_archs` (``llava-1.5-7b``, ``llava-next-7b``,
   ``qwen2.5-vl-7b``, ``qwen2-vl-7b``): the real-size model with random weights (speed does not
   depend on weight values), for GPUs; ``--tiny-arch`` builds its shrunk variant (CPU smoke runs).
@@ -272,12 +278,15 @@ def load_bench_model(
 
     if dtype is None:
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
+    size = _parse_image_size(image_size)
+    if name in _TESTBED_DIRS or os.path.isdir(name):
+        return _load_testbed(name, device, dtype, attn, size)
     if name not in _FAMILY:
         raise ValueError(
-            f"--model must be one of {', '.join(MODELS)} or an arch of {', '.join(list_archs())}; got {name!r}"
+            f"--model must be one of {', '.join(MODELS)}, an arch of {', '.join(list_archs())}, "
+            f"testbed / testbed-qwen, or a testbed checkpoint directory; got {name!r}"
         )
     family = _FAMILY[name]
-    size = _parse_image_size(image_size)
 
     if name in MODELS:
         if tiny_arch:  # the test-suite size: a few tokens, for smoke tests only
@@ -358,6 +367,33 @@ def load_bench_model(
     _set_generation_defaults(model)
     desc = f"{info['hub_id']} architecture, random weights" + (" (shrunk: --tiny-arch)" if tiny_arch else "")
     return BenchModel(model, proc, family, name, size, token_map, desc)
+
+
+_TESTBED_DIRS = {"testbed": "testbed/llava", "testbed-llava": "testbed/llava", "testbed-qwen": "testbed/qwen"}
+
+
+def _load_testbed(name: str, device, dtype, attn: str, size) -> BenchModel:
+    """A trained testbed checkpoint (``vlmprune.testbed``): ``testbed`` / ``testbed-llava`` /
+    ``testbed-qwen`` read ``./testbed/llava`` / ``./testbed/qwen``; any other directory is loaded
+    as given. Input images 336x336 by default (the testbed's scenes)."""
+    path = _TESTBED_DIRS.get(name, name)
+    if not os.path.isdir(path):
+        raise ValueError(
+            f"--model {name}: no testbed checkpoint at {path!r} (train one with `python -m vlmprune.testbed.train`, "
+            "or pass the checkpoint directory as --model)"
+        )
+    from vlmprune.testbed.model import load_testbed
+
+    model, proc, _ = load_testbed(path, dtype=dtype, device=device, attn=attn)
+    family = {"llava": "llava", "qwen2_5_vl": "qwen2_5_vl", "qwen2_vl": "qwen2_vl"}.get(
+        model.config.model_type
+    )
+    if family is None:
+        raise ValueError(f"{path}: unsupported testbed model_type {model.config.model_type!r}")
+    _set_generation_defaults(model)
+    return BenchModel(
+        model, proc, family, name, size or (336, 336), {}, f"testbed checkpoint {path} (trained weights)"
+    )
 
 
 def make_bench_inputs(bm: BenchModel, batch: int = 1, text_tokens: int = 64, device="cpu"):
@@ -613,6 +649,14 @@ def _device_name(device: torch.device) -> str:
     except OSError:
         pass
     return f"CPU: {name}, {torch.get_num_threads()} torch thread(s), {os.cpu_count()} logical cores visible"
+
+
+def _load_average() -> float | None:
+    """1-minute system load average (None where unavailable): how shared the machine was."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 class _Progress:
@@ -894,6 +938,7 @@ def run_bench(settings: BenchSettings, progress: bool = True, log=None) -> dict:
     live = [j for j in jobs if j["error"] is None]
     total = (settings.warmup + settings.repeats) * 3 * len(live)
     bar = _Progress(total, enabled=progress, desc=f"bench {bm.name}")
+    load_start = _load_average()
     t_start = time.perf_counter()
     try:
         with torch.no_grad():
@@ -1110,6 +1155,7 @@ def run_bench(settings: BenchSettings, progress: bool = True, log=None) -> dict:
         "ratios": ratios,
         "methods": methods,
         "elapsed_s": round(elapsed, 1),
+        "load_average_start_end": [load_start, _load_average()],
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     return {"meta": meta, "rows": rows}
@@ -1139,7 +1185,8 @@ def format_table(result: dict) -> str:
         f"on {meta['device']}",
         f"batch {meta['batch']}, {meta['visual_tokens_per_image']} visual tokens/image (grid {meta['grid']}), "
         f"{meta['text_tokens']} text tokens, prompt {meta['prompt_length']}; {meta['repeats']} repeats after "
-        f"{meta['warmup']} warm-up; decode {meta['decode_tokens']} tokens",
+        f"{meta['warmup']} warm-up; decode {meta['decode_tokens']} tokens; load average (start, end) "
+        f"{meta.get('load_average_start_end')}",
         f"FLOPs: {meta['flops_convention']} convention, {meta['flops_unit']}; vision tower "
         f"{_fmt(meta['vision_flops'] and meta['vision_flops'] / 1e9, '.2f')} G (apart, unchanged by pruning)",
         head,
@@ -1212,7 +1259,8 @@ def add_arguments(parser) -> None:
         default="tiny-llava",
         help="tiny-llava (default: built-in 576-token LLaVA-1.5-shaped model), tiny-llava-next, tiny-qwen2.5-vl, "
         "tiny-qwen2-vl, or a real-size architecture: llava-1.5-7b, llava-next-7b, qwen2.5-vl-7b, qwen2-vl-7b "
-        "(random weights; for GPUs)",
+        "(random weights; for GPUs), testbed / testbed-qwen (trained testbed checkpoints in ./testbed/) or a "
+        "testbed checkpoint directory",
     )
     parser.add_argument(
         "--tiny-arch",
@@ -1314,9 +1362,8 @@ def main(args) -> int:
     except (ValueError, KeyError, RuntimeError) as err:
         print(f"vlmprune bench: {err}", file=sys.stderr)
         return 2
-    out_dir = args.out or os.path.join(
-        "results", "bench", settings.model + ("-tiny" if settings.tiny_arch else "")
-    )
+    slug = Path(settings.model).name if os.path.isdir(settings.model) else settings.model
+    out_dir = args.out or os.path.join("results", "bench", slug + ("-tiny" if settings.tiny_arch else ""))
     plot = not args.no_plot
     if plot:
         try:
