@@ -6,29 +6,14 @@ import math
 
 import pytest
 import torch
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
+from method_inputs import DTYPES, SETTINGS, budget_for, make
 
 from vlmprune.core.base import ImageTokens, Region
 from vlmprune.methods import divprune
 from vlmprune.methods.divprune import DivPrune
 from vlmprune.registry import get_method
-
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-def make(shape, mode: str, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    if mode == "random":
-        return torch.randn(shape, generator=g)
-    if mode == "ties":  # few distinct values: many equal rows and equal distances
-        return torch.randint(-1, 2, shape, generator=g).float()
-    return torch.full(shape, 0.5)  # constant
-
-
-def budget_for(kind: str, n: int, extra: int) -> int:
-    return {"one": 1, "n-1": max(1, n - 1), "n": n, "over": n + 1 + extra, "any": 1 + extra % n}[kind]
 
 
 def reference(features: torch.Tensor, k: int) -> tuple[list[int], float]:

@@ -4,29 +4,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from method_inputs import DTYPES, SETTINGS, budget_for, make
 
 from vlmprune.core.base import ImageTokens, Region, split_across_regions
 from vlmprune.methods import vispruner
 from vlmprune.methods.vispruner import VisPruner, important_count, remove_duplicates
 from vlmprune.registry import get_method
-
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-def make(shape, mode: str, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    if mode == "random":
-        return torch.randn(shape, generator=g)
-    if mode == "ties":
-        return torch.randint(-1, 2, shape, generator=g).float()
-    return torch.full(shape, 0.5)
-
-
-def budget_for(kind: str, n: int, extra: int) -> int:
-    return {"one": 1, "n-1": max(1, n - 1), "n": n, "over": n + 1 + extra, "any": 1 + extra % n}[kind]
 
 
 def reference_removal(x: torch.Tensor, keep: int, per_round: int) -> list[int]:

@@ -58,6 +58,17 @@ class ImageTokens:
     def num_tokens(self) -> int:
         return int(self.features.shape[0])
 
+    def region_list(self) -> list[Region]:
+        """The image's regions, or one region over all of its tokens when it declares none
+        (grid from the last two entries of ``grid`` when they tile N, else one row)."""
+        if self.regions:
+            return list(self.regions)
+        n = self.num_tokens
+        grid = tuple(self.grid[-2:]) if len(self.grid) >= 2 else (1, n)
+        if grid[0] * grid[1] != n:
+            grid = (1, n)
+        return [Region(torch.arange(n, device=self.features.device), grid)]
+
 
 @dataclass
 class LayerTokens:

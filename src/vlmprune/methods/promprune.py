@@ -48,7 +48,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from vlmprune.core.base import ImageTokens, Kept, Method, Region, split_across_regions
+from vlmprune.core.base import ImageTokens, Kept, Method, split_across_regions
 from vlmprune.registry import register
 
 ENTROPY_EPS = 1e-8  # row normalisation eps of the entropy features
@@ -394,17 +394,6 @@ def _stack(parts: list[torch.Tensor]) -> torch.Tensor:
 
 
 # -- the method ----------------------------------------------------------------------------------
-def image_regions(image: ImageTokens) -> list[Region]:
-    """The image's regions, or one region over all of its tokens when it declares none."""
-    if image.regions:
-        return list(image.regions)
-    n = image.num_tokens
-    grid = tuple(image.grid[-2:]) if len(image.grid) >= 2 else (1, n)
-    if grid[0] * grid[1] != n:
-        grid = (1, n)
-    return [Region(torch.arange(n, device=image.features.device), grid)]  # type: ignore[arg-type]
-
-
 @register
 @dataclass
 class PromPrune(Method):
@@ -441,7 +430,7 @@ class PromPrune(Method):
         # One unit per (image, region); units of equal size are selected together.
         units: list[tuple[int, torch.Tensor, int]] = []  # (image, region indices, budget)
         for i, image in enumerate(images):
-            regions = image_regions(image)
+            regions = image.region_list()
             shares = split_across_regions(
                 self.keep_count(image.num_tokens), [int(r.indices.numel()) for r in regions]
             )

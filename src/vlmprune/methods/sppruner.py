@@ -48,7 +48,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from vlmprune.core.base import ImageTokens, Kept, LayerTokens, Method, Region, split_across_regions
+from vlmprune.core.base import ImageTokens, Kept, LayerTokens, Method, split_across_regions
 from vlmprune.registry import register
 
 UNIONS = ("soft", "product", "mean")
@@ -401,16 +401,6 @@ def select(
 
 
 # -- the method ----------------------------------------------------------------------------------
-def _image_regions(image: ImageTokens) -> list[Region]:
-    if image.regions:
-        return list(image.regions)
-    n = image.num_tokens
-    grid = tuple(image.grid[-2:]) if len(image.grid) >= 2 else (1, n)
-    if grid[0] * grid[1] != n:
-        grid = (1, n)
-    return [Region(torch.arange(n, device=image.features.device), grid)]  # type: ignore[arg-type]
-
-
 @register
 @dataclass
 class SPPruner(Method):
@@ -466,7 +456,7 @@ class SPPruner(Method):
     def _select_one(self, image: ImageTokens) -> tuple[Kept, torch.Tensor]:
         feats = image.features
         n, device = image.num_tokens, feats.device
-        regions = _image_regions(image)
+        regions = image.region_list()
         shares = split_across_regions(self.keep_count(n), [int(r.indices.numel()) for r in regions])
         idx_parts, feat_parts, assign_parts = [], [], []
         focus = torch.zeros(n, dtype=torch.bool, device=device)

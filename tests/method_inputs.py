@@ -1,0 +1,25 @@
+"""Shared hypothesis settings and input makers for the pure-selection property tests."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import HealthCheck, settings
+
+SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def make(shape, mode: str, seed: int) -> torch.Tensor:
+    """Seeded inputs: ``"random"`` normal, ``"ties"`` few distinct values (many equal rows and
+    equal distances), anything else constant."""
+    g = torch.Generator().manual_seed(seed)
+    if mode == "random":
+        return torch.randn(shape, generator=g)
+    if mode == "ties":
+        return torch.randint(-1, 2, shape, generator=g).float()
+    return torch.full(shape, 0.5)
+
+
+def budget_for(kind: str, n: int, extra: int) -> int:
+    """Budgets at the edges: 1, N-1, N, above N, or any in [1, N]."""
+    return {"one": 1, "n-1": max(1, n - 1), "n": n, "over": n + 1 + extra, "any": 1 + extra % n}[kind]
