@@ -25,7 +25,7 @@ demo: setup
 	$(BIN)/vlmprune bench
 
 test: setup
-	OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests -q -p no:cacheprovider
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests -p no:cacheprovider --durations=5
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
