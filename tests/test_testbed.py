@@ -38,7 +38,7 @@ def test_scene_labels_consistent(seed):
     sc = make_scene(seed, level=seed / 11)
     assert 1 <= len(sc.objects) <= 15
     assert len({(o.colour, o.shape) for o in sc.objects}) == len(sc.objects)  # names are unique
-    for i, o in enumerate(sc.objects):
+    for o in sc.objects:
         assert o.area > 0
         x0, y0, x1, y1 = o.bbox
         assert 0 <= x0 < x1 <= 336 and 0 <= y0 < y1 <= 336
@@ -105,11 +105,18 @@ def _check_answer(sc, qa):
             (o,) = [o for o in smalls if o.shape == m.group(1)]
             assert qa.answer == o.colour
         else:
-            (o,) = [o for o in smalls if o.colour == re.match(r"what shape is the small (\w+) object\?", q).group(1)]
+            (o,) = [
+                o
+                for o in smalls
+                if o.colour == re.match(r"what shape is the small (\w+) object\?", q).group(1)
+            ]
             assert qa.answer == o.shape
     elif qa.family == "spatial":
-        what, rel, c, s = re.match(r"what (colour|shape) is (?:the object )?(left of|right of|above|below|nearest) "
-                                   r"the (\w+) (\w+)\?", q).groups()
+        what, rel, c, s = re.match(
+            r"what (colour|shape) is (?:the object )?(left of|right of|above|below|nearest) "
+            r"the (\w+) (\w+)\?",
+            q,
+        ).groups()
         (a,) = [o for o in sc.objects if o.colour == c and o.shape == s]
         rest = [o for o in sc.objects if o is not a]
         if rel != "nearest":
@@ -160,11 +167,17 @@ def test_llava_round_trip_offline(tmp_path, monkeypatch):
         b = m2(**enc).logits
     torch.testing.assert_close(a, b)
     # the chat template renders the prompt format training uses
-    msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "is there a red star?"}]},
-            {"role": "assistant", "content": "yes"}, {"role": "user", "content": "how many stars are there?"}]
+    msgs = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "is there a red star?"}]},
+        {"role": "assistant", "content": "yes"},
+        {"role": "user", "content": "how many stars are there?"},
+    ]
     assert p2.apply_chat_template(msgs, tokenize=False) == (
-        M.turn_text("llava", "is there a red star?", True) + M.answer_text("llava", "yes") + "</s>"
-        + M.turn_text("llava", "how many stars are there?", False))
+        M.turn_text("llava", "is there a red star?", True)
+        + M.answer_text("llava", "yes")
+        + "</s>"
+        + M.turn_text("llava", "how many stars are there?", False)
+    )
     ids = M.answer_token_ids(p2.tokenizer, "llava")
     assert len(set(ids.values())) == len(Q.ANSWERS)
 
@@ -191,7 +204,9 @@ def test_training_batch_matches_processor():
 
     model, proc = tiny("llava")
     eos = proc.tokenizer.convert_tokens_to_ids("</s>")
-    scenes, inputs, (rows, cols, tgt) = make_batch("llava", proc, [7], 1.0, 3, eos, model.config.image_token_id)
+    scenes, inputs, (rows, cols, tgt) = make_batch(
+        "llava", proc, [7], 1.0, 3, eos, model.config.image_token_id
+    )
     qa = Q.questions_for_scene(scenes[0], 3)[0]
     enc = M.encode("llava", proc, [scenes[0].image], [qa.question])
     n = enc["input_ids"].shape[1]
@@ -206,8 +221,24 @@ def test_training_batch_matches_processor():
 def test_train_resume(tmp_path):
     from vlmprune.testbed.train import cli
 
-    args = ["--size", "tiny", "--out", str(tmp_path), "--batch", "2", "--questions", "4", "--vision-steps", "2",
-            "--freeze-steps", "1", "--eval-n", "5", "--minutes", "5"]
+    args = [
+        "--size",
+        "tiny",
+        "--out",
+        str(tmp_path),
+        "--batch",
+        "2",
+        "--questions",
+        "4",
+        "--vision-steps",
+        "2",
+        "--freeze-steps",
+        "1",
+        "--eval-n",
+        "5",
+        "--minutes",
+        "5",
+    ]
     assert cli(args + ["--max-steps", "3"]) == 0
     assert cli(args + ["--max-steps", "4", "--resume"]) == 0
     state = json.loads((tmp_path / "resume" / "state.json").read_text())
@@ -222,15 +253,36 @@ def test_train_resume(tmp_path):
 def test_eval_end_to_end(tmp_path):
     from vlmprune.cli import entry
 
-    rc = entry(["eval", "--model", "tiny", "--methods", "random,pool", "--budgets", "64,32", "--samples", "5",
-                "--batch", "5", "--out", str(tmp_path), "--json"])
+    rc = entry(
+        [
+            "eval",
+            "--model",
+            "tiny",
+            "--methods",
+            "random,pool",
+            "--budgets",
+            "64,32",
+            "--samples",
+            "5",
+            "--batch",
+            "5",
+            "--out",
+            str(tmp_path),
+            "--json",
+        ]
+    )
     assert rc == 0
     res = json.loads((tmp_path / "eval.json").read_text())
     rows = res["rows"]
     need = {"model", "method", "budget", "family", "accuracy", "full_accuracy", "n"}
     assert rows and all(need <= set(r) for r in rows)
-    assert {(r["method"], r["budget"]) for r in rows} == {("full", 576), ("random", 64), ("random", 32),
-                                                         ("pool", 64), ("pool", 32)}
+    assert {(r["method"], r["budget"]) for r in rows} == {
+        ("full", 576),
+        ("random", 64),
+        ("random", 32),
+        ("pool", 64),
+        ("pool", 32),
+    }
     assert {r["family"] for r in rows} == set(Q.FAMILIES) | {"overall"}
     assert sum(r["n"] for r in rows if r["method"] == "full" and r["family"] != "overall") == 5
     assert all(r["mean_tokens_kept"] == r["budget"] for r in rows if r["method"] != "full")
@@ -247,3 +299,48 @@ def test_eval_without_checkpoint(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(evaluate, "testbed_dirs", lambda: [tmp_path])
     assert entry(["eval", "--out", str(tmp_path / "o")]) != 0
     assert "no testbed checkpoint" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------- lmms-eval
+def test_lmms_eval_plugin(tmp_path):
+    """The real lmms-eval CLI on a tiny testbed model with a method applied (batch 2). Skipped where
+    lmms-eval cannot be imported (it needs torchvision: docs/testbed.md) or the entry point of
+    vlmprune's pyproject is not installed."""
+    pytest.importorskip("lmms_eval")
+    import os
+    import subprocess
+    import sys
+    from importlib.metadata import entry_points
+
+    if not any(ep.value.startswith("vlmprune.") for ep in entry_points(group="lmms_eval.models")):
+        pytest.skip("vlmprune's lmms_eval.models entry point is not installed")
+    from vlmprune.testbed.lmms_eval_plugin import write_testbed_task
+
+    model, proc = tiny("llava")
+    M.save(model, proc, tmp_path / "model", dtype=torch.float32)
+    write_testbed_task(tmp_path / "task", n=4)
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "lmms_eval",
+        "eval",
+        "--model",
+        "vlmprune_llava_hf",
+        "--model_args",
+        f"pretrained={tmp_path / 'model'},method=random,budget=32",
+        "--tasks",
+        "vlmprune_testbed",
+        "--include_path",
+        str(tmp_path / "task"),
+        "--batch_size",
+        "2",
+        "--output_path",
+        str(tmp_path / "out"),
+    ]
+    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    text = run.stdout + run.stderr
+    assert run.returncode == 0, text[-3000:]
+    assert re.search(r"vlmprune_testbed\s*\|.*exact_match", text), text[
+        -3000:
+    ]  # its CLI can exit 0 on failure

@@ -25,12 +25,18 @@ FULL_TOKENS = 576
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="testbed",
-                   help="'testbed' (testbed-llava, plus testbed-qwen if present), a checkpoint DIR, "
-                        "or 'tiny' / 'tiny-qwen' (an untrained tiny model: smoke test of the pipeline)")
+    p.add_argument(
+        "--model",
+        default="testbed",
+        help="'testbed' (testbed-llava, plus testbed-qwen if present), a checkpoint DIR, "
+        "or 'tiny' / 'tiny-qwen' (an untrained tiny model: smoke test of the pipeline)",
+    )
     p.add_argument("--methods", default=None, help="comma-separated method names (default: all registered)")
-    p.add_argument("--budgets", default=",".join(map(str, DEFAULT_BUDGETS)),
-                   help="tokens kept out of 576 (Qwen: the same fraction of its tokens)")
+    p.add_argument(
+        "--budgets",
+        default=",".join(map(str, DEFAULT_BUDGETS)),
+        help="tokens kept out of 576 (Qwen: the same fraction of its tokens)",
+    )
     p.add_argument("--samples", type=int, default=1000, help="held-out questions (balanced over families)")
     p.add_argument("--seed", type=int, default=0, help="held-out set seed (and `random`'s seed)")
     p.add_argument("--device", default="cpu")
@@ -80,14 +86,17 @@ def resolve_models(spec: str):
                 "no testbed checkpoint found (looked for testbed/llava/{config.json,model.safetensors} under "
                 + ", ".join(str(r) for r in testbed_dirs())
                 + "). Train one with `python -m vlmprune.testbed.train --family llava --out testbed/llava`, "
-                "point --model at a checkpoint directory, or use --model tiny for a smoke test.")
+                "point --model at a checkpoint directory, or use --model tiny for a smoke test."
+            )
         out = [("testbed-llava", lambda: M.load_testbed(llava))]
         if qwen is not None:
             out.append(("testbed-qwen", lambda: M.load_testbed(qwen)))
         return out
     path = Path(spec)
     if not (path / "config.json").exists():
-        raise FileNotFoundError(f"--model {spec!r}: no config.json there (a testbed checkpoint directory expected)")
+        raise FileNotFoundError(
+            f"--model {spec!r}: no config.json there (a testbed checkpoint directory expected)"
+        )
     return [(path.name or str(path), lambda: M.load_testbed(path))]
 
 
@@ -108,8 +117,9 @@ def _first_word(text: str) -> str:
     return w[0].strip(".,!?").lower() if w else ""
 
 
-def evaluate_model(name, model, processor, family, methods, budgets, samples, seed, batch, device, dtype,
-                   progress=True):
+def evaluate_model(
+    name, model, processor, family, methods, budgets, samples, seed, batch, device, dtype, progress=True
+):
     """Per-config per-family correct counts. Returns (rows, errors, meta)."""
     import vlmprune
     from vlmprune.testbed import model as M
@@ -132,7 +142,7 @@ def evaluate_model(name, model, processor, family, methods, budgets, samples, se
     bar = tqdm(total=nb * len(configs), desc=name, disable=not progress, file=sys.stderr) if tqdm else None
     t0 = time.time()
     for i in range(0, len(items), batch):
-        chunk = items[i: i + batch]
+        chunk = items[i : i + batch]
         enc = M.encode(family, processor, _images(family, chunk), [qa.question for _, qa in chunk])
         enc = {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in enc.items()}
         if "pixel_values" in enc:
@@ -174,7 +184,6 @@ def evaluate_model(name, model, processor, family, methods, budgets, samples, se
     rows = []
     full_acc = {f: right[("full", None)][f] / max(1, total[f]) for f in Q.FAMILIES}
     full_all = sum(right[("full", None)].values()) / max(1, sum(total.values()))
-    n_tokens = None
     for c in configs:
         if c in errors:
             continue
@@ -187,12 +196,29 @@ def evaluate_model(name, model, processor, family, methods, budgets, samples, se
             else:
                 acc = right[c][f] / max(1, total[f])
                 fa, n = full_acc[f], total[f]
-            rows.append(dict(model=name, family_model=family, method=mname, budget=b if b is not None else FULL_TOKENS,
-                             ratio=round(b / FULL_TOKENS, 4) if b else 1.0, family=f, accuracy=round(acc, 4),
-                             full_accuracy=round(fa, 4), retained=round(acc / fa, 4) if fa else None, n=n,
-                             mean_tokens_kept=round(mean_kept, 1) if mean_kept is not None else None))
-    meta = dict(model=name, family_model=family, samples=len(items), seconds=round(time.time() - t0, 1),
-                chance=Q.CHANCE, majority=Q.majority_baseline(items))
+            rows.append(
+                dict(
+                    model=name,
+                    family_model=family,
+                    method=mname,
+                    budget=b if b is not None else FULL_TOKENS,
+                    ratio=round(b / FULL_TOKENS, 4) if b else 1.0,
+                    family=f,
+                    accuracy=round(acc, 4),
+                    full_accuracy=round(fa, 4),
+                    retained=round(acc / fa, 4) if fa else None,
+                    n=n,
+                    mean_tokens_kept=round(mean_kept, 1) if mean_kept is not None else None,
+                )
+            )
+    meta = dict(
+        model=name,
+        family_model=family,
+        samples=len(items),
+        seconds=round(time.time() - t0, 1),
+        chance=Q.CHANCE,
+        majority=Q.majority_baseline(items),
+    )
     return rows, {f"{m}@{b}": e for (m, b), e in errors.items()}, meta
 
 
@@ -202,7 +228,11 @@ def format_table(rows, families) -> str:
     for model in dict.fromkeys(r["model"] for r in rows):
         rs = [r for r in rows if r["model"] == model]
         lines.append(f"\n{model}: accuracy per question family (retained = overall / full model)")
-        head = f"{'method':<12}{'budget':>7}  " + "".join(f"{f[:9]:>10}" for f in families) + f"{'overall':>10}{'retained':>10}"
+        head = (
+            f"{'method':<12}{'budget':>7}  "
+            + "".join(f"{f[:9]:>10}" for f in families)
+            + f"{'overall':>10}{'retained':>10}"
+        )
         lines.append(head)
         lines.append("-" * len(head))
         keys = list(dict.fromkeys((r["method"], r["budget"]) for r in rs))
@@ -210,8 +240,12 @@ def format_table(rows, families) -> str:
             cells = {r["family"]: r for r in rs if r["method"] == m and r["budget"] == b}
             ov = cells["overall"]
             bud = "all" if m == "full" else str(b)
-            lines.append(f"{m:<12}{bud:>7}  " + "".join(f"{cells[f]['accuracy'] * 100:>9.1f}%" for f in families)
-                         + f"{ov['accuracy'] * 100:>9.1f}%" + (f"{ov['retained'] * 100:>9.1f}%" if ov["retained"] is not None else f"{'-':>10}"))
+            lines.append(
+                f"{m:<12}{bud:>7}  "
+                + "".join(f"{cells[f]['accuracy'] * 100:>9.1f}%" for f in families)
+                + f"{ov['accuracy'] * 100:>9.1f}%"
+                + (f"{ov['retained'] * 100:>9.1f}%" if ov["retained"] is not None else f"{'-':>10}")
+            )
     return "\n".join(lines)
 
 
@@ -219,8 +253,19 @@ def write_outputs(out_dir: Path, result: dict, plot: bool = True) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / "eval.json", out_dir / "eval.csv"]
     paths[0].write_text(json.dumps(result, indent=2))
-    fields = ["model", "family_model", "method", "budget", "ratio", "family", "accuracy", "full_accuracy", "retained",
-              "n", "mean_tokens_kept"]
+    fields = [
+        "model",
+        "family_model",
+        "method",
+        "budget",
+        "ratio",
+        "family",
+        "accuracy",
+        "full_accuracy",
+        "retained",
+        "n",
+        "mean_tokens_kept",
+    ]
     with open(paths[1], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
@@ -238,12 +283,22 @@ def write_outputs(out_dir: Path, result: dict, plot: bool = True) -> list[Path]:
         models = list(dict.fromkeys(r["model"] for r in result["rows"]))
         fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.5), squeeze=False)
         for ax, model in zip(axes[0], models):
-            rs = [r for r in result["rows"] if r["model"] == model and r["family"] == "overall" and r["method"] != "full"]
+            rs = [
+                r
+                for r in result["rows"]
+                if r["model"] == model and r["family"] == "overall" and r["method"] != "full"
+            ]
             for m in dict.fromkeys(r["method"] for r in rs):
                 pts = sorted((r["budget"], r["retained"] or 0.0) for r in rs if r["method"] == m)
                 ax.plot([p[0] for p in pts], [p[1] * 100 for p in pts], marker="o", label=m)
-            full = next((r for r in result["rows"] if r["model"] == model and r["method"] == "full"
-                         and r["family"] == "overall"), None)
+            full = next(
+                (
+                    r
+                    for r in result["rows"]
+                    if r["model"] == model and r["method"] == "full" and r["family"] == "overall"
+                ),
+                None,
+            )
             ax.axhline(100, color="grey", lw=0.8, ls="--")
             ax.set_xlabel("visual tokens kept (of 576; Qwen: same fraction)")
             ax.set_ylabel("accuracy retained vs full model (%)")
@@ -286,26 +341,51 @@ def main(args) -> int:
     rows, errors, metas = [], {}, []
     for name, loader in models:
         model, proc, fam = loader()
-        r, e, meta = evaluate_model(name, model, proc, fam, methods, budgets, args.samples, args.seed, args.batch,
-                                    args.device, dtype, progress=not args.json)
+        r, e, meta = evaluate_model(
+            name,
+            model,
+            proc,
+            fam,
+            methods,
+            budgets,
+            args.samples,
+            args.seed,
+            args.batch,
+            args.device,
+            dtype,
+            progress=not args.json,
+        )
         rows += r
         errors.update({f"{name}:{k}": v for k, v in e.items()})
         metas.append(meta)
         del model
-    result = {"rows": rows, "errors": errors, "runs": metas, "methods": methods, "budgets": budgets,
-              "families": list(Q.FAMILIES), "seed": args.seed, "dtype": args.dtype}
+    result = {
+        "rows": rows,
+        "errors": errors,
+        "runs": metas,
+        "methods": methods,
+        "budgets": budgets,
+        "families": list(Q.FAMILIES),
+        "seed": args.seed,
+        "dtype": args.dtype,
+    }
     paths = write_outputs(Path(args.out), result, plot=not args.no_plot)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(format_table(rows, Q.FAMILIES))
         for m in metas:
-            print(f"\n{m['model']}: {m['samples']} questions in {m['seconds']} s; chance (uniform) "
-                  + ", ".join(f"{k} {v * 100:.0f}%" for k, v in m["chance"].items())
-                  + "; best constant answer " + ", ".join(f"{k} {v * 100:.0f}%" for k, v in m["majority"].items()))
+            print(
+                f"\n{m['model']}: {m['samples']} questions in {m['seconds']} s; chance (uniform) "
+                + ", ".join(f"{k} {v * 100:.0f}%" for k, v in m["chance"].items())
+                + "; best constant answer "
+                + ", ".join(f"{k} {v * 100:.0f}%" for k, v in m["majority"].items())
+            )
         print("wrote " + ", ".join(str(p) for p in paths))
     if errors:
-        print(f"{len(errors)} configuration(s) failed: " + "; ".join(f"{k}: {v}" for k, v in errors.items()),
-              file=sys.stderr)
+        print(
+            f"{len(errors)} configuration(s) failed: " + "; ".join(f"{k}: {v}" for k, v in errors.items()),
+            file=sys.stderr,
+        )
         return 1
     return 0

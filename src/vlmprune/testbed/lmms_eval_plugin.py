@@ -41,12 +41,18 @@ def _load(pretrained: str, dtype, device: str, attn: str | None):
     from transformers import AutoConfig
 
     cfg = AutoConfig.from_pretrained(pretrained)
-    classes = {"llava": "LlavaForConditionalGeneration", "llava_next": "LlavaNextForConditionalGeneration",
-               "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration", "qwen2_vl": "Qwen2VLForConditionalGeneration"}
+    classes = {
+        "llava": "LlavaForConditionalGeneration",
+        "llava_next": "LlavaNextForConditionalGeneration",
+        "qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+        "qwen2_vl": "Qwen2VLForConditionalGeneration",
+    }
     if cfg.model_type not in classes:
         from vlmprune.errors import UnsupportedModelError
 
-        raise UnsupportedModelError(f"{pretrained}: model_type {cfg.model_type!r}; supported: {sorted(classes)}")
+        raise UnsupportedModelError(
+            f"{pretrained}: model_type {cfg.model_type!r}; supported: {sorted(classes)}"
+        )
     kw = {"dtype": dtype}
     if attn:
         kw["attn_implementation"] = attn
@@ -78,12 +84,24 @@ def _build_classes():
         is_simple = True
         expected_family = None
 
-        def __init__(self, pretrained: str, method: str = "none", budget=None, ratio=None, device: str = "cpu",
-                     dtype: str = "float32", batch_size=1, attn_implementation=None, max_new_tokens: int = 64,
-                     **method_kwargs):
+        def __init__(
+            self,
+            pretrained: str,
+            method: str = "none",
+            budget=None,
+            ratio=None,
+            device: str = "cpu",
+            dtype: str = "float32",
+            batch_size=1,
+            attn_implementation=None,
+            max_new_tokens: int = 64,
+            **method_kwargs,
+        ):
             super().__init__()
             torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
-            self._model, self.processor, self.family = _load(pretrained, torch_dtype, device, attn_implementation)
+            self._model, self.processor, self.family = _load(
+                pretrained, torch_dtype, device, attn_implementation
+            )
             if self.expected_family and self.family != self.expected_family:
                 raise ValueError(f"{pretrained} is a {self.family} checkpoint, not {self.expected_family}")
             self._device = torch.device(device)
@@ -95,7 +113,11 @@ def _build_classes():
                 kw["budget"] = int(budget)
             if ratio is not None:
                 kw["ratio"] = float(ratio)
-            self.method = None if self.method_name in ("none", "full", "") else vlmprune.get_method(self.method_name, **kw)
+            self.method = (
+                None
+                if self.method_name in ("none", "full", "")
+                else vlmprune.get_method(self.method_name, **kw)
+            )
             self._rank, self._world_size = 0, 1
 
         @property
@@ -146,7 +168,9 @@ def _build_classes():
                 for d2v, i in zip(doc_to_visual, doc_id):
                     vis = d2v(self.task_dict[task[0]][split[0]][i])
                     if len(vis) != 1:
-                        raise ValueError(f"vlmprune plugin: one image per request is supported, got {len(vis)}")
+                        raise ValueError(
+                            f"vlmprune plugin: one image per request is supported, got {len(vis)}"
+                        )
                     images.append(vis[0].convert("RGB"))
                 g = dict(gen_kwargs[0])
                 until = g.pop("until", None)
@@ -162,7 +186,9 @@ def _build_classes():
                     else:
                         with self.method(self.model):
                             out = self.model.generate(**inputs, max_new_tokens=n_new, do_sample=False)
-                texts = self.tokenizer.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+                texts = self.tokenizer.batch_decode(
+                    out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True
+                )
                 for t in texts:
                     for u in until:
                         if u and u in t:
@@ -173,7 +199,9 @@ def _build_classes():
             return re_ords.get_original(res)
 
         def loglikelihood(self, requests):
-            raise NotImplementedError("vlmprune plugin: loglikelihood tasks are not supported (generation only)")
+            raise NotImplementedError(
+                "vlmprune plugin: loglikelihood tasks are not supported (generation only)"
+            )
 
         def generate_until_multi_round(self, requests):
             raise NotImplementedError("vlmprune plugin: multi-round generation is not supported")
@@ -229,7 +257,9 @@ def process_results(doc, results):
 '''
 
 
-def write_testbed_task(out_dir, n: int = 50, seed: int = 0, family: str = "llava", task: str = "vlmprune_testbed"):
+def write_testbed_task(
+    out_dir, n: int = 50, seed: int = 0, family: str = "llava", task: str = "vlmprune_testbed"
+):
     """A local lmms-eval task over ``n`` held-out testbed questions: ``out_dir/data`` (``save_to_disk``),
     ``out_dir/<task>.yaml`` and ``out_dir/testbed_utils.py``; run with ``--include_path out_dir``."""
     import datasets
@@ -249,12 +279,20 @@ def write_testbed_task(out_dir, n: int = 50, seed: int = 0, family: str = "llava
         rows["answer"].append(qa.answer)
         rows["family"].append(qa.family)
         rows["seed"].append(s)
-    feats = datasets.Features({"image": datasets.Image(), "question": datasets.Value("string"),
-                               "answer": datasets.Value("string"), "family": datasets.Value("string"),
-                               "seed": datasets.Value("int64")})
-    datasets.DatasetDict({"test": datasets.Dataset.from_dict(rows, features=feats)}).save_to_disk(str(out / "data"))
+    feats = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "question": datasets.Value("string"),
+            "answer": datasets.Value("string"),
+            "family": datasets.Value("string"),
+            "seed": datasets.Value("int64"),
+        }
+    )
+    datasets.DatasetDict({"test": datasets.Dataset.from_dict(rows, features=feats)}).save_to_disk(
+        str(out / "data")
+    )
     (out / "testbed_utils.py").write_text(TASK_UTILS)
-    (out / f"{task}.yaml").write_text(f"""dataset_path: {(out / 'data').resolve()}
+    (out / f"{task}.yaml").write_text(f"""dataset_path: {(out / "data").resolve()}
 dataset_kwargs:
   load_from_disk: True
 task: {task}

@@ -28,8 +28,18 @@ import torch
 from vlmprune.testbed import questions as Q
 
 LLAVA_SPECIAL = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
-QWEN_SPECIAL = ("<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",
-                "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+QWEN_SPECIAL = (
+    "<pad>",
+    "<s>",
+    "</s>",
+    "<unk>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
 
 LLAVA_TEMPLATE = (
     "{%- for message in messages -%}"
@@ -72,7 +82,14 @@ def _corpus_lines() -> list[str]:
         for qa in Q.questions_for_scene(sc, 16, seed=s):
             lines.append(f"USER: {qa.question} ASSISTANT: {qa.answer}")
             lines.append(f"user\n{qa.question}\nassistant\n{qa.answer}")
-    words = Q.corpus() + ["USER:", "ASSISTANT:", "user", "assistant", "system", "You are a helpful assistant."]
+    words = Q.corpus() + [
+        "USER:",
+        "ASSISTANT:",
+        "user",
+        "assistant",
+        "system",
+        "You are a helpful assistant.",
+    ]
     rng = np.random.default_rng(0)
     for _ in range(20):
         rng.shuffle(words)
@@ -89,12 +106,24 @@ def build_tokenizer(special=LLAVA_SPECIAL, eos="</s>"):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=640, special_tokens=list(special),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=640,
+        special_tokens=list(special),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(_corpus_lines() * 3, trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token=eos,
-                                   unk_token="<unk>", padding_side="left")
-    fast.add_special_tokens({"additional_special_tokens": [s for s in special if s not in fast.all_special_tokens]})
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token=eos,
+        unk_token="<unk>",
+        padding_side="left",
+    )
+    fast.add_special_tokens(
+        {"additional_special_tokens": [s for s in special if s not in fast.all_special_tokens]}
+    )
     return fast
 
 
@@ -120,20 +149,50 @@ def build_llava(size: str = "default", seed: int = 0, attn: str = "sdpa"):
 
     z = SIZES[size]
     tok = build_tokenizer(LLAVA_SPECIAL, "</s>")
-    vc = CLIPVisionConfig(hidden_size=z["v_d"], intermediate_size=z["v_ff"], num_hidden_layers=z["v_layers"],
-                          num_attention_heads=z["v_heads"], image_size=336, patch_size=14, projection_dim=z["v_d"])
-    tc = LlamaConfig(hidden_size=z["t_d"], intermediate_size=z["t_ff"], num_hidden_layers=z["t_layers"],
-                     num_attention_heads=z["t_heads"], num_key_value_heads=z["t_heads"], vocab_size=len(tok),
-                     max_position_embeddings=2048, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                     eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
-    cfg = LlavaConfig(vision_config=vc, text_config=tc, image_token_id=tok.convert_tokens_to_ids("<image>"),
-                      vision_feature_layer=-2, vision_feature_select_strategy="default",
-                      projector_hidden_act="gelu", attn_implementation=attn, tie_word_embeddings=True)
+    vc = CLIPVisionConfig(
+        hidden_size=z["v_d"],
+        intermediate_size=z["v_ff"],
+        num_hidden_layers=z["v_layers"],
+        num_attention_heads=z["v_heads"],
+        image_size=336,
+        patch_size=14,
+        projection_dim=z["v_d"],
+    )
+    tc = LlamaConfig(
+        hidden_size=z["t_d"],
+        intermediate_size=z["t_ff"],
+        num_hidden_layers=z["t_layers"],
+        num_attention_heads=z["t_heads"],
+        num_key_value_heads=z["t_heads"],
+        vocab_size=len(tok),
+        max_position_embeddings=2048,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        tie_word_embeddings=True,
+    )
+    cfg = LlavaConfig(
+        vision_config=vc,
+        text_config=tc,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        attn_implementation=attn,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(cfg)
     ip = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
-    proc = LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=14, vision_feature_select_strategy="default",
-                          image_token="<image>", num_additional_image_tokens=1, chat_template=LLAVA_TEMPLATE)
+    proc = LlavaProcessor(
+        image_processor=ip,
+        tokenizer=tok,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        image_token="<image>",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_TEMPLATE,
+    )
     return _finish(model, tok, tok.eos_token_id), proc
 
 
@@ -152,25 +211,51 @@ def build_qwen(size: str = "default", seed: int = 0, attn: str = "sdpa"):
     tok.chat_template = QWEN_TEMPLATE
     head = z["t_d"] // z["t_heads"]
     sec = [head // 8, 3 * head // 16, head // 2 - head // 8 - 3 * head // 16]
-    tc = dict(hidden_size=z["t_d"], intermediate_size=z["t_ff"], num_hidden_layers=z["t_layers"],
-              num_attention_heads=z["t_heads"], num_key_value_heads=z["t_heads"], vocab_size=len(tok),
-              max_position_embeddings=4096, pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-              eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), tie_word_embeddings=True,
-              rope_parameters={"rope_type": "default", "mrope_section": sec, "rope_theta": 10000.0})
+    tc = dict(
+        hidden_size=z["t_d"],
+        intermediate_size=z["t_ff"],
+        num_hidden_layers=z["t_layers"],
+        num_attention_heads=z["t_heads"],
+        num_key_value_heads=z["t_heads"],
+        vocab_size=len(tok),
+        max_position_embeddings=4096,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
+        tie_word_embeddings=True,
+        rope_parameters={"rope_type": "default", "mrope_section": sec, "rope_theta": 10000.0},
+    )
     n = z["v_layers"]
-    vc = dict(depth=n, hidden_size=z["v_d"], intermediate_size=z["v_ff"], num_heads=z["v_heads"],
-              out_hidden_size=z["t_d"], patch_size=14, window_size=112,
-              fullatt_block_indexes=sorted({n // 2 - 1, n - 1}), spatial_merge_size=2, temporal_patch_size=2)
-    ids = dict(image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
-               video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
-               vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
-               vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"))
-    cfg = Qwen2_5_VLConfig(text_config=tc, vision_config=vc, attn_implementation=attn, tie_word_embeddings=True,
-                           **ids)
+    vc = dict(
+        depth=n,
+        hidden_size=z["v_d"],
+        intermediate_size=z["v_ff"],
+        num_heads=z["v_heads"],
+        out_hidden_size=z["t_d"],
+        patch_size=14,
+        window_size=112,
+        fullatt_block_indexes=sorted({n // 2 - 1, n - 1}),
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+    )
+    ids = dict(
+        image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tok.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tok.convert_tokens_to_ids("<|vision_end|>"),
+    )
+    cfg = Qwen2_5_VLConfig(
+        text_config=tc, vision_config=vc, attn_implementation=attn, tie_word_embeddings=True, **ids
+    )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(cfg)
-    ip = Qwen2VLImageProcessorPil(min_pixels=QWEN_MIN_PIXELS, max_pixels=QWEN_MAX_PIXELS, patch_size=14, merge_size=2,
-                                  temporal_patch_size=2)
+    ip = Qwen2VLImageProcessorPil(
+        min_pixels=QWEN_MIN_PIXELS,
+        max_pixels=QWEN_MAX_PIXELS,
+        patch_size=14,
+        merge_size=2,
+        temporal_patch_size=2,
+    )
     return _finish(model, tok, tok.convert_tokens_to_ids("<|im_end|>")), QwenTinyProcessor(ip, tok)
 
 
@@ -224,8 +309,12 @@ def load_testbed(path, dtype=torch.float32, device="cpu", attn: str = "sdpa"):
 
         from vlmprune.testing import QwenTinyProcessor
 
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype, attn_implementation=attn)
-        proc = QwenTinyProcessor(Qwen2VLImageProcessorPil.from_pretrained(path), AutoTokenizer.from_pretrained(path))
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            path, dtype=dtype, attn_implementation=attn
+        )
+        proc = QwenTinyProcessor(
+            Qwen2VLImageProcessorPil.from_pretrained(path), AutoTokenizer.from_pretrained(path)
+        )
         fam = "qwen"
     else:
         raise ValueError(f"{path} is not a testbed checkpoint (model_type {cfg.model_type!r})")
@@ -237,8 +326,10 @@ def load_testbed(path, dtype=torch.float32, device="cpu", attn: str = "sdpa"):
 def prompt(family: str, question: str) -> str:
     if family == "llava":
         return f"USER: <image>\n{question} ASSISTANT:"
-    return (f"<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n"
-            "<|im_start|>assistant\n")
+    return (
+        f"<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
 
 
 def answer_text(family: str, answer: str) -> str:

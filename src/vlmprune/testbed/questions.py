@@ -30,8 +30,14 @@ from vlmprune.testbed.scenes import COLOURS, SHAPES, Scene, make_scene
 
 FAMILIES = ("attribute", "existence", "counting", "spatial", "small")
 HELDOUT_BASE = 1_000_000_000
-PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles", "star": "stars",
-          "cross": "crosses", "diamond": "diamonds"}
+PLURAL = {
+    "circle": "circles",
+    "square": "squares",
+    "triangle": "triangles",
+    "star": "stars",
+    "cross": "crosses",
+    "diamond": "diamonds",
+}
 DIGITS = tuple(str(i) for i in range(10))
 ANSWERS = COLOURS + SHAPES + ("yes", "no") + DIGITS
 DIRECTIONS = ("left of", "right of", "above", "below")
@@ -178,8 +184,13 @@ def small(scene: Scene, rng) -> QA | None:
     return QA("small", f"what shape is the small {o.colour} object?", o.shape, scene.seed)
 
 
-GENERATORS = {"attribute": attribute, "existence": existence, "counting": counting, "spatial": spatial,
-              "small": small}
+GENERATORS = {
+    "attribute": attribute,
+    "existence": existence,
+    "counting": counting,
+    "spatial": spatial,
+    "small": small,
+}
 
 
 def ask(scene: Scene, family: str, rng) -> QA | None:
@@ -253,7 +264,10 @@ def majority_baseline(items) -> dict[str, float]:
 def corpus() -> list[str]:
     """Every word the questions and answers use (for training the tokenizer)."""
     words = set(ANSWERS) | set(PLURAL.values())
-    for q in ("what colour is the object nearest the", "what shape is left of the right of above below",
-              "is there a how many objects are there small"):
+    for q in (
+        "what colour is the object nearest the",
+        "what shape is left of the right of above below",
+        "is there a how many objects are there small",
+    ):
         words |= set(q.split())
     return sorted(words)

@@ -55,8 +55,14 @@ class SceneObject:
         return f"{self.colour} {self.shape}"
 
     def to_dict(self) -> dict:
-        return dict(shape=self.shape, colour=self.colour, size=self.size, bbox=list(self.bbox),
-                    centre=list(self.centre), area=self.area)
+        return dict(
+            shape=self.shape,
+            colour=self.colour,
+            size=self.size,
+            bbox=list(self.bbox),
+            centre=list(self.centre),
+            area=self.area,
+        )
 
 
 @dataclass
@@ -71,18 +77,39 @@ class Scene:
     patch_colour: np.ndarray = field(repr=False)  # 0 background, 1 + COLOURS index
     patch_shape: np.ndarray = field(repr=False)  # 0 background, 1 + SHAPES index
     patch_centre: np.ndarray = field(repr=False)  # 1 where an object's centre lies
+    object_map: np.ndarray | None = field(
+        default=None, repr=False
+    )  # (H, W) uint8: 0 background, 1 + object index
+
+    def coverage(self, block: int = PATCH, cells: int = 7) -> np.ndarray:
+        """(H/block, W/block, cells*cells) fraction of object pixels in each sub-cell of each block:
+        the shape geometry inside every patch (an auxiliary target)."""
+        fg = (self.object_map > 0).astype(np.float32)
+        h, w = fg.shape
+        c = block // cells
+        g = fg.reshape(h // block, cells, c, w // block, cells, c).mean(axis=(2, 5))  # (gh, cells, gw, cells)
+        return g.transpose(0, 2, 1, 3).reshape(h // block, w // block, cells * cells)
 
     @property
     def grid(self) -> tuple[int, int]:
         return self.patch_object.shape
 
     def describe(self) -> dict:
-        return dict(seed=self.seed, kind=self.kind, background=self.background, width=self.image.width,
-                    height=self.image.height, objects=[o.to_dict() for o in self.objects])
+        return dict(
+            seed=self.seed,
+            kind=self.kind,
+            background=self.background,
+            width=self.image.width,
+            height=self.image.height,
+            objects=[o.to_dict() for o in self.objects],
+        )
 
     def count(self, colour: str | None = None, shape: str | None = None) -> int:
-        return sum(1 for o in self.objects if (colour is None or o.colour == colour)
-                   and (shape is None or o.shape == shape))
+        return sum(
+            1
+            for o in self.objects
+            if (colour is None or o.colour == colour) and (shape is None or o.shape == shape)
+        )
 
 
 # --------------------------------------------------------------------------------------------- drawing
@@ -104,7 +131,7 @@ def _background(rng, w, h) -> tuple[np.ndarray, str]:
     if rng.random() < 0.5:
         a, b = _muted(rng), _muted(rng)
         ang = rng.uniform(0, 2 * math.pi)
-        t = (xx * math.cos(ang) + yy * math.sin(ang))
+        t = xx * math.cos(ang) + yy * math.sin(ang)
         t = (t - t.min()) / max(1e-6, t.max() - t.min())
         img = a[None, None] * (1 - t[..., None]) + b[None, None] * t[..., None]
         kind = "gradient"
@@ -115,8 +142,11 @@ def _background(rng, w, h) -> tuple[np.ndarray, str]:
             f = rng.uniform(0.03, 0.25)
             ang = rng.uniform(0, math.pi)
             amp = rng.uniform(6, 18)
-            img += amp * np.sin(f * (xx * math.cos(ang) + yy * math.sin(ang)) + rng.uniform(0, 6.3))[..., None] \
+            img += (
+                amp
+                * np.sin(f * (xx * math.cos(ang) + yy * math.sin(ang)) + rng.uniform(0, 6.3))[..., None]
                 * rng.uniform(0.5, 1.0, 3)[None, None]
+            )
         kind = "texture"
     img += rng.normal(0, 4, (h, w, 3))
     return np.clip(img, 0, 255), kind
@@ -138,7 +168,20 @@ def _polygon(shape: str, cx: float, cy: float, r: float, rot: float):
             pts.append((rad * math.cos(a), rad * math.sin(a)))
     elif shape == "cross":
         t = 0.33
-        pts = [(-t, -1), (t, -1), (t, -t), (1, -t), (1, t), (t, t), (t, 1), (-t, 1), (-t, t), (-1, t), (-1, -t), (-t, -t)]
+        pts = [
+            (-t, -1),
+            (t, -1),
+            (t, -t),
+            (1, -t),
+            (1, t),
+            (t, t),
+            (t, 1),
+            (-t, 1),
+            (-t, t),
+            (-1, t),
+            (-1, -t),
+            (-t, -t),
+        ]
     else:
         raise ValueError(shape)
     c, s = math.cos(rot), math.sin(rot)
@@ -169,7 +212,9 @@ def _kind_for(rng, level: float) -> str:
     return KINDS[int(rng.choice(3, p=p / p.sum()))]
 
 
-def make_scene(seed: int, level: float = 1.0, width: int = 336, height: int = 336, kind: str | None = None) -> Scene:
+def make_scene(
+    seed: int, level: float = 1.0, width: int = 336, height: int = 336, kind: str | None = None
+) -> Scene:
     """The scene of ``seed`` (deterministic). ``level`` in [0, 1] is the curriculum difficulty."""
     if width % PATCH or height % PATCH:
         raise ValueError(f"`width` and `height` must be multiples of {PATCH}, got {width}x{height}")
@@ -198,8 +243,11 @@ def make_scene(seed: int, level: float = 1.0, width: int = 336, height: int = 33
         colour, shape = combos[order[ci]]
         ci += 1
         # squares, diamonds and crosses stay near upright so a square never turns into a diamond
-        rot = {"circle": 0.0, "triangle": rng.uniform(0, 2 * math.pi), "star": rng.uniform(0, 2 * math.pi)}.get(
-            shape, rng.uniform(-0.3, 0.3))
+        rot = {
+            "circle": 0.0,
+            "triangle": rng.uniform(0, 2 * math.pi),
+            "star": rng.uniform(0, 2 * math.pi),
+        }.get(shape, rng.uniform(-0.3, 0.3))
         specs.append((shape, colour, size, cx, cy, r, rot))
     # the scene order (and so object indices) is a random permutation, not size order
     perm = rng.permutation(len(specs))
@@ -213,8 +261,12 @@ def make_scene(seed: int, level: float = 1.0, width: int = 336, height: int = 33
         fill = tuple(int(np.clip(v + j, 0, 255)) for v, j in zip(RGB[colour], jitter))
         _draw(draw, shape, cx, cy, r, rot, fill)
         _draw(idraw, shape, cx, cy, r, rot, i + 1)
-        bbox = (int(max(0, math.floor(cx - r))), int(max(0, math.floor(cy - r))),
-                int(min(width, math.ceil(cx + r))), int(min(height, math.ceil(cy + r))))
+        bbox = (
+            int(max(0, math.floor(cx - r))),
+            int(max(0, math.floor(cy - r))),
+            int(min(width, math.ceil(cx + r))),
+            int(min(height, math.ceil(cy + r))),
+        )
         objs.append(SceneObject(shape, colour, size, bbox, (round(cx, 2), round(cy, 2))))
     idmap = np.asarray(ids)
     areas = np.bincount(idmap.ravel(), minlength=len(objs) + 1)
@@ -236,4 +288,4 @@ def make_scene(seed: int, level: float = 1.0, width: int = 336, height: int = 33
     patch_centre = np.zeros((gh, gw), np.int64)
     for o in objs:
         patch_centre[min(gh - 1, int(o.centre[1] // PATCH)), min(gw - 1, int(o.centre[0] // PATCH))] = 1
-    return Scene(seed, kind, img, objs, bg_kind, patch_object, patch_colour, patch_shape, patch_centre)
+    return Scene(seed, kind, img, objs, bg_kind, patch_object, patch_colour, patch_shape, patch_centre, idmap)

@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import random
+import signal
 import time
 from pathlib import Path
 
@@ -65,11 +65,21 @@ def _pool2(a: np.ndarray) -> np.ndarray:
 
 def scene_labels(scene, merged: bool = False) -> dict:
     size_id = np.array([SIZES.index(o.size) + 1 for o in scene.objects] + [0], np.int64)
-    lab = dict(colour=scene.patch_colour, shape=scene.patch_shape, centre=scene.patch_centre,
-               size=size_id[scene.patch_object])
+    lab = dict(
+        colour=scene.patch_colour,
+        shape=scene.patch_shape,
+        centre=scene.patch_centre,
+        size=size_id[scene.patch_object],
+    )
+    lab["object"] = scene.patch_object + 1  # 0 background, else 1 + object index
     if merged:
         lab = {k: _pool2(v) for k, v in lab.items()}
     lab = {k: torch.from_numpy(np.ascontiguousarray(v)).reshape(-1) for k, v in lab.items()}
+    cov = scene.coverage(block=28 if merged else 14, cells=7)
+    lab["mask"] = torch.from_numpy(cov.reshape(-1, cov.shape[-1]))
+    lab["obj_colour"] = torch.tensor([COLOURS.index(o.colour) + 1 for o in scene.objects], dtype=torch.long)
+    lab["obj_shape"] = torch.tensor([SHAPES.index(o.shape) + 1 for o in scene.objects], dtype=torch.long)
+    lab["obj_size"] = torch.tensor([SIZES.index(o.size) + 1 for o in scene.objects], dtype=torch.long)
     present = torch.zeros(N_PRESENT)
     counts = torch.zeros(N_COUNTS, dtype=torch.long)
     for o in scene.objects:
@@ -95,29 +105,68 @@ class AuxHeads(nn.Module):
         self.shape = nn.Linear(d, len(SHAPES) + 1)
         self.size = nn.Linear(d, len(SIZES) + 1)
         self.centre = nn.Linear(d, 2)
+        self.mask = nn.Linear(d, 49)  # 7x7 object coverage inside the patch: its shape geometry
         self.img_norm = nn.LayerNorm(d)
         self.present = nn.Linear(d, N_PRESENT)
         self.counts = nn.Linear(d, N_COUNTS * MAX_COUNT)
 
     def losses(self, tokens: torch.Tensor, image_vecs: list[torch.Tensor], labels: list[dict]) -> dict:
         """``tokens``: (sum of tokens, d) patch features in raster order; ``image_vecs``: list of
-        (B, d) image-level vectors (CLS or pooled), each supervised by presence and counts."""
+        (B, d) image-level vectors (CLS or pooled), each supervised by presence and counts.
+
+        Per patch: colour (with background: the object/background detector), and on object patches
+        only, shape and size class; object centres. Per object: the mean of its patches' features
+        classified by the same heads (shape is rarely decidable from one interior patch; the pooled
+        loss pushes each patch to carry its share of the object's shape evidence)."""
         lab = {k: torch.cat([x[k] for x in labels]) for k in ("colour", "shape", "size", "centre")}
         h = self.norm(tokens.float())
         out = {}
         accs = {}
-        for k in ("colour", "shape", "size"):
-            logits = getattr(self, k)(h)
-            out[k] = F.cross_entropy(logits, lab[k])
-            fg = lab[k] > 0
-            accs[k] = ((logits.argmax(-1) == lab[k]) & fg).sum().item() / max(1, fg.sum().item())
+        fg = lab["colour"] > 0
+        logits = self.colour(h)
+        out["colour"] = F.cross_entropy(logits, lab["colour"])
+        accs["colour"] = ((logits.argmax(-1) == lab["colour"]) & fg).sum().item() / max(1, fg.sum().item())
+        for k in ("shape", "size"):
+            if fg.any():
+                lg = getattr(self, k)(h[fg])
+                out[k] = F.cross_entropy(lg, lab[k][fg])
+                accs[k] = (lg.argmax(-1) == lab[k][fg]).float().mean().item()
         cw = torch.tensor([1.0, 5.0])  # centre patches are rare
         out["centre"] = F.cross_entropy(self.centre(h), lab["centre"], weight=cw)
+        mask = torch.cat([x["mask"] for x in labels])
+        ml = self.mask(h)
+        out["mask"] = 4.0 * F.binary_cross_entropy_with_logits(ml, mask)
+        tot = mask.sum(-1)
+        edge = (tot > 0) & (tot < mask.shape[-1])  # patches on an object boundary
+        if edge.any():
+            accs["mask_edge"] = ((ml[edge] > 0) == (mask[edge] > 0.5)).float().mean().item()
+        # object-level: mean feature of each object's patches
+        seg, targets, base = [], {k: [] for k in ("colour", "shape", "size")}, 0
+        for x in labels:
+            seg.append(torch.where(x["object"] > 0, x["object"] - 1 + base, -1))
+            for k in targets:
+                targets[k].append(x[f"obj_{k}"])
+            base += len(x["obj_colour"])
+        seg = torch.cat(seg)
+        if base and (seg >= 0).any():
+            m = seg >= 0
+            sums = torch.zeros(base, h.shape[-1]).index_add_(0, seg[m], h[m])
+            cnt = torch.zeros(base).index_add_(0, seg[m], torch.ones(int(m.sum())))
+            has = cnt > 0
+            pooled = sums[has] / cnt[has, None]
+            for k in targets:
+                t = torch.cat(targets[k])[has]
+                lg = getattr(self, k)(pooled)
+                out[f"obj_{k}"] = F.cross_entropy(lg, t)
+                accs[f"obj_{k}"] = (lg.argmax(-1) == t).float().mean().item()
         present = torch.stack([x["present"] for x in labels])
         counts = torch.stack([x["counts"] for x in labels])
         for j, v in enumerate(image_vecs):
             g = self.img_norm(v.float())
-            out[f"present{j}"] = F.binary_cross_entropy_with_logits(self.present(g), present)
+            pl = self.present(g)
+            out[f"present{j}"] = F.binary_cross_entropy_with_logits(pl, present)
+            tp = ((pl > 0) & (present > 0)).sum().item()
+            accs[f"present_f1_{j}"] = 2 * tp / max(1, (pl > 0).sum().item() + (present > 0).sum().item())
             cl = self.counts(g).view(-1, N_COUNTS, MAX_COUNT)
             out[f"counts{j}"] = F.cross_entropy(cl.reshape(-1, MAX_COUNT), counts.reshape(-1))
             accs[f"count{j}"] = (cl.argmax(-1) == counts).float().mean().item()
@@ -137,8 +186,10 @@ def scene_size(family: str, seed: int) -> tuple[int, int]:
 
 def make_batch(family, processor, seeds, level, k_questions, eos_id, image_id):
     tok = processor.tokenizer
-    scenes = [make_scene(s, level=level, width=scene_size(family, s)[0], height=scene_size(family, s)[1])
-              for s in seeds]
+    scenes = [
+        make_scene(s, level=level, width=scene_size(family, s)[0], height=scene_size(family, s)[1])
+        for s in seeds
+    ]
     ip = processor.image_processor
     img = ip([sc.image for sc in scenes], return_tensors="pt")
     if family == "llava":
@@ -154,7 +205,7 @@ def make_batch(family, processor, seeds, level, k_questions, eos_id, image_id):
             seg = tok(M.turn_text(family, qa.question, i == 0), add_special_tokens=False)["input_ids"]
             if i == 0:
                 j = seg.index(image_id)
-                seg = seg[:j] + [image_id] * n_img + seg[j + 1:]
+                seg = seg[:j] + [image_id] * n_img + seg[j + 1 :]
             ids += seg
             a = tok(M.answer_text(family, qa.answer), add_special_tokens=False)["input_ids"]
             for t in a + [eos_id]:
@@ -191,7 +242,7 @@ class Heldout:
         tok = processor.tokenizer
         self.answer_ids = M.answer_token_ids(tok, family)
         for i in range(0, len(items), batch):
-            chunk = items[i: i + batch]
+            chunk = items[i : i + batch]
             imgs = []
             for s, _ in chunk:
                 w, h = scene_size(family, s)
@@ -272,14 +323,21 @@ def save_state(out: Path, model, heads, opt, state: dict, processor) -> None:
             seen.add(v.data_ptr())
             tensors[k] = v.detach().contiguous()
     save_file(tensors, str(tmp / "model_fp32.safetensors"))
-    save_file({k: v.detach().contiguous() for k, v in heads.state_dict().items()}, str(tmp / "heads.safetensors"))
+    save_file(
+        {k: v.detach().contiguous() for k, v in heads.state_dict().items()}, str(tmp / "heads.safetensors")
+    )
     torch.save(opt.state_dict(), tmp / "optim.pt")
     (tmp / "state.json").write_text(json.dumps(state, indent=2))
     for f in tmp.iterdir():
         os.replace(f, res / f.name)
     tmp.rmdir()
-    M.save(model, processor, out, dtype=torch.bfloat16, extra={"step": state["step"], "minutes": state["minutes"],
-                                                               "last_eval": state.get("last_eval")})
+    M.save(
+        model,
+        processor,
+        out,
+        dtype=torch.bfloat16,
+        extra={"step": state["step"], "minutes": state["minutes"], "last_eval": state.get("last_eval")},
+    )
 
 
 def load_state(out: Path, model, heads):
@@ -290,9 +348,13 @@ def load_state(out: Path, model, heads):
         return None, None
     missing, unexpected = model.load_state_dict(load_file(str(res / "model_fp32.safetensors")), strict=False)
     if unexpected or [k for k in missing if "lm_head" not in k]:
-        raise RuntimeError(f"resume state does not match the model: missing {missing}, unexpected {unexpected}")
+        raise RuntimeError(
+            f"resume state does not match the model: missing {missing}, unexpected {unexpected}"
+        )
     model.tie_weights()
-    heads.load_state_dict(load_file(str(res / "heads.safetensors")))
+    missing, _ = heads.load_state_dict(load_file(str(res / "heads.safetensors")), strict=False)
+    if missing:
+        print(f"aux heads without saved state (new): {missing}", flush=True)
     return json.loads((res / "state.json").read_text()), torch.load(res / "optim.pt", weights_only=False)
 
 
@@ -318,7 +380,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=8, help="images per step")
     p.add_argument("--questions", type=int, default=20, help="questions packed per image")
     p.add_argument("--vision-steps", type=int, default=500, help="steps of vision-tower pretraining")
-    p.add_argument("--vision-lr", type=float, default=1e-3)
+    p.add_argument("--vision-lr", type=float, default=3e-4)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--vision-lr-mult", type=float, default=0.2, help="tower lr multiplier once unfrozen")
     p.add_argument("--freeze-steps", type=int, default=1000, help="VLM steps with the tower frozen")
@@ -331,6 +393,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-n", type=int, default=300)
     p.add_argument("--ckpt-minutes", type=float, default=5.0)
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many total steps (0: no limit)")
+    p.add_argument(
+        "--summary", action="store_true", help="print the held-out accuracy history of OUT and exit"
+    )
 
 
 def log(out: Path, rec: dict) -> None:
@@ -339,22 +404,47 @@ def log(out: Path, rec: dict) -> None:
     print(json.dumps(rec), flush=True)
 
 
+def summary(out: Path) -> str:
+    """The per-family held-out accuracy history in ``out/train_log.jsonl`` as a table."""
+    rows = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines() if x.strip()]
+    evals = [r for r in rows if r.get("event") == "eval"]
+    head = f"{'step':>6} {'minutes':>8} " + "".join(f"{f[:9]:>10}" for f in Q.FAMILIES) + f"{'overall':>10}"
+    lines = [head, "-" * len(head)]
+    for r in evals:
+        lines.append(
+            f"{r['step']:>6} {r['minutes']:>8.1f} "
+            + "".join(f"{r.get(f, 0) * 100:>9.1f}%" for f in Q.FAMILIES)
+            + f"{r['overall'] * 100:>9.1f}%"
+        )
+    return "\n".join(lines)
+
+
 def main(args) -> int:
-    torch.set_num_threads(args.threads)
     out = Path(args.out or f"testbed/{args.family}")
+    if args.summary:
+        print(summary(out))
+        return 0
+    torch.set_num_threads(args.threads)
     out.mkdir(parents=True, exist_ok=True)
     fam = args.family
     model, processor = M.build(fam, args.size, seed=args.seed)
     model.train()
-    d = model.config.vision_config.hidden_size if fam == "llava" else model.config.vision_config.out_hidden_size
+    d = (
+        model.config.vision_config.hidden_size
+        if fam == "llava"
+        else model.config.vision_config.out_hidden_size
+    )
     torch.manual_seed(args.seed + 1)
     heads = AuxHeads(d)
     state = None
     opt_state = None
     if args.resume:
         state, opt_state = load_state(out, model, heads)
-    state = state or {"step": 0, "minutes": 0.0, "config": {k: v for k, v in vars(args).items() if not k.startswith("_")}}
-    stage = "vision" if state["step"] < args.vision_steps else "vlm"
+    state = state or {
+        "step": 0,
+        "minutes": 0.0,
+        "config": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+    }
     opt = make_optimizer(model, heads, args.lr, args.vision_lr_mult, fam)
     if opt_state is not None:
         try:
@@ -374,9 +464,22 @@ def main(args) -> int:
     bf16 = not args.no_bf16
     window = []
     cfg = {k: v for k, v in vars(args).items() if not k.startswith("_")}
-    log(out, {"event": "start" if state["step"] == 0 else "resume", "step": state["step"],
-              "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3), **cfg})
-    while True:
+    log(
+        out,
+        {
+            "event": "start" if state["step"] == 0 else "resume",
+            "step": state["step"],
+            "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+            **cfg,
+        },
+    )
+    stop = {"flag": False}
+
+    def _term(signum, frame):  # finish the step, save, exit: `kill PID` never loses progress
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, _term)
+    while not stop["flag"]:
         step = state["step"]
         elapsed = (time.time() - t0) / 60
         if elapsed >= args.minutes or (args.max_steps and step >= args.max_steps):
@@ -386,6 +489,7 @@ def main(args) -> int:
         frozen = not in_vision and vstep < args.freeze_steps
         for p in vision.parameters():
             p.requires_grad_(not frozen)
+
         # learning rates: linear warmup at the start of each stage (and of the tower's unfreezing), then constant
         def warm(i):
             return min(1.0, max(0, i + 1) / args.warmup)
@@ -397,11 +501,14 @@ def main(args) -> int:
                 g["lr"] = 0.0 if frozen else args.lr * args.vision_lr_mult * warm(vstep - args.freeze_steps)
             else:
                 g["lr"] = args.lr * warm(vstep)
-        level = min(1.0, (step / max(1, args.vision_steps)) if in_vision else (vstep / max(1, args.curriculum_steps)))
+        level = min(
+            1.0, (step / max(1, args.vision_steps)) if in_vision else (vstep / max(1, args.curriculum_steps))
+        )
         seeds = [(args.seed * 100_003 + step * args.batch + i) % Q.HELDOUT_BASE for i in range(args.batch)]
         tb = time.time()
-        scenes, inputs, (rows, cols, targets) = make_batch(fam, processor, seeds, level, args.questions, eos_id,
-                                                            image_id)
+        scenes, inputs, (rows, cols, targets) = make_batch(
+            fam, processor, seeds, level, args.questions, eos_id, image_id
+        )
         labels = [scene_labels(sc, merged=(fam == "qwen")) for sc in scenes]
         t_data = time.time() - tb
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -415,7 +522,8 @@ def main(args) -> int:
                 logits = model(**inputs).logits
                 lg = logits[rows, cols].float()
                 lm = F.cross_entropy(lg, targets)
-                tok_acc = (lg.argmax(-1) == targets).float().mean().item()
+                is_answer = targets != eos_id  # every other target is the end-of-turn token
+                tok_acc = (lg.argmax(-1) == targets)[is_answer].float().mean().item()
                 loss = lm
                 accs = {}
                 if not frozen:
@@ -433,30 +541,49 @@ def main(args) -> int:
         window.append((dt, t_data))
         if state["step"] % 10 == 0:
             w = window[-10:]
-            rec = {"step": state["step"], "stage": "vision" if in_vision else ("vlm-frozen" if frozen else "vlm"),
-                   "minutes": round(base_minutes + (time.time() - t0) / 60, 2), "level": round(level, 3),
-                   "loss": round(loss.item(), 4), "lm": round(lm.item(), 4),
-                   "answer_acc": round(tok_acc, 4) if tok_acc == tok_acc else None,
-                   "img_per_s": round(args.batch * len(w) / sum(x[0] for x in w), 2),
-                   "data_frac": round(sum(x[1] for x in w) / sum(x[0] for x in w), 3),
-                   **{k: round(v, 3) for k, v in accs.items()}}
+            rec = {
+                "step": state["step"],
+                "stage": "vision" if in_vision else ("vlm-frozen" if frozen else "vlm"),
+                "minutes": round(base_minutes + (time.time() - t0) / 60, 2),
+                "level": round(level, 3),
+                "loss": round(loss.item(), 4),
+                "lm": round(lm.item(), 4),
+                "answer_acc": round(tok_acc, 4) if tok_acc == tok_acc else None,
+                "img_per_s": round(args.batch * len(w) / sum(x[0] for x in w), 2),
+                "data_frac": round(sum(x[1] for x in w) / sum(x[0] for x in w), 3),
+                **{k: round(v, 3) for k, v in accs.items()},
+            }
             log(out, rec)
         now = time.time()
         if now - last_eval >= args.eval_minutes * 60 and not in_vision:
             acc = held.evaluate(model, autocast=bf16)
             state["last_eval"] = acc
-            log(out, {"event": "eval", "step": state["step"], "minutes": round(base_minutes + (now - t0) / 60, 2),
-                      **{k: round(v, 4) for k, v in acc.items()}})
+            log(
+                out,
+                {
+                    "event": "eval",
+                    "step": state["step"],
+                    "minutes": round(base_minutes + (now - t0) / 60, 2),
+                    **{k: round(v, 4) for k, v in acc.items()},
+                },
+            )
             last_eval = time.time()
         if now - last_ckpt >= args.ckpt_minutes * 60:
             state["minutes"] = base_minutes + (time.time() - t0) / 60
             save_state(out, model, heads, opt, state, processor)
             last_ckpt = time.time()
-    if state["step"] > args.vision_steps:
+    if state["step"] > args.vision_steps and not stop["flag"]:
         acc = held.evaluate(model, autocast=bf16)
         state["last_eval"] = acc
-        log(out, {"event": "eval", "step": state["step"], "minutes": round(base_minutes + (time.time() - t0) / 60, 2),
-                  **{k: round(v, 4) for k, v in acc.items()}})
+        log(
+            out,
+            {
+                "event": "eval",
+                "step": state["step"],
+                "minutes": round(base_minutes + (time.time() - t0) / 60, 2),
+                **{k: round(v, 4) for k, v in acc.items()},
+            },
+        )
     state["minutes"] = base_minutes + (time.time() - t0) / 60
     save_state(out, model, heads, opt, state, processor)
     capture.remove()
