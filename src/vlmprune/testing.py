@@ -28,9 +28,9 @@ _CORPUS = (
 )
 
 
-@lru_cache(maxsize=4)
-def build_tokenizer(special: tuple[str, ...]):
-    """A byte-level BPE tokenizer trained offline on a fixed corpus, with ``special`` tokens."""
+def train_bpe_tokenizer(lines, special, vocab_size: int, eos: str = "</s>"):
+    """A byte-level BPE ``PreTrainedTokenizerFast`` trained offline on ``lines``, with the
+    ``special`` tokens (``<pad>``, ``<s>``, ``<unk>`` and ``eos`` among them), left padding."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -38,17 +38,17 @@ def build_tokenizer(special: tuple[str, ...]):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=400,
+        vocab_size=vocab_size,
         special_tokens=list(special),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator([_CORPUS] * 4, trainer)
+    tok.train_from_iterator(list(lines), trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token="<pad>",
         bos_token="<s>",
-        eos_token="</s>",
+        eos_token=eos,
         unk_token="<unk>",
         padding_side="left",
     )
@@ -56,6 +56,12 @@ def build_tokenizer(special: tuple[str, ...]):
         {"additional_special_tokens": [s for s in special if s not in fast.all_special_tokens]}
     )
     return fast
+
+
+@lru_cache(maxsize=4)
+def build_tokenizer(special: tuple[str, ...]):
+    """The tiny models' tokenizer: byte-level BPE trained offline on a fixed corpus."""
+    return train_bpe_tokenizer([_CORPUS] * 4, special, vocab_size=400)
 
 
 _LLAVA_SPECIAL = ("<pad>", "<s>", "</s>", "<unk>", "<image>")
@@ -89,6 +95,21 @@ def _text_config(vocab: int, layers: int, family: str, pad_id: int, bos: int, eo
     return cfg
 
 
+def _tiny_clip(image_size: int):
+    """CLIP vision tower of the tiny LLaVA families: 3 layers, d=32, patch 14, with CLS."""
+    from transformers import CLIPVisionConfig
+
+    return CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        image_size=image_size,
+        patch_size=14,
+        projection_dim=32,
+    )
+
+
 def _finish(model, attn: str, seed: int, dtype):
     model.eval()
     model.to(dtype)
@@ -109,22 +130,13 @@ def tiny_llava(attn: str = "sdpa", seed: int = 0, layers: int = 4, image_size: i
     """
     from transformers import (
         CLIPImageProcessorPil,
-        CLIPVisionConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
         LlavaProcessor,
     )
 
     tok = build_tokenizer(_LLAVA_SPECIAL)
-    vc = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        image_size=image_size,
-        patch_size=14,
-        projection_dim=32,
-    )
+    vc = _tiny_clip(image_size)
     tc = _text_config(len(tok), layers, "llava", tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
     cfg = LlavaConfig(
         vision_config=vc,
@@ -154,7 +166,6 @@ def tiny_llava_next(
 ):
     """Tiny LLaVA-NeXT: anyres with pinpoints up to 2x2 tiles of ``image_size`` (4x4 grid each)."""
     from transformers import (
-        CLIPVisionConfig,
         LlavaNextConfig,
         LlavaNextForConditionalGeneration,
         LlavaNextImageProcessorPil,
@@ -164,15 +175,7 @@ def tiny_llava_next(
     tok = build_tokenizer(_LLAVA_SPECIAL)
     s = image_size
     pinpoints = [[s, 2 * s], [2 * s, s], [2 * s, 2 * s]]
-    vc = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        image_size=s,
-        patch_size=14,
-        projection_dim=32,
-    )
+    vc = _tiny_clip(s)
     tc = _text_config(len(tok), layers, "llava_next", tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
     cfg = LlavaNextConfig(
         vision_config=vc,

@@ -100,31 +100,9 @@ def _corpus_lines() -> list[str]:
 def build_tokenizer(special=LLAVA_SPECIAL, eos="</s>"):
     """Byte-level BPE trained offline on the question/answer corpus: every vocabulary word (with
     its leading space) is one token, any other text still encodes byte-wise."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    from vlmprune.testing import train_bpe_tokenizer
 
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=640,
-        special_tokens=list(special),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(_corpus_lines() * 3, trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token=eos,
-        unk_token="<unk>",
-        padding_side="left",
-    )
-    fast.add_special_tokens(
-        {"additional_special_tokens": [s for s in special if s not in fast.all_special_tokens]}
-    )
-    return fast
+    return train_bpe_tokenizer(_corpus_lines() * 3, special, vocab_size=640, eos=eos)
 
 
 def _finish(model, tok, eos_id):
