@@ -38,27 +38,6 @@ def stock_embeds(model, inputs) -> torch.Tensor:
     return got["e"]
 
 
-def image_positions(model, inputs) -> list[tuple[int, torch.Tensor]]:
-    """(row, positions) of every image placeholder run (as contiguous runs), batch order."""
-    ids = inputs["input_ids"]
-    is_img = ids == model.config.image_token_id
-    return [(b, torch.nonzero(is_img[b]).flatten()) for b in range(ids.shape[0])]
-
-
-def kept_sequence_mask(model, inputs, selections, content_positions) -> torch.Tensor:
-    """(B, L) bool: True at every text token and every kept visual token.
-
-    ``content_positions``: per image, the sequence positions of its content tokens (N,).
-    """
-    ids = inputs["input_ids"]
-    keep = ids != model.config.image_token_id
-    for (row, pos), sel in zip(content_positions, selections):
-        if sel.kept.numel() == pos.numel():
-            keep[row] |= ids[row] == model.config.image_token_id  # keep-all keeps the whole run
-        keep[row, pos[sel.kept]] = True
-    return keep
-
-
 def left_pack(x: torch.Tensor, keep: torch.Tensor, dim: int = 1):
     """Gather the kept positions of each row, right-aligned (left padded): returns (x', valid)."""
     counts = keep.sum(1)
