@@ -1,11 +1,12 @@
 """Stated references for the exactness tests, built on the *stock* model with no vlmprune hooks.
 
-- :func:`stock_embeds`: the stock LLM input (inputs_embeds, mask, position ids) of a call.
-- :func:`oracle_kept_only`: the stock model fed only the kept tokens (``inputs_embeds`` path).
-- :func:`masked_reference`: the stock model with ``attention_mask = 0`` at dropped tokens and
-  the stock position ids passed explicitly.
-- :func:`layer_masked_reference`: the stock model whose layers ``>= K`` cannot see the dropped
-  keys (a 4-D additive mask installed on those layers), at prefill and at every decode step.
+- :func:`stock_positions`: the position ids stock ``generate`` builds ((B, L) or (4, B, L)).
+- :func:`stock_embeds`: the stock LLM input (inputs_embeds) of a call.
+- :func:`left_pack`: keep the surviving positions of each row, left padded, as the session does;
+  with it the tests build "stock fed only the kept tokens" and "stock with the dropped tokens
+  masked" references.
+- :func:`layer_key_mask`: the stock model whose layers ``>= K`` cannot see the dropped keys (a 4-D
+  additive mask installed on those layers), at prefill and at every decode step.
 """
 
 from __future__ import annotations
