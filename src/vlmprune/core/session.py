@@ -233,8 +233,8 @@ class PruningSession:
                     return None
                 spans.append((b, pos[off : off + layout.n_placeholders]))
                 off += layout.n_placeholders
-        if self._record is not None and len(spans) != len(layouts) and self.adapter.family.startswith("qwen"):
-            return None  # Qwen layouts come from the tower's own grid: every image must be used
+        if len(spans) != len(layouts):  # every image the adapter laid out must sit in the prompt
+            return None
         return spans
 
     def _image_tokens(self, embeds, mask2d, is_image, index, row, ph, layout) -> ImageTokens:
