@@ -443,13 +443,29 @@ def test_cli_run_local_qwen_checkpoint_fallback(tmp_path, capsys):
 TESTBED = Path(__file__).resolve().parents[1] / "testbed" / "llava"
 
 
+def test_load_image_testbed_scene():
+    """``--image testbed:N`` is the N-th held-out testbed scene; a bad N names the syntax."""
+    from vlmprune.testbed.questions import HELDOUT_BASE
+    from vlmprune.testbed.scenes import make_scene
+    from vlmprune.viz import load_image
+
+    image, desc = load_image("testbed:3")
+    assert np.array_equal(np.asarray(image), np.asarray(make_scene(HELDOUT_BASE + 3).image))
+    assert "held-out" in desc
+    with pytest.raises(ValueError, match="testbed:N"):
+        load_image("testbed:x")
+
+
 @pytest.mark.skipif(not (TESTBED / "config.json").is_file(), reason="no testbed checkpoint")
 def test_render_on_testbed():
+    """A trained testbed checkpoint (when one exists) on a held-out testbed scene."""
     from vlmprune.run import load_model, make_prompt_inputs
+    from vlmprune.viz import load_image
 
+    image, _ = load_image("testbed:3")
     loaded = load_model(str(TESTBED), device="cpu")
-    image = photo("chelsea")
-    inputs = make_prompt_inputs(loaded, image, "What is in the image?")
+    assert not loaded.tiny
+    inputs = make_prompt_inputs(loaded, image, "what colour is the star?")
     method = vlmprune.get_method("divprune", budget=64)
     with torch.no_grad(), method(loaded.model):
         loaded.model.generate(**inputs, max_new_tokens=1)

@@ -696,9 +696,19 @@ def compare_grid(
 
 def load_image(spec: str | None) -> tuple[Image.Image, str]:
     """An RGB image from a file path, or a photograph shipped with scikit-image
-    (``skimage:chelsea``, or a bare name in :data:`SKIMAGE_PHOTOS`; default ``chelsea``).
-    Never downloads. Returns ``(image, description)``."""
+    (``skimage:chelsea``, or a bare name in :data:`SKIMAGE_PHOTOS`; default ``chelsea``), or a
+    held-out testbed scene (``testbed:N``: the N-th held-out seed, 336x336). Never downloads.
+    Returns ``(image, description)``."""
     spec = spec or "skimage:chelsea"
+    if spec.startswith("testbed:"):
+        from vlmprune.testbed.questions import HELDOUT_BASE
+        from vlmprune.testbed.scenes import make_scene
+
+        try:
+            n = int(spec.split(":", 1)[1])
+        except ValueError:
+            raise ValueError(f"--image {spec!r}: testbed scenes are testbed:N with an integer N") from None
+        return make_scene(HELDOUT_BASE + n).image, f"testbed held-out scene {n} (seed HELDOUT_BASE+{n})"
     name = spec.split(":", 1)[1] if spec.startswith("skimage:") else spec
     if spec.startswith("skimage:") or (name in SKIMAGE_PHOTOS and not Path(spec).exists()):
         if name not in SKIMAGE_PHOTOS:
@@ -749,8 +759,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image",
         default=None,
-        help=f"image file, or skimage:NAME for a photograph shipped with scikit-image ({', '.join(SKIMAGE_PHOTOS)}); "
-        "default skimage:chelsea",
+        help=f"image file, skimage:NAME for a photograph shipped with scikit-image ({', '.join(SKIMAGE_PHOTOS)}), "
+        "or testbed:N for a held-out testbed scene; default skimage:chelsea",
     )
     parser.add_argument(
         "--methods",

@@ -38,6 +38,7 @@ RGB = {
 }
 SHAPES = ("circle", "square", "triangle", "star", "cross", "diamond")
 SIZES = ("small", "medium", "large")
+PATTERN_PERIOD = 6  # px: every shape's surface pattern repeats within any 14-px patch
 SIZE_PX = {"small": (16, 27), "medium": (30, 50), "large": (62, 104)}  # bounding-box side in px
 KINDS = ("few", "mixed", "crowded")
 
@@ -188,6 +189,44 @@ def _polygon(shape: str, cx: float, cy: float, r: float, rot: float):
     return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in pts]
 
 
+# Each shape's surface pattern ("material"): 1 where the pixel takes the pattern's second tone.
+# Offsets are relative to the object's centre, so the pattern is the same wherever the object is.
+def _pattern(shape: str, dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    period = PATTERN_PERIOD
+    if shape == "circle":
+        return np.zeros(dx.shape, bool)  # solid
+    if shape == "square":
+        return (np.floor(dy / (period / 2)) % 2).astype(bool)  # horizontal stripes
+    if shape == "triangle":
+        return (np.floor(dx / (period / 2)) % 2).astype(bool)  # vertical stripes
+    if shape == "star":
+        return ((np.floor(dx / (period / 2)) + np.floor(dy / (period / 2))) % 2).astype(bool)  # checks
+    if shape == "cross":
+        return (np.floor((dx + dy) / (period / 1.4)) % 2).astype(bool)  # diagonal stripes
+    if shape == "diamond":
+        return (np.floor((dx - dy) / (period / 1.4)) % 2).astype(bool)  # anti-diagonal stripes
+    raise ValueError(shape)
+
+
+def second_tone(rgb) -> np.ndarray:
+    """The pattern's second tone: darker for light colours, lighter for dark ones."""
+    rgb = np.asarray(rgb, np.float64)
+    lum = 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]
+    return rgb * 0.55 if lum > 70 else rgb + (255 - rgb) * 0.45
+
+
+def _paint(bg: np.ndarray, idmap: np.ndarray, specs, fills) -> np.ndarray:
+    """Fill each object's pixels (``idmap == i + 1``) with its colour and its shape's pattern."""
+    img = bg.astype(np.float64).copy()
+    for i, (shape, _colour, _size, cx, cy, _r, _rot) in enumerate(specs):
+        ys, xs = np.nonzero(idmap == i + 1)
+        if not len(ys):
+            continue
+        two = _pattern(shape, xs + 0.5 - cx, ys + 0.5 - cy)
+        img[ys, xs] = np.where(two[:, None], second_tone(fills[i])[None], fills[i][None])
+    return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+
 def _draw(draw: ImageDraw.ImageDraw, shape: str, cx, cy, r, rot, fill):
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
@@ -252,14 +291,12 @@ def make_scene(
     # the scene order (and so object indices) is a random permutation, not size order
     perm = rng.permutation(len(specs))
     specs = [specs[i] for i in perm]
-    img = Image.fromarray(bg.astype(np.uint8))
-    draw = ImageDraw.Draw(img)
     ids = Image.new("L", (width, height), 0)
     idraw = ImageDraw.Draw(ids)
+    fills = []
     for i, (shape, colour, size, cx, cy, r, rot) in enumerate(specs):
         jitter = rng.integers(-12, 13, 3)
-        fill = tuple(int(np.clip(v + j, 0, 255)) for v, j in zip(RGB[colour], jitter))
-        _draw(draw, shape, cx, cy, r, rot, fill)
+        fills.append(np.clip(np.array(RGB[colour]) + jitter, 0, 255))
         _draw(idraw, shape, cx, cy, r, rot, i + 1)
         bbox = (
             int(max(0, math.floor(cx - r))),
@@ -269,6 +306,7 @@ def make_scene(
         )
         objs.append(SceneObject(shape, colour, size, bbox, (round(cx, 2), round(cy, 2))))
     idmap = np.asarray(ids)
+    img = Image.fromarray(_paint(bg, idmap, specs, fills))
     areas = np.bincount(idmap.ravel(), minlength=len(objs) + 1)
     for i, o in enumerate(objs):
         o.area = int(areas[i + 1])

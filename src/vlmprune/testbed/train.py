@@ -159,6 +159,8 @@ class AuxHeads(nn.Module):
                 lg = getattr(self, k)(pooled)
                 out[f"obj_{k}"] = F.cross_entropy(lg, t)
                 accs[f"obj_{k}"] = (lg.argmax(-1) == t).float().mean().item()
+        if not image_vecs:
+            return out, accs
         present = torch.stack([x["present"] for x in labels])
         counts = torch.stack([x["counts"] for x in labels])
         for j, v in enumerate(image_vecs):
@@ -290,6 +292,53 @@ def _qwen_parts(merged, grid):
     return merged, [means]
 
 
+def word_targets(labels: list[dict], answer_ids: dict[str, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per visual token (concatenated over images): the token ids of its object's colour and shape
+    words, or -100 on background tokens (ignored)."""
+    col = torch.tensor([-100] + [answer_ids[c] for c in COLOURS])
+    shp = torch.tensor([-100] + [answer_ids[s] for s in SHAPES])
+    c = torch.cat([x["colour"] for x in labels])
+    sh = torch.cat([x["shape"] for x in labels])
+    return col[c], shp[sh]
+
+
+def align_loss(model, tokens: torch.Tensor, targets) -> tuple[torch.Tensor, float]:
+    """Cross-entropy of the LM head on the visual tokens in the LLM's input space ``(N, d)`` against
+    their object's colour and shape words (both targets, so each gets about half the probability):
+    pulls object tokens towards the embeddings of the words that name them (the head is tied to the
+    input embeddings), which makes the question-to-object attention easy to find."""
+    colour_t, shape_t = targets
+    fg = colour_t >= 0
+    if not fg.any():
+        return tokens.sum() * 0.0, float("nan")
+    logits = model.lm_head(tokens[fg]).float()
+    loss = 0.5 * (F.cross_entropy(logits, colour_t[fg]) + F.cross_entropy(logits, shape_t[fg]))
+    top2 = logits.topk(2, dim=-1).indices
+    hit = ((top2 == colour_t[fg, None]).any(-1) & (top2 == shape_t[fg, None]).any(-1)).float().mean().item()
+    return loss, hit
+
+
+class ProjectorCapture:
+    """Forward hook keeping the visual tokens in the LLM's input space (LLaVA: the projector's output,
+    Qwen: the merger's, which is the vision tower's ``pooler_output``) as ``(N, d)``."""
+
+    def __init__(self, family, model):
+        self.out = None
+        if family == "llava":
+            self.handle = model.model.multi_modal_projector.register_forward_hook(self._proj)
+        else:
+            self.handle = model.model.visual.register_forward_hook(self._qwen)
+
+    def _proj(self, module, args, output):
+        self.out = output.reshape(-1, output.shape[-1])  # (B, 576, d) -> (B * 576, d)
+
+    def _qwen(self, module, args, output):
+        self.out = output.pooler_output
+
+    def remove(self):
+        self.handle.remove()
+
+
 class VisionCapture:
     """Forward hook keeping the vision tower's output during a full VLM forward."""
 
@@ -385,6 +434,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vision-lr-mult", type=float, default=0.2, help="tower lr multiplier once unfrozen")
     p.add_argument("--freeze-steps", type=int, default=1000, help="VLM steps with the tower frozen")
     p.add_argument("--aux-weight", type=float, default=0.3, help="aux loss weight during VLM training")
+    p.add_argument(
+        "--align-weight",
+        type=float,
+        default=0.0,
+        help="weight of the word-alignment loss: each object token, mapped into the LLM's input space, "
+        "predicts its colour and shape words through the (tied) LM head",
+    )
     p.add_argument("--curriculum-steps", type=int, default=3000)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
@@ -457,6 +513,8 @@ def main(args) -> int:
     print(f"building held-out set ({args.eval_n} questions)...", flush=True)
     held = Heldout(fam, processor, args.eval_n)
     capture = VisionCapture(fam, model)
+    proj_capture = ProjectorCapture(fam, model)
+    answer_ids = M.answer_token_ids(tok, fam)
     vision = model.model.vision_tower if fam == "llava" else model.model.visual
     t0 = time.time()
     base_minutes = state["minutes"]
@@ -526,11 +584,16 @@ def main(args) -> int:
                 tok_acc = (lg.argmax(-1) == targets)[is_answer].float().mean().item()
                 loss = lm
                 accs = {}
+                if args.align_weight > 0:
+                    al, hit = align_loss(model, proj_capture.out, word_targets(labels, answer_ids))
+                    loss = loss + args.align_weight * al
+                    accs["align_top2"] = hit
                 if not frozen:
                     toks, vecs = capture.out
                     if fam == "qwen":
                         toks, vecs = _qwen_parts(toks, inputs["image_grid_thw"])
-                    aux, accs = heads.losses(toks, vecs, labels)
+                    aux, vaccs = heads.losses(toks, vecs, labels)
+                    accs.update(vaccs)
                     loss = loss + args.aux_weight * sum(aux.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -587,6 +650,7 @@ def main(args) -> int:
     state["minutes"] = base_minutes + (time.time() - t0) / 60
     save_state(out, model, heads, opt, state, processor)
     capture.remove()
+    proj_capture.remove()
     log(out, {"event": "stop", "step": state["step"], "minutes": round(state["minutes"], 2)})
     return 0
 
