@@ -246,7 +246,9 @@ def test_train_resume(tmp_path):
         "5",
     ]
     assert cli(args + ["--max-steps", "3"]) == 0
+    vocab = M.load_processor(tmp_path)[0].tokenizer.get_vocab()
     assert cli(args + ["--max-steps", "4", "--resume"]) == 0
+    assert M.load_processor(tmp_path)[0].tokenizer.get_vocab() == vocab  # the run keeps its tokenizer
     state = json.loads((tmp_path / "resume" / "state.json").read_text())
     assert state["step"] == 4
     log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
@@ -409,3 +411,42 @@ def test_shape_patterns_are_distinct_in_every_patch():
             for b in SHAPES:
                 if a < b:
                     assert (pats[a] != pats[b]).mean() > 0.2, (a, b, ox, oy)
+
+
+def test_generator_and_tokenizer_do_not_depend_on_the_hash_seed(tmp_path):
+    """The held-out set, the training questions and the BPE tokenizer are the same in every process
+    (a set iterated in hash order once made them differ, and a resumed run then rebuilt a tokenizer
+    with other ids than the one its weights had learned)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import hashlib\n"
+        "from vlmprune.testbed import model as M, questions as Q\n"
+        "h = Q.heldout_set(60)\n"
+        "t = M.build_tokenizer()\n"
+        "v = sorted(t.get_vocab().items(), key=lambda x: x[1])\n"
+        "print(hashlib.md5(repr(([(s, q.question, q.answer) for s, q in h], v)).encode()).hexdigest())\n"
+    )
+    outs = set()
+    for seed in ("1", "2"):
+        env = dict(os.environ, PYTHONHASHSEED=seed)
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        outs.add(r.stdout.strip().splitlines()[-1])
+    assert len(outs) == 1
+
+
+def test_save_leaves_the_live_model_untouched(tmp_path):
+    """Checkpointing in bf16 writes a converted copy: the training model keeps its fp32 weights."""
+    model, proc = M.build("llava", "tiny", seed=0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1e-4 * torch.randn_like(p))  # values bf16 cannot hold exactly
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    M.save(model, proc, tmp_path, dtype=torch.bfloat16)
+    after = model.state_dict()
+    assert all(after[k].dtype == torch.float32 and torch.equal(after[k], v) for k, v in before.items())
+    loaded, _, _ = M.load_testbed(tmp_path)
+    k = "model.language_model.layers.0.mlp.up_proj.weight"
+    assert torch.equal(loaded.state_dict()[k], before[k].to(torch.bfloat16).float())

@@ -40,7 +40,7 @@ def train_bpe_tokenizer(lines, special, vocab_size: int, eos: str = "</s>"):
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
         special_tokens=list(special),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        initial_alphabet=sorted(pre_tokenizers.ByteLevel.alphabet()),  # its order varies per process
         show_progress=False,
     )
     tok.train_from_iterator(list(lines), trainer)

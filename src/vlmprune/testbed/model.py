@@ -20,6 +20,7 @@ Prompts (one question; training packs several turns per image):
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -249,12 +250,9 @@ def save(model, processor, out_dir, dtype=torch.bfloat16, extra: dict | None = N
     """``save_pretrained`` the model (safetensors, ``dtype``) and its processor parts into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    orig = next(model.parameters()).dtype
-    model.to(dtype)
-    try:
-        model.save_pretrained(out, safe_serialization=True)
-    finally:
-        model.to(orig)
+    # a converted copy: casting the live model there and back would round a training run's fp32
+    # weights to ``dtype`` at every checkpoint
+    copy.deepcopy(model).to(dtype).save_pretrained(out, safe_serialization=True)
     if hasattr(processor, "save_pretrained"):
         processor.save_pretrained(out)
     else:  # QwenTinyProcessor
@@ -272,32 +270,38 @@ def family_of(model) -> str:
 
 def load_testbed(path, dtype=torch.float32, device="cpu", attn: str = "sdpa"):
     """``(model, processor, family)`` from a directory written by :func:`save` (no network)."""
+
+    path = Path(path)
+    proc, fam = load_processor(path)
+    if fam == "llava":
+        from transformers import LlavaForConditionalGeneration as cls
+    else:
+        from transformers import Qwen2_5_VLForConditionalGeneration as cls
+    model = cls.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+    model.to(device).eval()
+    return model, proc, fam
+
+
+def load_processor(path):
+    """``(processor, family)`` saved in a testbed directory (the tokenizer the weights were trained with)."""
     from transformers import AutoConfig
 
     path = Path(path)
     cfg = AutoConfig.from_pretrained(path)
     if cfg.model_type == "llava":
-        from transformers import LlavaForConditionalGeneration, LlavaProcessor
+        from transformers import LlavaProcessor
 
-        model = LlavaForConditionalGeneration.from_pretrained(path, dtype=dtype, attn_implementation=attn)
-        proc = LlavaProcessor.from_pretrained(path)
-        fam = "llava"
-    elif cfg.model_type == "qwen2_5_vl":
-        from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
+        return LlavaProcessor.from_pretrained(path), "llava"
+    if cfg.model_type == "qwen2_5_vl":
+        from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
 
         from vlmprune.testing import QwenTinyProcessor
 
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            path, dtype=dtype, attn_implementation=attn
-        )
         proc = QwenTinyProcessor(
             Qwen2VLImageProcessorPil.from_pretrained(path), AutoTokenizer.from_pretrained(path)
         )
-        fam = "qwen"
-    else:
-        raise ValueError(f"{path} is not a testbed checkpoint (model_type {cfg.model_type!r})")
-    model.to(device).eval()
-    return model, proc, fam
+        return proc, "qwen"
+    raise ValueError(f"{path} is not a testbed checkpoint (model_type {cfg.model_type!r})")
 
 
 # ------------------------------------------------------------------------------------------ prompts

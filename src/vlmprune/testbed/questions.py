@@ -97,8 +97,8 @@ def existence(scene: Scene, rng, answer: str | None = None) -> QA | None:
         o = _pick(rng, scene.objects)
         return QA("existence", f"is there a {o.colour} {o.shape}?", "yes", scene.seed)
     present = {(o.colour, o.shape) for o in scene.objects}
-    cols = {c for c, _ in present}
-    shps = {s for _, s in present}
+    cols = sorted({c for c, _ in present})  # sorted: set order varies with the process's hash seed
+    shps = sorted({s for _, s in present})
     both = [(c, s) for c in cols for s in shps if (c, s) not in present]
     one = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present and (c in cols or s in shps)]
     pool = both if both and rng.random() < 0.75 else one
@@ -198,12 +198,17 @@ def ask(scene: Scene, family: str, rng) -> QA | None:
     return GENERATORS[family](scene, rng)
 
 
-def questions_for_scene(scene: Scene, k: int, seed: int | None = None) -> list[QA]:
-    """Up to ``k`` distinct questions about one scene, families round-robin in random order
+def questions_for_scene(
+    scene: Scene, k: int, seed: int | None = None, families: tuple[str, ...] = FAMILIES
+) -> list[QA]:
+    """Up to ``k`` distinct questions about one scene, ``families`` round-robin in random order
     (training packs these into one multi-turn sequence)."""
+    unknown = set(families) - set(FAMILIES)
+    if unknown or not families:
+        raise ValueError(f"`families` must be a non-empty subset of {FAMILIES}, got {families}")
     rng = np.random.default_rng([scene.seed if seed is None else seed, 31337])
     out, seen = [], set()
-    fams = list(FAMILIES)
+    fams = list(families)
     dead: set[str] = set()
     tries = 0
     while len(out) < k and len(dead) < len(fams) and tries < 6 * k:

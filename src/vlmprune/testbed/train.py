@@ -186,7 +186,7 @@ def scene_size(family: str, seed: int) -> tuple[int, int]:
             return w, h
 
 
-def make_batch(family, processor, seeds, level, k_questions, eos_id, image_id):
+def make_batch(family, processor, seeds, level, k_questions, eos_id, image_id, families=Q.FAMILIES):
     tok = processor.tokenizer
     scenes = [
         make_scene(s, level=level, width=scene_size(family, s)[0], height=scene_size(family, s)[1])
@@ -203,7 +203,7 @@ def make_batch(family, processor, seeds, level, k_questions, eos_id, image_id):
     seqs, tgts = [], []
     for sc, n_img in zip(scenes, counts):
         ids, pos, tid = [], [], []
-        for i, qa in enumerate(Q.questions_for_scene(sc, k_questions)):
+        for i, qa in enumerate(Q.questions_for_scene(sc, k_questions, families=families)):
             seg = tok(M.turn_text(family, qa.question, i == 0), add_special_tokens=False)["input_ids"]
             if i == 0:
                 j = seg.index(image_id)
@@ -441,6 +441,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="weight of the word-alignment loss: each object token, mapped into the LLM's input space, "
         "predicts its colour and shape words through the (tied) LM head",
     )
+    p.add_argument(
+        "--families",
+        default=",".join(Q.FAMILIES),
+        help="comma-separated question families to train on (default all; held-out evaluation always uses all)",
+    )
     p.add_argument("--curriculum-steps", type=int, default=3000)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--threads", type=int, default=1)
@@ -481,6 +486,9 @@ def main(args) -> int:
         print(summary(out))
         return 0
     torch.set_num_threads(args.threads)
+    families = tuple(f.strip() for f in args.families.split(",") if f.strip())
+    if not families or set(families) - set(Q.FAMILIES):
+        raise ValueError(f"--families must name some of {', '.join(Q.FAMILIES)}, got {args.families!r}")
     out.mkdir(parents=True, exist_ok=True)
     fam = args.family
     model, processor = M.build(fam, args.size, seed=args.seed)
@@ -496,6 +504,8 @@ def main(args) -> int:
     opt_state = None
     if args.resume:
         state, opt_state = load_state(out, model, heads)
+        if state is not None:  # the tokenizer the saved weights were trained with, not a rebuilt one
+            processor, _ = M.load_processor(out)
     state = state or {
         "step": 0,
         "minutes": 0.0,
@@ -565,7 +575,7 @@ def main(args) -> int:
         seeds = [(args.seed * 100_003 + step * args.batch + i) % Q.HELDOUT_BASE for i in range(args.batch)]
         tb = time.time()
         scenes, inputs, (rows, cols, targets) = make_batch(
-            fam, processor, seeds, level, args.questions, eos_id, image_id
+            fam, processor, seeds, level, args.questions, eos_id, image_id, families
         )
         labels = [scene_labels(sc, merged=(fam == "qwen")) for sc in scenes]
         t_data = time.time() - tb
