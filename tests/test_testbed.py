@@ -444,7 +444,14 @@ def test_save_leaves_the_live_model_untouched(tmp_path):
         for p in model.parameters():
             p.add_(1e-4 * torch.randn_like(p))  # values bf16 cannot hold exactly
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    M.save(model, proc, tmp_path, dtype=torch.bfloat16)
+    kept = {}  # a training hook holding a non-leaf activation, as the trainer's captures do
+    handle = model.model.multi_modal_projector.register_forward_hook(lambda m, a, o: kept.update(out=o))
+    model(**M.encode("llava", proc, [make_scene(1).image], ["what colour is the star?"]))
+    assert kept["out"].grad_fn is not None
+    try:
+        M.save(model, proc, tmp_path, dtype=torch.bfloat16)
+    finally:
+        handle.remove()
     after = model.state_dict()
     assert all(after[k].dtype == torch.float32 and torch.equal(after[k], v) for k, v in before.items())
     loaded, _, _ = M.load_testbed(tmp_path)

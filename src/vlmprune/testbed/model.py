@@ -20,7 +20,6 @@ Prompts (one question; training packs several turns per image):
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -250,9 +249,11 @@ def save(model, processor, out_dir, dtype=torch.bfloat16, extra: dict | None = N
     """``save_pretrained`` the model (safetensors, ``dtype``) and its processor parts into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    # a converted copy: casting the live model there and back would round a training run's fp32
-    # weights to ``dtype`` at every checkpoint
-    copy.deepcopy(model).to(dtype).save_pretrained(out, safe_serialization=True)
+    # a converted state dict: casting the live model there and back would round a training run's
+    # fp32 weights to ``dtype`` at every checkpoint (and a deep copy would also copy the training
+    # hooks' captured activations)
+    state = {k: (v.detach().to(dtype) if v.is_floating_point() else v) for k, v in model.state_dict().items()}
+    model.save_pretrained(out, state_dict=state, safe_serialization=True)
     if hasattr(processor, "save_pretrained"):
         processor.save_pretrained(out)
     else:  # QwenTinyProcessor
