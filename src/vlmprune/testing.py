@@ -123,17 +123,31 @@ def _seeded_init(seed: int):
     torch.manual_seed(seed)
 
 
+def llava_processor(tok, image_size: int, chat_template: str | None = None):
+    """A stock ``LlavaProcessor`` for a square CLIP input of ``image_size`` px, patch 14, with a CLS
+    token (``"default"`` strategy) and ``<image>`` placeholders."""
+    from transformers import CLIPImageProcessorPil, LlavaProcessor
+
+    ip = CLIPImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
+    )
+    return LlavaProcessor(
+        image_processor=ip,
+        tokenizer=tok,
+        patch_size=14,
+        vision_feature_select_strategy="default",
+        image_token="<image>",
+        num_additional_image_tokens=1,
+        chat_template=chat_template,
+    )
+
+
 def tiny_llava(attn: str = "sdpa", seed: int = 0, layers: int = 4, image_size: int = 84, dtype=torch.float32):
     """Tiny LLaVA-1.5: CLIP ViT (3 layers, CLS, patch 14) -> MLP projector -> Llama decoder.
 
     ``image_size=84`` gives a 6x6 = 36-token grid. Returns ``(model, processor)``.
     """
-    from transformers import (
-        CLIPImageProcessorPil,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     tok = build_tokenizer(_LLAVA_SPECIAL)
     vc = _tiny_clip(image_size)
@@ -146,19 +160,7 @@ def tiny_llava(attn: str = "sdpa", seed: int = 0, layers: int = 4, image_size: i
     )
     _seeded_init(seed)
     model = LlavaForConditionalGeneration(cfg)
-    ip = CLIPImageProcessorPil(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-    )
-    proc = LlavaProcessor(
-        image_processor=ip,
-        tokenizer=tok,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        image_token="<image>",
-        num_additional_image_tokens=1,
-        chat_template=None,
-    )
-    return _finish(model, attn, seed, dtype), proc
+    return _finish(model, attn, seed, dtype), llava_processor(tok, image_size)
 
 
 def tiny_llava_next(

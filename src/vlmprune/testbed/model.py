@@ -114,16 +114,29 @@ def _finish(model, tok, eos_id):
     return model
 
 
+def _decoder_kwargs(z: dict, tok, eos_id: int, max_positions: int) -> dict:
+    """The decoder settings both testbeds share: sizes from ``SIZES[size]``, the tokenizer's special
+    ids, tied embeddings."""
+    return dict(
+        hidden_size=z["t_d"],
+        intermediate_size=z["t_ff"],
+        num_hidden_layers=z["t_layers"],
+        num_attention_heads=z["t_heads"],
+        num_key_value_heads=z["t_heads"],
+        vocab_size=len(tok),
+        max_position_embeddings=max_positions,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=eos_id,
+        tie_word_embeddings=True,
+    )
+
+
 def build_llava(size: str = "default", seed: int = 0, attn: str = "sdpa"):
     """``(model, processor)`` for an untrained testbed-llava (fp32)."""
-    from transformers import (
-        CLIPImageProcessorPil,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    from vlmprune.testing import llava_processor
 
     z = SIZES[size]
     tok = build_tokenizer(LLAVA_SPECIAL, "</s>")
@@ -136,19 +149,7 @@ def build_llava(size: str = "default", seed: int = 0, attn: str = "sdpa"):
         patch_size=14,
         projection_dim=z["v_d"],
     )
-    tc = LlamaConfig(
-        hidden_size=z["t_d"],
-        intermediate_size=z["t_ff"],
-        num_hidden_layers=z["t_layers"],
-        num_attention_heads=z["t_heads"],
-        num_key_value_heads=z["t_heads"],
-        vocab_size=len(tok),
-        max_position_embeddings=2048,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=True,
-    )
+    tc = LlamaConfig(**_decoder_kwargs(z, tok, tok.eos_token_id, max_positions=2048))
     cfg = LlavaConfig(
         vision_config=vc,
         text_config=tc,
@@ -161,17 +162,7 @@ def build_llava(size: str = "default", seed: int = 0, attn: str = "sdpa"):
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(cfg)
-    ip = CLIPImageProcessorPil(size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336})
-    proc = LlavaProcessor(
-        image_processor=ip,
-        tokenizer=tok,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        image_token="<image>",
-        num_additional_image_tokens=1,
-        chat_template=LLAVA_TEMPLATE,
-    )
-    return _finish(model, tok, tok.eos_token_id), proc
+    return _finish(model, tok, tok.eos_token_id), llava_processor(tok, 336, LLAVA_TEMPLATE)
 
 
 QWEN_MIN_PIXELS = 224 * 224
@@ -190,17 +181,7 @@ def build_qwen(size: str = "default", seed: int = 0, attn: str = "sdpa"):
     head = z["t_d"] // z["t_heads"]
     sec = [head // 8, 3 * head // 16, head // 2 - head // 8 - 3 * head // 16]
     tc = dict(
-        hidden_size=z["t_d"],
-        intermediate_size=z["t_ff"],
-        num_hidden_layers=z["t_layers"],
-        num_attention_heads=z["t_heads"],
-        num_key_value_heads=z["t_heads"],
-        vocab_size=len(tok),
-        max_position_embeddings=4096,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"),
-        tie_word_embeddings=True,
+        **_decoder_kwargs(z, tok, tok.convert_tokens_to_ids("<|im_end|>"), max_positions=4096),
         rope_parameters={"rope_type": "default", "mrope_section": sec, "rope_theta": 10000.0},
     )
     n = z["v_layers"]
