@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import re
 from collections import Counter
 from functools import lru_cache
@@ -210,7 +211,7 @@ def test_training_batch_matches_processor():
 
     model, proc = tiny("llava")
     eos = proc.tokenizer.convert_tokens_to_ids("</s>")
-    scenes, inputs, (rows, cols, tgt) = make_batch(
+    scenes, inputs, (rows, cols, tgt), _ = make_batch(
         "llava", proc, [7], 1.0, 3, eos, model.config.image_token_id
     )
     qa = Q.questions_for_scene(scenes[0], 3)[0]
@@ -222,6 +223,129 @@ def test_training_batch_matches_processor():
     torch.testing.assert_close(inputs["pixel_values"], enc["pixel_values"])
     lab = scene_labels(scenes[0])
     assert lab["colour"].shape == (576,) and lab["counts"][-1] == len(scenes[0].objects)
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen"])
+def test_isolated_packing_equals_single_question_runs(family):
+    """Isolated packing: every packed question's answer logits equal those of the stock model run on
+    that question alone (the processor's prompt + answer), so no question sees another's answer and
+    training sees exactly what evaluation sees; multi-turn packing does not have this property."""
+    from vlmprune.testbed.train import AttentionProbe, additive, make_batch
+
+    model, proc = tiny(family)
+    model.eval()
+    tok = proc.tokenizer
+    eos = tok.convert_tokens_to_ids(M.eos_token(family))
+    seeds = [21, 22]
+    k = 4
+    scenes, inputs, (rows, cols, tgt), qlist = make_batch(
+        family, proc, seeds, 1.0, k, eos, model.config.image_token_id, model=model
+    )
+    assert inputs["attention_mask"].shape[:2] == (2, 1) and inputs["attention_mask"].dtype == torch.bool
+    with torch.no_grad():
+        packed = model(**inputs).logits[rows, cols]  # (n targets, V)
+    i = 0
+    for sc in scenes:
+        for qa in Q.questions_for_scene(sc, k):
+            enc = M.encode(family, proc, [sc.image], [qa.question])
+            a = tok(M.answer_text(family, qa.answer), add_special_tokens=False)["input_ids"] + [eos]
+            n = enc["input_ids"].shape[1]
+            enc["input_ids"] = torch.cat([enc["input_ids"], torch.tensor([a])], 1)
+            enc["attention_mask"] = torch.ones_like(enc["input_ids"])
+            if "mm_token_type_ids" in enc:
+                enc["mm_token_type_ids"] = (enc["input_ids"] == model.config.image_token_id).to(torch.int32)
+            with torch.no_grad():
+                single = model(**enc).logits[0, n - 1 : n - 1 + len(a)]
+            assert tgt[i : i + len(a)].tolist() == a
+            assert qlist[i // len(a)][2] == qa and qlist[i // len(a)][1] == cols[i]
+            torch.testing.assert_close(packed[i : i + len(a)], single, atol=1e-4, rtol=1e-4)
+            i += len(a)
+    assert i == len(tgt)
+    # eager attention (used by the evidence-attention loss) needs the additive form of the mask
+    # and the probe's recomputed attention of the last layer's head 1 equals eager attention's
+    model.set_attn_implementation({"text_config": "eager"})
+    eager_inputs = dict(inputs, attention_mask=additive(inputs["attention_mask"]))
+    probe = AttentionProbe(model, layer=-1, head=1)
+    try:
+        with torch.no_grad():
+            out = model(**eager_inputs, output_attentions=True)
+            mine = probe.probs(inputs["attention_mask"])
+    finally:
+        probe.remove()
+    torch.testing.assert_close(out.logits[rows, cols], packed, atol=1e-4, rtol=1e-4)
+    real = inputs["input_ids"] != tok.pad_token_id  # (B, L): padding rows differ (they see only themselves)
+    torch.testing.assert_close(mine[real], out.attentions[-1][:, 1][real], atol=1e-5, rtol=1e-4)
+    probe = AttentionProbe(model, layer=-1, head=0)
+    try:  # training runs under bf16 autocast: the probe still returns fp32 probabilities
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            model(**eager_inputs)
+            p16 = probe.probs(inputs["attention_mask"])
+    finally:
+        probe.remove()
+    assert p16.dtype == torch.float32 and torch.allclose(p16.sum(-1), torch.ones(()), atol=1e-4)
+    model.set_attn_implementation({"text_config": "sdpa"})
+    _, chat, (r2, c2, _), _ = make_batch(
+        family, proc, seeds, 1.0, k, eos, model.config.image_token_id, packing="multiturn", model=model
+    )
+    with torch.no_grad():
+        multi = model(**chat).logits[r2, c2]
+    assert not torch.allclose(multi, packed, atol=1e-3)  # later turns differ: they see earlier answers
+    with pytest.raises(ValueError, match="packing"):
+        make_batch(family, proc, seeds, 1.0, k, eos, model.config.image_token_id, packing="chat", model=model)
+
+
+def test_evidence_of_questions_and_attention_loss():
+    """Each question's evidence objects are the ones its answer is computed from; the evidence mask
+    covers exactly the patches touching them; the loss is -log of the attention mass on them."""
+    from vlmprune.testbed.train import evidence_attention_loss, evidence_mask
+
+    for s in range(30):
+        sc = make_scene(s, level=0.8)
+        for qa in Q.questions_for_scene(sc, 12):
+            objs = [sc.objects[i] for i in qa.evidence]
+            if qa.family in ("attribute", "small"):
+                (o,) = objs
+                assert qa.answer in (o.colour, o.shape) and qa.question.rstrip("?").split()[-1] in (
+                    o.shape,
+                    "object",
+                )
+            elif qa.family == "counting":
+                assert len(objs) == int(qa.answer)
+            elif qa.family == "existence":
+                assert bool(objs) == (qa.answer == "yes")
+                assert all(f"{o.colour} {o.shape}" in qa.question for o in objs)
+            else:
+                t, a = objs
+                assert qa.answer in (t.colour, t.shape) and f"{a.colour} {a.shape}" in qa.question
+    sc = make_scene(5, level=0.0)
+    qa = Q.QA("attribute", "q", sc.objects[0].colour, sc.seed, (0,))
+    ev = evidence_mask(sc, qa)  # (576,)
+    x0, y0, x1, y1 = sc.objects[0].bbox
+    grid = ev.reshape(24, 24)
+    assert grid.sum() > 0 and grid[y0 // 14, x0 // 14 :].sum() + grid[(y1 - 1) // 14].sum() > 0
+    ys, xs = grid.nonzero(as_tuple=True)
+    assert ys.min() * 14 <= y0 + 14 and (ys.max() + 1) * 14 >= y1 - 14 and xs.min() * 14 <= x0 + 14
+    assert evidence_mask(sc, qa, merged=True).shape == (144,)
+    L = 600
+    att = torch.zeros(1, 2, L, L)
+    img = torch.zeros(1, L, dtype=torch.bool)
+    img[0, 10:586] = True
+    att[0, 0, 590, 10:586] = ev / ev.sum() * 0.5  # half the mass on the evidence
+    att[0, 0, 590, 0] = 0.5
+    loss, mass = evidence_attention_loss(att[:, 0], img, [(0, 590, qa)], [sc], merged=False)
+    assert abs(mass - 0.5) < 1e-5 and abs(loss.item() + math.log(0.5)) < 1e-4
+    no = Q.QA("existence", "q", "no", sc.seed)
+    loss, mass = evidence_attention_loss(att[:, 0], img, [(0, 590, no)], [sc], merged=False)
+    assert loss.item() == 0.0 and mass != mass  # no evidence: nothing to supervise
+
+
+def test_cooldown_schedule():
+    from vlmprune.testbed.train import cooldown
+
+    assert cooldown(5, 40, 0) == 1.0 and cooldown(39, 40, 0) == 1.0
+    assert cooldown(10, 40, 20) == 1.0 and cooldown(20, 40, 20) == 1.0
+    assert cooldown(30, 40, 20) == pytest.approx(0.5) and cooldown(39, 40, 20) == pytest.approx(0.1)
+    assert cooldown(45, 40, 20) == 0.1
 
 
 def test_train_resume(tmp_path):
@@ -267,7 +391,7 @@ def test_word_alignment_targets_and_loss(family):
     model, proc = tiny(family)
     tok = proc.tokenizer
     ids = M.answer_token_ids(tok, family)
-    scenes, inputs, _ = make_batch(
+    scenes, inputs, _, _ = make_batch(
         family,
         proc,
         [11, 12],
@@ -275,6 +399,7 @@ def test_word_alignment_targets_and_loss(family):
         3,
         tok.convert_tokens_to_ids(M.eos_token(family)),
         model.config.image_token_id,
+        model=model,
     )
     labels = [scene_labels(sc, merged=family == "qwen") for sc in scenes]
     col, shp = word_targets(labels, ids)

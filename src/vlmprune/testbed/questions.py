@@ -56,6 +56,7 @@ class QA:
     question: str
     answer: str
     seed: int = -1  # scene seed
+    evidence: tuple[int, ...] = ()  # indices of the objects the answer depends on (training only)
 
     def to_dict(self) -> dict:
         return dict(family=self.family, question=self.question, answer=self.answer, seed=self.seed)
@@ -84,9 +85,10 @@ def attribute(scene: Scene, rng) -> QA | None:
     if c is None:
         return None
     what, o = c
+    ev = (objs.index(o),)
     if what == "colour":
-        return QA("attribute", f"what colour is the {o.shape}?", o.colour, scene.seed)
-    return QA("attribute", f"what shape is the {o.colour} object?", o.shape, scene.seed)
+        return QA("attribute", f"what colour is the {o.shape}?", o.colour, scene.seed, ev)
+    return QA("attribute", f"what shape is the {o.colour} object?", o.shape, scene.seed, ev)
 
 
 def existence(scene: Scene, rng, answer: str | None = None) -> QA | None:
@@ -95,7 +97,8 @@ def existence(scene: Scene, rng, answer: str | None = None) -> QA | None:
     answer = answer or ("yes" if rng.random() < 0.5 else "no")
     if answer == "yes":
         o = _pick(rng, scene.objects)
-        return QA("existence", f"is there a {o.colour} {o.shape}?", "yes", scene.seed)
+        ev = tuple(i for i, p in enumerate(scene.objects) if (p.colour, p.shape) == (o.colour, o.shape))
+        return QA("existence", f"is there a {o.colour} {o.shape}?", "yes", scene.seed, ev)
     present = {(o.colour, o.shape) for o in scene.objects}
     cols = sorted({c for c, _ in present})  # sorted: set order varies with the process's hash seed
     shps = sorted({s for _, s in present})
@@ -107,15 +110,19 @@ def existence(scene: Scene, rng, answer: str | None = None) -> QA | None:
 
 
 def counting(scene: Scene, rng) -> QA | None:
-    by_answer: dict[int, list[str]] = {}
+    by_answer: dict[int, list[tuple[str, tuple[int, ...]]]] = {}
+    objs = scene.objects
     for c in COLOURS:
-        by_answer.setdefault(scene.count(colour=c), []).append(f"how many {c} objects are there?")
+        ev = tuple(i for i, o in enumerate(objs) if o.colour == c)
+        by_answer.setdefault(len(ev), []).append((f"how many {c} objects are there?", ev))
     for s in SHAPES:
-        by_answer.setdefault(scene.count(shape=s), []).append(f"how many {PLURAL[s]} are there?")
-    by_answer.setdefault(len(scene.objects), []).append("how many objects are there?")
+        ev = tuple(i for i, o in enumerate(objs) if o.shape == s)
+        by_answer.setdefault(len(ev), []).append((f"how many {PLURAL[s]} are there?", ev))
+    by_answer.setdefault(len(objs), []).append(("how many objects are there?", tuple(range(len(objs)))))
     feasible = sorted(k for k in by_answer if k <= 9)
     k = _pick(rng, feasible)
-    return QA("counting", _pick(rng, by_answer[k]), str(k), scene.seed)
+    q, ev = _pick(rng, by_answer[k])
+    return QA("counting", q, str(k), scene.seed, ev)
 
 
 def _in_direction(a, b, direction: str) -> bool:
@@ -164,7 +171,7 @@ def spatial(scene: Scene, rng) -> QA | None:
         q = f"what {what} is the object nearest the {a.colour} {a.shape}?"
     else:
         q = f"what {what} is {d} the {a.colour} {a.shape}?"
-    return QA("spatial", q, ans, scene.seed)
+    return QA("spatial", q, ans, scene.seed, (objs.index(t), objs.index(a)))
 
 
 def small(scene: Scene, rng) -> QA | None:
@@ -179,9 +186,10 @@ def small(scene: Scene, rng) -> QA | None:
     if c is None:
         return None
     what, o = c
+    ev = (scene.objects.index(o),)
     if what == "colour":
-        return QA("small", f"what colour is the small {o.shape}?", o.colour, scene.seed)
-    return QA("small", f"what shape is the small {o.colour} object?", o.shape, scene.seed)
+        return QA("small", f"what colour is the small {o.shape}?", o.colour, scene.seed, ev)
+    return QA("small", f"what shape is the small {o.colour} object?", o.shape, scene.seed, ev)
 
 
 GENERATORS = {
