@@ -18,7 +18,7 @@ import torch
 import vlmprune
 from vlmprune.testbed import model as M
 from vlmprune.testbed import questions as Q
-from vlmprune.testbed.scenes import make_scene
+from vlmprune.testbed.evaluate import _images, budget_kwargs
 from vlmprune.testbed.train import scene_size
 
 
@@ -30,18 +30,14 @@ def main(path: str, samples: int, configs: list) -> dict:
     res: dict[str, list[int]] = {}
     for i in range(0, len(items), 16):
         chunk = items[i : i + 16]
-        imgs = [
-            make_scene(s, width=scene_size(fam, s)[0], height=scene_size(fam, s)[1]).image for s, _ in chunk
-        ]
-        enc = M.encode(fam, proc, imgs, [qa.question for _, qa in chunk])
+        enc = M.encode(fam, proc, _images(fam, chunk), [qa.question for _, qa in chunk])
         enc["pixel_values"] = enc["pixel_values"].to(torch.bfloat16)
         for name, budget, kw in configs:
             with torch.no_grad():
                 if name == "full":
                     logits = model(**enc, logits_to_keep=1).logits[:, -1]
                 else:
-                    size = {"budget": budget} if fam == "llava" else {"ratio": budget / 576}
-                    method = vlmprune.get_method(name, **size, **kw)
+                    method = vlmprune.get_method(name, **budget_kwargs(fam, budget), **kw)
                     with method(model):
                         logits = model(**enc, logits_to_keep=1).logits[:, -1]
             r = res.setdefault(f"{name}@{budget} {json.dumps(kw)}", [0, 0])

@@ -131,8 +131,14 @@ def llava_processor(tok, image_size: int, chat_template: str | None = None):
     ip = CLIPImageProcessorPil(
         size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
     )
-    return LlavaProcessor(
-        image_processor=ip,
+    return _clip_processor(LlavaProcessor, ip, tok, chat_template)
+
+
+def _clip_processor(cls, image_processor, tok, chat_template: str | None = None):
+    """``cls`` (``LlavaProcessor`` / ``LlavaNextProcessor``) for a CLIP tower with patch 14 and a CLS
+    token (``"default"`` strategy), ``<image>`` placeholders."""
+    return cls(
+        image_processor=image_processor,
         tokenizer=tok,
         patch_size=14,
         vision_feature_select_strategy="default",
@@ -195,15 +201,7 @@ def tiny_llava_next(
         crop_size={"height": s, "width": s},
         image_grid_pinpoints=pinpoints,
     )
-    proc = LlavaNextProcessor(
-        image_processor=ip,
-        tokenizer=tok,
-        patch_size=14,
-        vision_feature_select_strategy="default",
-        image_token="<image>",
-        num_additional_image_tokens=1,
-    )
-    return _finish(model, attn, seed, dtype), proc
+    return _finish(model, attn, seed, dtype), _clip_processor(LlavaNextProcessor, ip, tok)
 
 
 @dataclass

@@ -101,6 +101,12 @@ def resolve_models(spec: str):
 
 
 # ----------------------------------------------------------------------------------------- running
+def budget_kwargs(family: str, budget: int) -> dict:
+    """A budget of 576 tokens as method arguments: LLaVA keeps ``budget`` tokens, Qwen (dynamic
+    resolution) the same fraction of its tokens."""
+    return {"budget": budget} if family == "llava" else {"ratio": budget / FULL_TOKENS}
+
+
 def _images(family, items):
     from vlmprune.testbed.scenes import make_scene
     from vlmprune.testbed.train import scene_size
@@ -161,7 +167,7 @@ def evaluate_model(
                     if mname == "full":
                         out = model.generate(**enc, max_new_tokens=1, do_sample=False)
                     else:
-                        kw = {"budget": b} if family == "llava" else {"ratio": b / FULL_TOKENS}
+                        kw = budget_kwargs(family, b)
                         if mname == "random":
                             kw["seed"] = seed
                         meth = vlmprune.get_method(mname, **kw)

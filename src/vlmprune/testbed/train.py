@@ -234,43 +234,34 @@ def make_batch(
     else:
         counts = (img["image_grid_thw"].prod(-1) // 4).tolist()
         extra = {"image_grid_thw": img["image_grid_thw"]}
+    isolated = packing == "isolated"
     seqs, segs, poss, tgts, qseg = [], [], [], [], []
     for b, (sc, n_img) in enumerate(zip(scenes, counts)):
-        ids, seg_of, pos, tid = [], [], [], []
-        qas = Q.questions_for_scene(sc, k_questions, families=families)
-        isolated = packing == "isolated"
-        for i, qa in enumerate(qas):
+        ids, seg_of, pos_of, pos, tid = [], [], [], [], []
+        for i, qa in enumerate(Q.questions_for_scene(sc, k_questions, families=families)):
             seg = tok(M.turn_text(family, qa.question, i == 0 or isolated), add_special_tokens=False)[
                 "input_ids"
             ]
-            j = seg.index(image_id) if (i == 0 or isolated) else -1
-            if i == 0:
-                seg = seg[:j] + [image_id] * n_img + seg[j + 1 :]
-                j_end = j + n_img  # end of the shared prefix (exclusive)
-                prefix_len = j_end if isolated else 0
-                ids += seg[:j_end]
-                seg_of += [0] * j_end
-                rest = seg[j_end:]
+            if i == 0:  # the shared prefix: everything up to and including the image tokens
+                j = seg.index(image_id)
+                ids += seg[:j] + [image_id] * n_img
+                n_prefix = len(ids)
+                seg_of += [0] * n_prefix
+                pos_of += list(range(n_prefix))
+                rest = seg[j + 1 :]
             else:
-                rest = seg[j + 1 :] if isolated else seg
-            a = tok(M.answer_text(family, qa.answer), add_special_tokens=False)["input_ids"]
-            sid = i + 1 if isolated else 0
-            qseg.append((b, len(ids) + len(rest) - 1, qa))  # the position that predicts the answer
-            for t in rest:
-                ids.append(t)
-                seg_of.append(sid)
-            for t in a + [eos_id]:
-                pos.append(len(ids) - 1)  # the logit at position p predicts token p + 1
-                tid.append(t)
-                ids.append(t)
-                seg_of.append(sid)
-        if packing == "isolated":  # the prefix as in a single-question sequence, each segment after it
-            pos_of, k = [], 0
-            for n, sid_ in enumerate(seg_of):
-                k = k + 1 if n and sid_ == seg_of[n - 1] else 0
-                pos_of.append(n if sid_ == 0 else prefix_len + k)
-        else:
-            pos_of = list(range(len(ids)))
+                rest = seg[seg.index(image_id) + 1 :] if isolated else seg
+            answer = tok(M.answer_text(family, qa.answer), add_special_tokens=False)["input_ids"] + [eos_id]
+            first = len(ids) + len(rest)  # where the answer starts; the logit at p predicts token p + 1
+            qseg.append((b, first - 1, qa))
+            pos += range(first - 1, first - 1 + len(answer))
+            tid += answer
+            body = rest + answer
+            # isolated: each segment's positions restart right after the prefix, as if it were alone
+            start = n_prefix if isolated else len(ids)
+            ids += body
+            seg_of += [i + 1 if isolated else 0] * len(body)
+            pos_of += range(start, start + len(body))
         seqs.append(ids)
         segs.append(seg_of)
         poss.append(pos_of)
