@@ -582,3 +582,90 @@ def test_save_leaves_the_live_model_untouched(tmp_path):
     loaded, _, _ = M.load_testbed(tmp_path)
     k = "model.language_model.layers.0.mlp.up_proj.weight"
     assert torch.equal(loaded.state_dict()[k], before[k].to(torch.bfloat16).float())
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen"])
+def test_rope_theta_is_built_saved_and_validated(family, tmp_path):
+    from vlmprune.testbed.train import cli
+
+    model, proc = M.build(family, "tiny", seed=0, rope_theta=1e6)
+    assert model.config.text_config.rope_parameters["rope_theta"] == 1e6
+    base, _ = tiny(family)
+    # same weights (seeded), different rotary base: the slowest frequency follows the base
+    inv = model.model.language_model.rotary_emb.inv_freq
+    inv0 = base.model.language_model.rotary_emb.inv_freq
+    assert inv[0] == inv0[0] == 1.0 and inv[-1] < inv0[-1]
+    M.save(model, proc, tmp_path, dtype=torch.float32)
+    m2, _, fam = M.load_testbed(tmp_path)
+    assert fam == family and m2.config.text_config.rope_parameters["rope_theta"] == 1e6
+    with pytest.raises(ValueError, match="--rope-theta"):
+        cli(["--family", family, "--size", "tiny", "--out", str(tmp_path / "x"), "--rope-theta", "0"])
+
+
+def test_transplanted_decoder_computes_the_source_decoder():
+    """testbed-llava built to hold a testbed-qwen decoder (``llava_overrides_for``) and given it by
+    ``transplant_decoder`` computes the same text logits as the source, token for token (strings
+    matched across the two tokenizers; M-RoPE with equal t/h/w ids is 1-D RoPE)."""
+    qwen, qproc = tiny("qwen")
+    with torch.no_grad():  # a source whose q/k/v biases are not zero, so copying them is checked
+        for layer in qwen.model.language_model.layers:
+            layer.self_attn.q_proj.bias.normal_(0, 0.5)
+            layer.self_attn.k_proj.bias.normal_(0, 0.5)
+    llava, lproc = M.build("llava", "tiny", seed=1, text_overrides=M.llava_overrides_for(qwen.config))
+    info = M.transplant_decoder(llava, lproc.tokenizer, qwen, qproc.tokenizer)
+    assert info["tokens_new"] == ["<image>"] and info["copied"] > 0
+    text = "USER: what colour is the small star? ASSISTANT: red"
+    ids_l = lproc.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids_q = qproc.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    assert ids_l.shape == ids_q.shape and not torch.equal(ids_l, ids_q)  # same pieces, other ids
+    with torch.no_grad():
+        a = llava(input_ids=ids_l).logits
+        b = qwen(input_ids=ids_q).logits
+    perm = [
+        qproc.tokenizer.get_vocab()[t]
+        for t, _ in sorted(lproc.tokenizer.get_vocab().items(), key=lambda x: x[1])
+        if t != "<image>"
+    ]
+    keep = [i for t, i in sorted(lproc.tokenizer.get_vocab().items(), key=lambda x: x[1]) if t != "<image>"]
+    torch.testing.assert_close(a[..., keep], b[..., perm], rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="text_overrides"):
+        M.build("qwen", "tiny", text_overrides={"attention_bias": True})
+
+
+def test_init_decoder_and_frozen_llm_stage(tmp_path):
+    """``--init-decoder`` puts the source decoder into testbed-llava; with ``--freeze-llm-steps``
+    the language model stays exactly that while the projector learns, and a later ``--resume``
+    rebuilds the same architecture (q/k/v biases) from the saved state."""
+    from safetensors.torch import load_file
+
+    from vlmprune.testbed.train import cli
+
+    qwen, qproc = tiny("qwen")
+    M.save(qwen, qproc, tmp_path / "src", dtype=torch.float32)
+    out = tmp_path / "run"
+    args = ["--size", "tiny", "--out", str(out), "--batch", "2", "--questions", "2", "--vision-steps", "0"]
+    args += ["--freeze-steps", "0", "--eval-n", "5", "--minutes", "5"]
+    assert (
+        cli(args + ["--max-steps", "2", "--init-decoder", str(tmp_path / "src"), "--freeze-llm-steps", "5"])
+        == 0
+    )
+    saved = load_file(str(out / "resume" / "model_fp32.safetensors"))
+    src = qwen.model.language_model.state_dict()
+    for name in ("layers.0.self_attn.q_proj.bias", "layers.1.mlp.down_proj.weight", "norm.weight"):
+        torch.testing.assert_close(saved[f"model.language_model.{name}"], src[name], rtol=0, atol=0)
+    fresh, _ = M.build("llava", "tiny", seed=0, text_overrides=M.llava_overrides_for(qwen.config))
+    proj = "model.multi_modal_projector.linear_1.weight"
+    assert not torch.equal(saved[proj], fresh.state_dict()[proj])  # (it was trained from its init)
+    assert cli(args + ["--max-steps", "3", "--resume"]) == 0  # the LLM now trains
+    after = load_file(str(out / "resume" / "model_fp32.safetensors"))
+    assert not torch.equal(
+        after["model.language_model.layers.1.mlp.down_proj.weight"], src["layers.1.mlp.down_proj.weight"]
+    )
+    m2, _, fam = M.load_testbed(out)
+    assert fam == "llava" and m2.config.text_config.attention_bias
+    with pytest.raises(ValueError, match="--init-decoder"):
+        cli(["--family", "qwen", "--size", "tiny", "--out", str(tmp_path / "q"), "--init-decoder", str(out)])
+    with pytest.raises(ValueError, match="--rope-linear"):
+        cli(["--family", "qwen", "--size", "tiny", "--out", str(tmp_path / "q"), "--rope-linear", "2"])
+    with pytest.raises(ValueError, match="--freeze-llm-steps"):
+        cli(args + ["--freeze-llm-steps", "-1"])

@@ -132,8 +132,16 @@ def _decoder_kwargs(z: dict, tok, eos_id: int, max_positions: int) -> dict:
     )
 
 
-def build_llava(size: str = "default", seed: int = 0, attn: str = "sdpa"):
-    """``(model, processor)`` for an untrained testbed-llava (fp32)."""
+def build_llava(
+    size: str = "default",
+    seed: int = 0,
+    attn: str = "sdpa",
+    rope_theta: float = 10000.0,
+    text_overrides: dict | None = None,
+):
+    """``(model, processor)`` for an untrained testbed-llava (fp32); ``rope_theta`` of its decoder,
+    ``text_overrides``: further ``LlamaConfig`` settings (e.g. ``attention_bias`` to take a decoder
+    with q/k/v biases, :func:`transplant_decoder`)."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
     from vlmprune.testing import llava_processor
@@ -149,7 +157,11 @@ def build_llava(size: str = "default", seed: int = 0, attn: str = "sdpa"):
         patch_size=14,
         projection_dim=z["v_d"],
     )
-    tc = LlamaConfig(**_decoder_kwargs(z, tok, tok.eos_token_id, max_positions=2048))
+    tc = LlamaConfig(
+        **_decoder_kwargs(z, tok, tok.eos_token_id, max_positions=2048),
+        rope_parameters={"rope_type": "default", "rope_theta": float(rope_theta)},
+        **(text_overrides or {}),
+    )
     cfg = LlavaConfig(
         vision_config=vc,
         text_config=tc,
@@ -169,7 +181,7 @@ QWEN_MIN_PIXELS = 224 * 224
 QWEN_MAX_PIXELS = 336 * 336
 
 
-def build_qwen(size: str = "default", seed: int = 0, attn: str = "sdpa"):
+def build_qwen(size: str = "default", seed: int = 0, attn: str = "sdpa", rope_theta: float = 10000.0):
     """``(model, processor)`` for an untrained testbed-qwen (fp32); processor: QwenTinyProcessor."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
@@ -182,7 +194,7 @@ def build_qwen(size: str = "default", seed: int = 0, attn: str = "sdpa"):
     sec = [head // 8, 3 * head // 16, head // 2 - head // 8 - 3 * head // 16]
     tc = dict(
         **_decoder_kwargs(z, tok, tok.convert_tokens_to_ids("<|im_end|>"), max_positions=4096),
-        rope_parameters={"rope_type": "default", "mrope_section": sec, "rope_theta": 10000.0},
+        rope_parameters={"rope_type": "default", "mrope_section": sec, "rope_theta": float(rope_theta)},
     )
     n = z["v_layers"]
     vc = dict(
@@ -218,12 +230,68 @@ def build_qwen(size: str = "default", seed: int = 0, attn: str = "sdpa"):
     return _finish(model, tok, tok.convert_tokens_to_ids("<|im_end|>")), QwenTinyProcessor(ip, tok)
 
 
-def build(family: str, size: str = "default", seed: int = 0, attn: str = "sdpa"):
+def build(
+    family: str,
+    size: str = "default",
+    seed: int = 0,
+    attn: str = "sdpa",
+    rope_theta: float = 10000.0,
+    text_overrides: dict | None = None,
+):
     if family == "llava":
-        return build_llava(size, seed, attn)
+        return build_llava(size, seed, attn, rope_theta, text_overrides)
     if family == "qwen":
-        return build_qwen(size, seed, attn)
+        if text_overrides:
+            raise ValueError("`text_overrides` is only supported for family='llava'")
+        return build_qwen(size, seed, attn, rope_theta)
     raise ValueError(f"`family` must be 'llava' or 'qwen', got {family!r}")
+
+
+def llava_overrides_for(source_config) -> dict:
+    """``LlamaConfig`` settings under which a testbed-llava decoder can hold ``source_config``'s
+    decoder (a Qwen2-style decoder has q/k/v biases; its RMSNorm epsilon)."""
+    tc = source_config.get_text_config()
+    bias = tc.model_type.startswith("qwen") or bool(getattr(tc, "attention_bias", False))
+    return {"attention_bias": bias, "rms_norm_eps": float(tc.rms_norm_eps)}
+
+
+@torch.no_grad()
+def transplant_decoder(model, tokenizer, source, source_tokenizer) -> dict:
+    """Copy ``source``'s language model (a testbed-qwen's Qwen2 decoder, or another testbed-llava's)
+    into testbed-llava ``model``'s Llama decoder, in place: the LLaVA recipe of starting from a
+    pretrained LLM. Layers, norms and projections are copied one to one (sizes must match; a bias the
+    source lacks is zeroed, e.g. Llama's ``o_proj`` bias under ``attention_bias``); token embeddings
+    (tied to the LM head) are matched by token string, tokens the source lacks keep their rows.
+    Text positions use the same rotary frequencies in both (M-RoPE with equal t/h/w ids is 1-D RoPE).
+    Returns ``{"copied": n_tensors, "tokens_matched": k, "tokens_new": [...]}``."""
+    dst = model.model.language_model
+    src = source.model.language_model
+    sd = src.state_dict()
+    copied = 0
+    for name, t in dst.state_dict().items():
+        if name == "embed_tokens.weight":
+            continue
+        if name in sd:
+            if sd[name].shape != t.shape:
+                raise ValueError(
+                    f"decoder shapes differ at {name}: {tuple(sd[name].shape)} vs {tuple(t.shape)}"
+                )
+            t.copy_(sd[name])
+            copied += 1
+        elif name.endswith(".bias"):
+            t.zero_()
+        else:
+            raise ValueError(f"the source decoder has no {name}")
+    src_vocab = source_tokenizer.get_vocab()
+    emb, src_emb = dst.embed_tokens.weight, src.embed_tokens.weight
+    new = []
+    for tok, i in tokenizer.get_vocab().items():
+        if tok in src_vocab:
+            emb[i] = src_emb[src_vocab[tok]]
+        else:
+            new.append(tok)
+    model.tie_weights()
+    return {"copied": copied, "tokens_matched": len(tokenizer) - len(new), "tokens_new": new}
 
 
 def save(model, processor, out_dir, dtype=torch.bfloat16, extra: dict | None = None) -> None:

@@ -559,13 +559,16 @@ def save_state(out: Path, model, heads, opt, state: dict, processor) -> None:
     )
 
 
-def load_state(out: Path, model, heads):
+def load_state(out: Path, model, heads, new_biases: bool = False):
+    """(state, optimizer state) from ``out/resume``, or (None, None). ``new_biases``: the model has
+    bias tensors the saved state lacks (a decoder about to be replaced), which is then not an error."""
     from safetensors.torch import load_file
 
     res = out / "resume"
     if not (res / "state.json").exists():
         return None, None
     missing, unexpected = model.load_state_dict(load_file(str(res / "model_fp32.safetensors")), strict=False)
+    missing = [k for k in missing if not (new_biases and k.endswith(".bias"))]
     if unexpected or [k for k in missing if "lm_head" not in k]:
         raise RuntimeError(
             f"resume state does not match the model: missing {missing}, unexpected {unexpected}"
@@ -639,6 +642,34 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="isolated: each packed question sees the image and itself only (block mask), as at evaluation; "
         "multiturn: a causal chat in which answers leak into later questions",
     )
+    p.add_argument(
+        "--rope-theta",
+        type=float,
+        default=10000.0,
+        help="RoPE base of the decoder (pass it again on --resume; it is saved in the checkpoint's config)",
+    )
+    p.add_argument(
+        "--rope-linear",
+        type=float,
+        default=1.0,
+        help="llava only: linear RoPE scaling factor of the decoder (positions / factor; 24 makes the "
+        "576-token image span 24 positions, as Qwen's M-RoPE spans its grid); pass it again on --resume",
+    )
+    p.add_argument(
+        "--init-decoder",
+        default=None,
+        metavar="DIR",
+        help="llava only: start the language model from DIR's decoder (a trained testbed-qwen or -llava of "
+        "the same size; token embeddings matched by string), with a fresh optimizer: LLaVA's recipe of "
+        "a pretrained LLM. Applied after --resume loads the tower and projector.",
+    )
+    p.add_argument(
+        "--freeze-llm-steps",
+        type=int,
+        default=0,
+        help="keep the language model frozen for this many VLM steps of this invocation (the projector "
+        "and, once unfrozen, the tower still learn): LLaVA's stage 1 after --init-decoder",
+    )
     p.add_argument("--curriculum-steps", type=int, default=3000)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument(
@@ -690,7 +721,35 @@ def main(args) -> int:
         raise ValueError(f"--families must name some of {', '.join(Q.FAMILIES)}, got {args.families!r}")
     out.mkdir(parents=True, exist_ok=True)
     fam = args.family
-    model, processor = M.build(fam, args.size, seed=args.seed)
+    if not args.rope_theta > 0:
+        raise ValueError(f"--rope-theta must be positive, got {args.rope_theta}")
+    if not args.rope_linear >= 1:
+        raise ValueError(f"--rope-linear must be >= 1, got {args.rope_linear}")
+    if args.rope_linear != 1 and fam != "llava":
+        raise ValueError("--rope-linear is supported for --family llava only (Qwen uses M-RoPE)")
+    overrides = None  # decoder settings beyond the size preset, kept in the resume state
+    saved = out / "resume" / "state.json"
+    if args.resume and saved.exists():
+        overrides = json.loads(saved.read_text()).get("text_overrides")
+    source = None
+    if args.init_decoder:
+        if fam != "llava":
+            raise ValueError("--init-decoder is supported for --family llava only")
+        source = M.load_testbed(args.init_decoder)
+        overrides = M.llava_overrides_for(source[0].config)
+    if args.freeze_llm_steps < 0:
+        raise ValueError(f"--freeze-llm-steps must be >= 0, got {args.freeze_llm_steps}")
+    model, processor = M.build(
+        fam, args.size, seed=args.seed, rope_theta=args.rope_theta, text_overrides=overrides
+    )
+    if args.rope_linear != 1:  # positions divided by the factor (stock "linear" RoPE scaling)
+        tc = model.config.text_config
+        tc.rope_parameters = {
+            "rope_type": "linear",
+            "factor": float(args.rope_linear),
+            "rope_theta": args.rope_theta,
+        }
+        model.model.language_model.rotary_emb = type(model.model.language_model.rotary_emb)(config=tc)
     model.train()
     d = (
         model.config.vision_config.hidden_size
@@ -702,14 +761,30 @@ def main(args) -> int:
     state = None
     opt_state = None
     if args.resume:
-        state, opt_state = load_state(out, model, heads)
+        state, opt_state = load_state(out, model, heads, new_biases=source is not None)
         if state is not None:  # the tokenizer the saved weights were trained with, not a rebuilt one
             processor, _ = M.load_processor(out)
+    if source is not None:
+        info = M.transplant_decoder(model, processor.tokenizer, source[0], source[1].tokenizer)
+        print(f"decoder from {args.init_decoder}: {info}", flush=True)
+        opt_state = None  # the moments belong to the replaced weights
+        if state is not None:
+            state["text_overrides"] = overrides
+            state["init_decoder"] = {"from": str(args.init_decoder), "at_step": state["step"]}
+        source = None
+    resumed = state is not None
     state = state or {
         "step": 0,
         "minutes": 0.0,
         "config": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+        "text_overrides": overrides,
     }
+    rope = {"theta": args.rope_theta, "linear": args.rope_linear}
+    if resumed and state.get("rope", {"theta": 10000.0, "linear": 1.0}) != rope:  # allowed, never silent
+        print(f"note: RoPE settings {state.get('rope')} of the saved run changed to {rope}", flush=True)
+    state["rope"] = rope
+    start_step = state["step"]
+    llm = model.model.language_model
     opt = make_optimizer(model, heads, args.lr, args.vision_lr_mult, fam)
     if opt_state is not None:
         try:
@@ -761,6 +836,9 @@ def main(args) -> int:
         frozen = not in_vision and vstep < args.freeze_steps
         for p in vision.parameters():
             p.requires_grad_(not frozen)
+        llm_frozen = not in_vision and step - start_step < args.freeze_llm_steps
+        for p in llm.parameters():  # LLaVA stage 1: the projector (and tower) learn, the LLM waits
+            p.requires_grad_(not llm_frozen)
 
         # learning rates: linear warmup at the start of each stage (and of the tower's unfreezing), then
         # constant; with --decay-minutes a linear cooldown to 10% over the end of this invocation's budget

@@ -1,0 +1,54 @@
+"""Does a testbed model answer as well about objects at the top of the image as at the bottom?
+
+Held-out attribute and small-object questions (one evidence object each), full model, greedy
+answer; accuracy per vertical third of the image by the evidence object's centre. In LLaVA's 1-D
+raster order the top third is ~400-576 positions before the question, the bottom third ~0-200;
+Qwen's M-RoPE puts every image token within ~24 positions of the text.
+
+    python benchmarks/testbed_position.py testbed/llava [N]
+"""
+
+import sys
+
+import torch
+
+from vlmprune.testbed import model as M
+from vlmprune.testbed import questions as Q
+from vlmprune.testbed.evaluate import _first_word, _images
+from vlmprune.testbed.scenes import make_scene
+from vlmprune.testbed.train import scene_size
+
+BANDS = ("top", "middle", "bottom")
+
+
+def position_accuracy(path: str, n: int = 600, batch: int = 16) -> dict[str, tuple[int, int]]:
+    """``{band: (right, total)}`` over the attribute/small questions among ``n`` held-out ones."""
+    model, proc, fam = M.load_testbed(path)
+    model.eval()
+    items = [
+        (s, qa)
+        for s, qa in Q.heldout_set(n, seed=0, size=lambda s: scene_size(fam, s))
+        if qa.evidence and qa.family in ("attribute", "small")
+    ]
+    res = {b: [0, 0] for b in BANDS}
+    for i in range(0, len(items), batch):
+        chunk = items[i : i + batch]
+        enc = M.encode(fam, proc, _images(fam, chunk), [qa.question for _, qa in chunk])
+        with torch.no_grad():
+            out = model.generate(**enc, max_new_tokens=1, do_sample=False)
+        text = proc.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        for (s, qa), t in zip(chunk, text):
+            w, h = scene_size(fam, s)
+            obj = make_scene(s, width=w, height=h).objects[qa.evidence[0]]
+            band = BANDS[min(2, int(3 * obj.centre[1] / h))]
+            res[band][0] += _first_word(t) == qa.answer
+            res[band][1] += 1
+    return {b: tuple(v) for b, v in res.items()}
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    path = sys.argv[1] if len(sys.argv) > 1 else "testbed/llava"
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 600
+    for band, (r, t) in position_accuracy(path, n).items():
+        print(f"{path} {band:>6}: {r}/{t} = {r / max(1, t):.2f}")
