@@ -138,8 +138,10 @@ def build_llava(
     attn: str = "sdpa",
     rope_theta: float = 10000.0,
     text_overrides: dict | None = None,
+    rope_linear: float = 1.0,
 ):
     """``(model, processor)`` for an untrained testbed-llava (fp32); ``rope_theta`` of its decoder,
+    ``rope_linear``: stock linear RoPE scaling factor (positions / factor; 1: none),
     ``text_overrides``: further ``LlamaConfig`` settings (e.g. ``attention_bias`` to take a decoder
     with q/k/v biases, :func:`transplant_decoder`)."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
@@ -159,7 +161,9 @@ def build_llava(
     )
     tc = LlamaConfig(
         **_decoder_kwargs(z, tok, tok.eos_token_id, max_positions=2048),
-        rope_parameters={"rope_type": "default", "rope_theta": float(rope_theta)},
+        rope_parameters={"rope_type": "default", "rope_theta": float(rope_theta)}
+        if rope_linear == 1
+        else {"rope_type": "linear", "factor": float(rope_linear), "rope_theta": float(rope_theta)},
         **(text_overrides or {}),
     )
     cfg = LlavaConfig(
@@ -237,12 +241,13 @@ def build(
     attn: str = "sdpa",
     rope_theta: float = 10000.0,
     text_overrides: dict | None = None,
+    rope_linear: float = 1.0,
 ):
     if family == "llava":
-        return build_llava(size, seed, attn, rope_theta, text_overrides)
+        return build_llava(size, seed, attn, rope_theta, text_overrides, rope_linear)
     if family == "qwen":
-        if text_overrides:
-            raise ValueError("`text_overrides` is only supported for family='llava'")
+        if text_overrides or rope_linear != 1:
+            raise ValueError("`text_overrides` and `rope_linear` are only supported for family='llava'")
         return build_qwen(size, seed, attn, rope_theta)
     raise ValueError(f"`family` must be 'llava' or 'qwen', got {family!r}")
 

@@ -740,16 +740,13 @@ def main(args) -> int:
     if args.freeze_llm_steps < 0:
         raise ValueError(f"--freeze-llm-steps must be >= 0, got {args.freeze_llm_steps}")
     model, processor = M.build(
-        fam, args.size, seed=args.seed, rope_theta=args.rope_theta, text_overrides=overrides
+        fam,
+        args.size,
+        seed=args.seed,
+        rope_theta=args.rope_theta,
+        text_overrides=overrides,
+        rope_linear=args.rope_linear,
     )
-    if args.rope_linear != 1:  # positions divided by the factor (stock "linear" RoPE scaling)
-        tc = model.config.text_config
-        tc.rope_parameters = {
-            "rope_type": "linear",
-            "factor": float(args.rope_linear),
-            "rope_theta": args.rope_theta,
-        }
-        model.model.language_model.rotary_emb = type(model.model.language_model.rotary_emb)(config=tc)
     model.train()
     d = (
         model.config.vision_config.hidden_size
