@@ -5,7 +5,12 @@ answer; accuracy per vertical third of the image by the evidence object's centre
 raster order the top third is ~400-576 positions before the question, the bottom third ~0-200;
 Qwen's M-RoPE puts every image token within ~24 positions of the text.
 
-    python benchmarks/testbed_position.py testbed/llava [N]
+    python benchmarks/testbed_position.py testbed/llava [N] [--roll] [--seed S]
+
+``--roll`` shifts every image down by half its height (cyclically; 168 px is a whole number of
+patches and of pattern periods), so objects that were at the top are asked about at the bottom:
+if accuracy follows the band, the cause is where the object sits in the token sequence / image
+grid, not which objects the generator happens to put at the top.
 """
 
 import sys
@@ -21,26 +26,40 @@ from vlmprune.testbed.train import scene_size
 BANDS = ("top", "middle", "bottom")
 
 
-def position_accuracy(path: str, n: int = 600, batch: int = 16) -> dict[str, tuple[int, int]]:
-    """``{band: (right, total)}`` over the attribute/small questions among ``n`` held-out ones."""
+def _rolled(image, shift: int):
+    import numpy as np
+    from PIL import Image
+
+    return Image.fromarray(np.roll(np.asarray(image), shift, axis=0))
+
+
+def position_accuracy(
+    path: str, n: int = 600, batch: int = 16, roll: bool = False, seed: int = 0
+) -> dict[str, tuple[int, int]]:
+    """``{band: (right, total)}`` over the attribute/small questions among ``n`` held-out ones;
+    with ``roll`` each image is shifted down by half its height first (bands after the shift)."""
     model, proc, fam = M.load_testbed(path)
     model.eval()
     items = [
         (s, qa)
-        for s, qa in Q.heldout_set(n, seed=0, size=lambda s: scene_size(fam, s))
+        for s, qa in Q.heldout_set(n, seed=seed, size=lambda s: scene_size(fam, s))
         if qa.evidence and qa.family in ("attribute", "small")
     ]
     res = {b: [0, 0] for b in BANDS}
     for i in range(0, len(items), batch):
         chunk = items[i : i + batch]
-        enc = M.encode(fam, proc, _images(fam, chunk), [qa.question for _, qa in chunk])
+        images = _images(fam, chunk)
+        if roll:
+            images = [_rolled(im, im.height // 2) for im in images]
+        enc = M.encode(fam, proc, images, [qa.question for _, qa in chunk])
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=1, do_sample=False)
         text = proc.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         for (s, qa), t in zip(chunk, text):
             w, h = scene_size(fam, s)
             obj = make_scene(s, width=w, height=h).objects[qa.evidence[0]]
-            band = BANDS[min(2, int(3 * obj.centre[1] / h))]
+            y = (obj.centre[1] + (h // 2 if roll else 0)) % h
+            band = BANDS[min(2, int(3 * y / h))]
             res[band][0] += _first_word(t) == qa.answer
             res[band][1] += 1
     return {b: tuple(v) for b, v in res.items()}
@@ -48,7 +67,14 @@ def position_accuracy(path: str, n: int = 600, batch: int = 16) -> dict[str, tup
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    path = sys.argv[1] if len(sys.argv) > 1 else "testbed/llava"
-    n = int(sys.argv[2]) if len(sys.argv) > 2 else 600
-    for band, (r, t) in position_accuracy(path, n).items():
-        print(f"{path} {band:>6}: {r}/{t} = {r / max(1, t):.2f}")
+    roll = "--roll" in sys.argv
+    seed = int(sys.argv[sys.argv.index("--seed") + 1]) if "--seed" in sys.argv else 0
+    argv = [
+        a
+        for i, a in enumerate(sys.argv[1:], 1)
+        if a not in ("--roll", "--seed") and sys.argv[i - 1] != "--seed"
+    ]
+    path = argv[0] if argv else "testbed/llava"
+    n = int(argv[1]) if len(argv) > 1 else 600
+    for band, (r, t) in position_accuracy(path, n, roll=roll, seed=seed).items():
+        print(f"{path} seed {seed}{' rolled' if roll else ''} {band:>6}: {r}/{t} = {r / max(1, t):.2f}")

@@ -142,6 +142,24 @@ def test_answers_match_scene(seed):
         _check_answer(sc, qa)
 
 
+def test_repeating_a_family_weights_it():
+    """``--families`` naming counting and spatial twice draws them more often (as far as each scene
+    supports new distinct questions), and never a family that is not named."""
+    weighted_fams = ("attribute", "existence", "counting", "counting", "spatial", "spatial", "small")
+    plain, weighted = Counter(), Counter()
+    for seed in range(40):
+        sc = make_scene(seed, level=1.0)
+        plain.update(qa.family for qa in Q.questions_for_scene(sc, 20))
+        weighted.update(qa.family for qa in Q.questions_for_scene(sc, 20, families=weighted_fams))
+    share = lambda c, f: c[f] / sum(c.values())  # noqa: E731
+    for f in ("counting", "spatial"):
+        assert share(weighted, f) > 1.15 * share(plain, f), (plain, weighted)
+    for f in ("attribute", "small"):
+        assert 0 < share(weighted, f) < share(plain, f), (plain, weighted)
+    only = Counter(qa.family for qa in Q.questions_for_scene(make_scene(3), 20, families=("counting",) * 2))
+    assert set(only) == {"counting"}
+
+
 def test_heldout_balanced_and_split():
     items = Q.heldout_set(30, seed=0)
     fams = Counter(qa.family for _, qa in items)

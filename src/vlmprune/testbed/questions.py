@@ -210,7 +210,8 @@ def questions_for_scene(
     scene: Scene, k: int, seed: int | None = None, families: tuple[str, ...] = FAMILIES
 ) -> list[QA]:
     """Up to ``k`` distinct questions about one scene, ``families`` round-robin in random order
-    (training packs these into one multi-turn sequence)."""
+    (training packs these into one multi-turn sequence). A family named twice is drawn about twice
+    as often (while the scene still supports new questions of it): the training mix."""
     unknown = set(families) - set(FAMILIES)
     if unknown or not families:
         raise ValueError(f"`families` must be a non-empty subset of {FAMILIES}, got {families}")

@@ -625,7 +625,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--families",
         default=",".join(Q.FAMILIES),
-        help="comma-separated question families to train on (default all; held-out evaluation always uses all)",
+        help="comma-separated question families to train on; repeat one to weight it, e.g. "
+        "attribute,existence,counting,counting,spatial,spatial,small (default all once; held-out "
+        "evaluation always uses all, balanced)",
     )
     p.add_argument(
         "--attn-weight",
