@@ -13,13 +13,13 @@ if accuracy follows the band, the cause is where the object sits in the token se
 grid, not which objects the generator happens to put at the top.
 """
 
-import sys
+import argparse
 
 import torch
 
 from vlmprune.testbed import model as M
 from vlmprune.testbed import questions as Q
-from vlmprune.testbed.evaluate import _first_word, _images
+from vlmprune.testbed.evaluate import _first_word
 from vlmprune.testbed.scenes import make_scene
 from vlmprune.testbed.train import scene_size
 
@@ -48,16 +48,16 @@ def position_accuracy(
     res = {b: [0, 0] for b in BANDS}
     for i in range(0, len(items), batch):
         chunk = items[i : i + batch]
-        images = _images(fam, chunk)
-        if roll:
-            images = [_rolled(im, im.height // 2) for im in images]
+        sizes = [scene_size(fam, s) for s, _ in chunk]
+        scenes = [make_scene(s, width=w, height=h) for (s, _), (w, h) in zip(chunk, sizes)]
+        images = [_rolled(sc.image, sc.image.height // 2) if roll else sc.image for sc in scenes]
         enc = M.encode(fam, proc, images, [qa.question for _, qa in chunk])
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=1, do_sample=False)
         text = proc.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        for (s, qa), t in zip(chunk, text):
-            w, h = scene_size(fam, s)
-            obj = make_scene(s, width=w, height=h).objects[qa.evidence[0]]
+        for (_, qa), sc, t in zip(chunk, scenes, text):
+            h = sc.image.height
+            obj = sc.objects[qa.evidence[0]]
             y = (obj.centre[1] + (h // 2 if roll else 0)) % h
             band = BANDS[min(2, int(3 * y / h))]
             res[band][0] += _first_word(t) == qa.answer
@@ -66,15 +66,13 @@ def position_accuracy(
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path", nargs="?", default="testbed/llava")
+    parser.add_argument("n", nargs="?", type=int, default=600, help="held-out questions drawn")
+    parser.add_argument("--roll", action="store_true", help="shift images down by half their height")
+    parser.add_argument("--seed", type=int, default=0, help="held-out sample")
+    args = parser.parse_args()
     torch.set_num_threads(1)
-    roll = "--roll" in sys.argv
-    seed = int(sys.argv[sys.argv.index("--seed") + 1]) if "--seed" in sys.argv else 0
-    argv = [
-        a
-        for i, a in enumerate(sys.argv[1:], 1)
-        if a not in ("--roll", "--seed") and sys.argv[i - 1] != "--seed"
-    ]
-    path = argv[0] if argv else "testbed/llava"
-    n = int(argv[1]) if len(argv) > 1 else 600
-    for band, (r, t) in position_accuracy(path, n, roll=roll, seed=seed).items():
-        print(f"{path} seed {seed}{' rolled' if roll else ''} {band:>6}: {r}/{t} = {r / max(1, t):.2f}")
+    for band, (r, t) in position_accuracy(args.path, args.n, roll=args.roll, seed=args.seed).items():
+        tag = f"{args.path} seed {args.seed}{' rolled' if args.roll else ''}"
+        print(f"{tag} {band:>6}: {r}/{t} = {r / max(1, t):.2f}")

@@ -5,8 +5,8 @@ asked the question while the decoder sees only some of the visual tokens: the ev
 tokens alone, or with the tokens of k other objects of the scene (random ones), or every object
 token but no background, or all tokens. Dropped tokens are masked out (``attention_mask`` 0) and
 the kept ones keep their original positions (M-RoPE for Qwen), which integration.md checks equal
-to feeding only the kept tokens. Token ownership comes from the scene's patch labels (Qwen: a
-merged token belongs to an object if any of its 2x2 patches does).
+to feeding only the kept tokens. Token ownership is the training labels' (``scene_labels``;
+Qwen: a merged token belongs to the object covering most of its object patches).
 
     python benchmarks/testbed_selection.py testbed/llava [N] [--seed S]
 
@@ -14,7 +14,7 @@ Reading: "evidence only" near 100% means the tokens carry the answer and the dec
 the drop from there as distractor objects are added is the selection error.
 """
 
-import sys
+import argparse
 
 import numpy as np
 import torch
@@ -23,18 +23,9 @@ from vlmprune.testbed import model as M
 from vlmprune.testbed import questions as Q
 from vlmprune.testbed.evaluate import _first_word
 from vlmprune.testbed.scenes import make_scene
-from vlmprune.testbed.train import scene_size
+from vlmprune.testbed.train import scene_labels, scene_size
 
 DISTRACTORS = (0, 1, 2, 4, 8)
-
-
-def _token_owner(scene, fam: str) -> np.ndarray:
-    """(N,) object index owning each visual token in raster order, -1 background."""
-    po = scene.patch_object  # (H/14, W/14)
-    if fam == "qwen":  # 2x2 merge: max over the block (any object patch marks the token)
-        gh, gw = po.shape
-        po = po.reshape(gh // 2, 2, gw // 2, 2).max(axis=(1, 3))
-    return po.reshape(-1)
 
 
 def _positions(model, fam: str, enc) -> torch.Tensor:
@@ -67,7 +58,7 @@ def selection_accuracy(path: str, n: int = 500, seed: int = 1) -> dict[str, tupl
         w, h = scene_size(fam, s)
         scene = make_scene(s, width=w, height=h)
         enc = M.encode(fam, proc, [scene.image], [qa.question])
-        owner = _token_owner(scene, fam)
+        owner = scene_labels(scene, merged=fam == "qwen")["object"].numpy() - 1  # (N,), -1 background
         is_img = enc["input_ids"][0] == image_id
         if int(is_img.sum()) != owner.size:
             raise AssertionError(f"{int(is_img.sum())} visual tokens, {owner.size} labels")
@@ -91,10 +82,11 @@ def selection_accuracy(path: str, n: int = 500, seed: int = 1) -> dict[str, tupl
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("path", nargs="?", default="testbed/llava")
+    parser.add_argument("n", nargs="?", type=int, default=500, help="held-out questions drawn")
+    parser.add_argument("--seed", type=int, default=1, help="held-out sample")
+    args = parser.parse_args()
     torch.set_num_threads(1)
-    seed = int(sys.argv[sys.argv.index("--seed") + 1]) if "--seed" in sys.argv else 1
-    argv = [a for i, a in enumerate(sys.argv[1:], 1) if a != "--seed" and sys.argv[i - 1] != "--seed"]
-    path = argv[0] if argv else "testbed/llava"
-    n = int(argv[1]) if len(argv) > 1 else 500
-    for name, (r, t) in selection_accuracy(path, n, seed).items():
-        print(f"{path} {name:>20}: {r}/{t} = {r / max(1, t):.2f}")
+    for name, (r, t) in selection_accuracy(args.path, args.n, args.seed).items():
+        print(f"{args.path} {name:>20}: {r}/{t} = {r / max(1, t):.2f}")
