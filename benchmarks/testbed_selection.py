@@ -8,10 +8,16 @@ the kept ones keep their original positions (M-RoPE for Qwen), which integration
 to feeding only the kept tokens. Token ownership is the training labels' (``scene_labels``;
 Qwen: a merged token belongs to the object covering most of its object patches).
 
-    python benchmarks/testbed_selection.py testbed/llava [N] [--seed S]
+    python benchmarks/testbed_selection.py testbed/llava [N] [--seed S] [--attention]
 
 Reading: "evidence only" near 100% means the tokens carry the answer and the decoder reads them;
 the drop from there as distractor objects are added is the selection error.
+
+``--attention`` looks at the "evidence + 1 other" condition instead: per decoder layer and head, the
+mean attention mass the answer position puts on the named object's tokens and on the other
+object's (eager attention, ``output_attentions``), and how many wrong answers name one of the other
+object's attributes. Equal masses mean content-blind retrieval: the decoder looks at "the objects",
+not at the named one.
 """
 
 import argparse
@@ -41,20 +47,15 @@ def _positions(model, fam: str, enc) -> torch.Tensor:
     return pos  # (3, B, L)
 
 
-def selection_accuracy(path: str, n: int = 500, seed: int = 1) -> dict[str, tuple[int, int]]:
-    """``{condition: (right, total)}`` over the attribute/small questions among ``n`` held-out ones."""
-    model, proc, fam = M.load_testbed(path)
-    model.eval()
-    tok = proc.tokenizer
+def _items(model, proc, fam: str, n: int, seed: int):
+    """Yield ``(scene, qa, enc, owner, is_img, others)`` for the attribute/small questions among
+    ``n`` held-out ones; ``owner``: (N,) object index of each visual token, -1 background;
+    ``others``: the scene's other visible objects in a fixed random order."""
     image_id = model.config.image_token_id
     rng = np.random.default_rng(0)
-    items = [
-        (s, qa)
-        for s, qa in Q.heldout_set(n, seed=seed, size=lambda s: scene_size(fam, s))
-        if qa.evidence and qa.family in ("attribute", "small")
-    ]
-    res: dict[str, list[int]] = {}
-    for s, qa in items:
+    for s, qa in Q.heldout_set(n, seed=seed, size=lambda s: scene_size(fam, s)):
+        if not (qa.evidence and qa.family in ("attribute", "small")):
+            continue
         w, h = scene_size(fam, s)
         scene = make_scene(s, width=w, height=h)
         enc = M.encode(fam, proc, [scene.image], [qa.question])
@@ -65,14 +66,31 @@ def selection_accuracy(path: str, n: int = 500, seed: int = 1) -> dict[str, tupl
         ev = qa.evidence[0]
         others = [o for o in range(len(scene.objects)) if o != ev and (owner == o).any()]
         rng.shuffle(others)
+        yield scene, qa, enc, owner, is_img, others
+
+
+def _masked(enc, is_img: torch.Tensor, keep_img: np.ndarray) -> torch.Tensor:
+    """``enc``'s attention mask with the visual tokens outside ``keep_img`` (N,) set to 0."""
+    mask = enc["attention_mask"].clone()
+    mask[0, is_img.nonzero()[:, 0][torch.from_numpy(~keep_img)]] = 0
+    return mask
+
+
+def selection_accuracy(path: str, n: int = 500, seed: int = 1) -> dict[str, tuple[int, int]]:
+    """``{condition: (right, total)}`` over the attribute/small questions among ``n`` held-out ones."""
+    model, proc, fam = M.load_testbed(path)
+    model.eval()
+    tok = proc.tokenizer
+    res: dict[str, list[int]] = {}
+    for _scene, qa, enc, owner, is_img, others in _items(model, proc, fam, n, seed):
+        ev = qa.evidence[0]
         conditions = {"all tokens": np.ones(owner.size, bool), "objects only": owner >= 0}
         for k in DISTRACTORS:
             if k <= len(others):
                 conditions[f"evidence + {k} other"] = np.isin(owner, [ev] + others[:k])
         pos = _positions(model, fam, enc)
         for name, keep_img in conditions.items():
-            mask = enc["attention_mask"].clone()
-            mask[0, is_img.nonzero()[:, 0][torch.from_numpy(~keep_img)]] = 0
+            mask = _masked(enc, is_img, keep_img)
             with torch.no_grad():
                 logits = model(**{**enc, "attention_mask": mask, "position_ids": pos}).logits[0, -1]
             r = res.setdefault(name, [0, 0])
@@ -81,12 +99,61 @@ def selection_accuracy(path: str, n: int = 500, seed: int = 1) -> dict[str, tupl
     return {k: tuple(v) for k, v in res.items()}
 
 
+def selection_attention(path: str, n: int = 500, seed: int = 1) -> dict:
+    """The "evidence + 1 other" condition under eager attention: ``{"n", "accuracy",
+    "wrong_names_other", "evidence": (layers, heads), "other": (layers, heads)}``, the last two the
+    mean attention mass of the answer position on the named object's and the other object's tokens."""
+    model, proc, fam = M.load_testbed(path)
+    model.eval()
+    model.set_attn_implementation({"text_config": "eager"})
+    tok = proc.tokenizer
+    right, named_other, ev_mass, other_mass = [], [], [], []
+    for scene, qa, enc, owner, is_img, others in _items(model, proc, fam, n, seed):
+        if not others:
+            continue
+        ev, oth = qa.evidence[0], others[0]
+        mask = _masked(enc, is_img, np.isin(owner, [ev, oth]))
+        with torch.no_grad():
+            out = model(
+                **{**enc, "attention_mask": mask, "position_ids": _positions(model, fam, enc)},
+                output_attentions=True,
+            )
+        pred = _first_word(tok.decode(out.logits[0, -1].argmax(-1)))
+        right.append(pred == qa.answer)
+        o = scene.objects[oth]
+        named_other.append(pred != qa.answer and pred in (o.colour, o.shape, o.size))
+        att = torch.stack([a[0, :, -1] for a in out.attentions])  # layers x (H, L) -> (layers, H, L)
+        img_idx = is_img.nonzero()[:, 0]  # (N,)
+        ev_mass.append(att[..., img_idx[torch.from_numpy(owner == ev)]].sum(-1))  # (layers, H)
+        other_mass.append(att[..., img_idx[torch.from_numpy(owner == oth)]].sum(-1))
+    return {
+        "n": len(right),
+        "accuracy": float(np.mean(right)),
+        "wrong_names_other": float(np.sum(named_other) / max(1, len(right) - np.sum(right))),
+        "evidence": torch.stack(ev_mass).mean(0),
+        "other": torch.stack(other_mass).mean(0),
+    }
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("path", nargs="?", default="testbed/llava")
     parser.add_argument("n", nargs="?", type=int, default=500, help="held-out questions drawn")
     parser.add_argument("--seed", type=int, default=1, help="held-out sample")
+    parser.add_argument(
+        "--attention", action="store_true", help="attention mass on the named vs the other object (+1 other)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.attention:
+        r = selection_attention(args.path, args.n, args.seed)
+        print(
+            f"{args.path} evidence + 1 other: {r['accuracy']:.2f} right of {r['n']}; "
+            f"{r['wrong_names_other']:.2f} of the wrong answers name the other object's colour/shape/size"
+        )
+        for layer, (e, o) in enumerate(zip(r["evidence"], r["other"])):
+            heads = "  ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(e.tolist(), o.tolist()))
+            print(f"  layer {layer} attention mass per head, named/other object: {heads}")
+        raise SystemExit(0)
     for name, (r, t) in selection_accuracy(args.path, args.n, args.seed).items():
         print(f"{args.path} {name:>20}: {r}/{t} = {r / max(1, t):.2f}")
