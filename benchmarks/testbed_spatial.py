@@ -16,7 +16,7 @@ import torch
 
 from vlmprune.testbed import model as M
 from vlmprune.testbed import questions as Q
-from vlmprune.testbed.evaluate import _first_word, _images
+from vlmprune.testbed.evaluate import _first_word
 from vlmprune.testbed.scenes import make_scene
 from vlmprune.testbed.train import scene_size
 
@@ -31,14 +31,14 @@ def spatial_errors(path: str, n: int = 200, seed: int = 1, batch: int = 16) -> d
     res: dict[str, Counter] = {}
     for i in range(0, len(items), batch):
         chunk = items[i : i + batch]
-        enc = M.encode(fam, proc, _images(fam, chunk), [qa.question for _, qa in chunk])
+        sizes = [scene_size(fam, s) for s, _ in chunk]
+        scenes = [make_scene(s, width=w, height=h) for (s, _), (w, h) in zip(chunk, sizes)]
+        enc = M.encode(fam, proc, [sc.image for sc in scenes], [qa.question for _, qa in chunk])
         with torch.no_grad():
             out = model.generate(**enc, max_new_tokens=1, do_sample=False)
         texts = proc.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-        for (s, qa), text in zip(chunk, texts):
+        for (_, qa), scene, text in zip(chunk, scenes, texts):
             relation = next(r for r in RELATIONS if r in qa.question)
-            w, h = scene_size(fam, s)
-            scene = make_scene(s, width=w, height=h)
             answer = _first_word(text)
             anchor = scene.objects[qa.evidence[1]]  # evidence: (target, anchor)
             if answer == qa.answer:

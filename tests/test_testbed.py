@@ -284,22 +284,18 @@ def test_isolated_packing_equals_single_question_runs(family):
     model.set_attn_implementation({"text_config": "eager"})
     eager_inputs = dict(inputs, attention_mask=additive(inputs["attention_mask"]))
     probe = AttentionProbe(model, layer=-1, head=1)
+    inner = AttentionProbe(model, layer=0, head=0)  # an inner layer (the committed LLaVA supervises layer 1)
     try:
         with torch.no_grad():
             out = model(**eager_inputs, output_attentions=True)
             mine = probe.probs(inputs["attention_mask"])
+            first = inner.probs(inputs["attention_mask"])
     finally:
         probe.remove()
+        inner.remove()
     torch.testing.assert_close(out.logits[rows, cols], packed, atol=1e-4, rtol=1e-4)
     real = inputs["input_ids"] != tok.pad_token_id  # (B, L): padding rows differ (they see only themselves)
     torch.testing.assert_close(mine[real], out.attentions[-1][:, 1][real], atol=1e-5, rtol=1e-4)
-    probe = AttentionProbe(model, layer=0, head=0)  # an inner layer (the committed LLaVA supervises layer 1)
-    try:
-        with torch.no_grad():
-            model(**eager_inputs)
-            first = probe.probs(inputs["attention_mask"])
-    finally:
-        probe.remove()
     torch.testing.assert_close(first[real], out.attentions[0][:, 0][real], atol=1e-5, rtol=1e-4)
     probe = AttentionProbe(model, layer=-1, head=0)
     try:  # training runs under bf16 autocast: the probe still returns fp32 probabilities
