@@ -359,6 +359,22 @@ def test_evidence_of_questions_and_attention_loss():
     no = Q.QA("existence", "q", "no", sc.seed)
     loss, mass = evidence_attention_loss(att[:, 0], img, [(0, 590, no)], [sc], merged=False)
     assert loss.item() == 0.0 and mass != mass  # no evidence: nothing to supervise
+    # the spatial second hop: only the target (evidence[0]) counts, and only for spatial questions
+    sc = next(s for s in (make_scene(i, level=0.6) for i in range(50)) if len(s.objects) >= 2)
+    rel = Q.QA("spatial", "q", sc.objects[0].colour, sc.seed, (0, 1))
+    target, anchor = (evidence_mask(sc, rel, objects=(i,)) for i in (0, 1))
+    att = torch.zeros(1, L, L)
+    att[0, 590, 10:586] = 0.7 * anchor / anchor.sum()  # the anchor (first hop) is not the target
+    att[0, 590, 10:586] += 0.2 * target / target.sum()
+    att[0, 590, 0] = 1 - att[0, 590].sum()
+    both = ((target + anchor) > 0).float()
+    _, mass = evidence_attention_loss(att, img, [(0, 590, rel)], [sc], merged=False)
+    assert abs(mass - att[0, 590, 10:586] @ both) < 1e-5
+    loss, mass = evidence_attention_loss(att, img, [(0, 590, rel)], [sc], merged=False, target_only=True)
+    assert abs(mass - att[0, 590, 10:586] @ target) < 1e-5 and mass < 0.5
+    assert abs(loss.item() + math.log(mass)) < 1e-4
+    _, mass = evidence_attention_loss(att, img, [(0, 590, qa)], [sc], merged=False, target_only=True)
+    assert mass != mass  # not a relation: no second hop to supervise
 
 
 def test_cooldown_schedule():
@@ -401,6 +417,56 @@ def test_train_resume(tmp_path):
     assert any(r.get("event") == "eval" and "counting" in r for r in log)
     m2, _, fam = M.load_testbed(tmp_path)
     assert fam == "llava"
+
+
+def test_position_objective(tmp_path, capsys):
+    """The position labels are each token's grid cell centre; the head's loss is the weighted MSE
+    and absent at weight 0; a run saved before the head existed resumes with it, keeping its
+    optimizer state, and resumes again from its own state."""
+    from safetensors.torch import load_file, save_file
+
+    from vlmprune.testbed.train import AuxHeads, cli, scene_labels
+
+    sc = make_scene(3, level=0.5)
+    pos = scene_labels(sc)["pos"]  # (576, 2)
+    assert pos.shape == (576, 2)
+    assert torch.allclose(pos[0], torch.tensor([0.5 / 24, 0.5 / 24]))
+    assert torch.allclose(pos[24 * 2 + 5], torch.tensor([2.5 / 24, 5.5 / 24]))  # row 2, column 5
+    qs = make_scene(3, level=0.5, width=280, height=224)
+    qlab = scene_labels(qs, merged=True)  # merged 28-px grid: 8 rows x 10 columns
+    assert qlab["pos"].shape == (80, 2) and torch.allclose(qlab["pos"][10], torch.tensor([1.5 / 8, 0.5 / 10]))
+    tokens = torch.randn(576, 32)
+    assert "position" not in AuxHeads(32).losses(tokens, [], [scene_labels(sc)])[0]
+    heads = AuxHeads(32, position_weight=2.0)
+    out, accs = heads.losses(tokens, [], [scene_labels(sc)])
+    want = 2.0 * torch.nn.functional.mse_loss(heads.position(heads.norm(tokens)), pos)
+    assert torch.allclose(out["position"], want) and accs["pos_err"] > 0
+
+    args = ["--size", "tiny", "--out", str(tmp_path), "--batch", "2", "--questions", "4"]
+    args += ["--vision-steps", "2", "--freeze-steps", "1", "--eval-n", "5", "--minutes", "5"]
+    assert cli(args + ["--max-steps", "3"]) == 0
+    # make the saved state one from before the position head: no head weights, three optimizer groups
+    res = tmp_path / "resume"
+    saved = load_file(str(res / "heads.safetensors"))
+    save_file(
+        {k: v for k, v in saved.items() if not k.startswith("position.")}, str(res / "heads.safetensors")
+    )
+    opt = torch.load(res / "optim.pt", weights_only=False)
+    assert [g["name"] for g in opt["param_groups"]] == ["vision", "heads", "llm", "position"]
+    dropped = opt["param_groups"].pop()["params"]
+    opt["state"] = {k: v for k, v in opt["state"].items() if k not in dropped}
+    torch.save(opt, res / "optim.pt")
+    capsys.readouterr()
+    assert cli(args + ["--max-steps", "5", "--resume", "--position-weight", "1"]) == 0
+    w5 = load_file(str(res / "heads.safetensors"))["position.weight"]
+    assert cli(args + ["--max-steps", "6", "--resume", "--position-weight", "1"]) == 0
+    assert not torch.equal(load_file(str(res / "heads.safetensors"))["position.weight"], w5)  # it learns
+    printed = capsys.readouterr().out
+    assert (
+        "fresh optimizer" not in printed
+        and "aux heads without saved state (new): ['position.weight'" in printed
+    )
+    assert printed.count("aux heads without saved state") == 1  # the second resume has the head's state
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen"])

@@ -17,7 +17,9 @@ Recipe (issue 5's levers):
    ``--freeze-steps`` steps, then trained at ``--vision-lr-mult`` x the learning rate with the
    auxiliary losses kept on. A curriculum moves scenes from few large subjects to crowded small ones
    over ``--curriculum-steps`` steps. Optional: word alignment (``--align-weight``), evidence
-   attention (``--attn-weight``), a final learning-rate cooldown (``--decay-minutes``).
+   attention (``--attn-weight``), the spatial second hop (``--target-attn-weight``), a per-patch
+   position objective on the tower (``--position-weight``), a final learning-rate cooldown
+   (``--decay-minutes``).
 
 bf16 autocast on CPU (AMX) with fp32 master weights. Every ``--ckpt-minutes`` the model is written
 with ``save_pretrained`` (bf16 safetensors, loadable offline) to ``--out`` and the training state
@@ -76,7 +78,10 @@ def scene_labels(scene, merged: bool = False) -> dict:
     lab["object"] = scene.patch_object + 1  # 0 background, else 1 + object index
     if merged:
         lab = {k: _pool2(v) for k, v in lab.items()}
+    gh, gw = lab["object"].shape  # the token grid
+    rows, cols = np.meshgrid((np.arange(gh) + 0.5) / gh, (np.arange(gw) + 0.5) / gw, indexing="ij")
     lab = {k: torch.from_numpy(np.ascontiguousarray(v)).reshape(-1) for k, v in lab.items()}
+    lab["pos"] = torch.from_numpy(np.stack([rows, cols], -1).reshape(-1, 2)).float()  # (gh*gw, 2) in (0, 1)
     cov = scene.coverage(block=28 if merged else 14, cells=7)
     lab["mask"] = torch.from_numpy(cov.reshape(-1, cov.shape[-1]))
     lab["obj_colour"] = torch.tensor([COLOURS.index(o.colour) + 1 for o in scene.objects], dtype=torch.long)
@@ -98,10 +103,21 @@ def scene_labels(scene, merged: bool = False) -> dict:
 
 
 class AuxHeads(nn.Module):
-    """Auxiliary heads on the vision features (not part of the saved HF model)."""
+    """Auxiliary heads on the vision features (not part of the saved HF model).
 
-    def __init__(self, d: int):
+    ``position_weight`` > 0 adds a per-patch position objective: a linear head reads each patch's
+    (row, column) in the token grid, normalised to (0, 1), from its feature (MSE). Real CLIP-style
+    features carry their position linearly; this tower's lost it under the content losses, and
+    without it the decoder cannot relate one object's place to another's (spatial questions)."""
+
+    def __init__(self, d: int, position_weight: float = 0.0):
         super().__init__()
+        self.position_weight = position_weight
+        self.position = nn.Linear(d, 2)
+        # small: near the centre at first (the default init's read-out of these features is ~20
+        # tokens off and its gradient shocks the tower), not zero (the tower's gradient goes through it)
+        nn.init.normal_(self.position.weight, std=0.02)
+        nn.init.constant_(self.position.bias, 0.5)
         self.norm = nn.LayerNorm(d)
         self.colour = nn.Linear(d, len(COLOURS) + 1)
         self.shape = nn.Linear(d, len(SHAPES) + 1)
@@ -133,6 +149,14 @@ class AuxHeads(nn.Module):
                 lg = getattr(self, k)(h[fg])
                 out[k] = F.cross_entropy(lg, lab[k][fg])
                 accs[k] = (lg.argmax(-1) == lab[k][fg]).float().mean().item()
+        if self.position_weight > 0:
+            pos = torch.cat([x["pos"] for x in labels])  # (sum of tokens, 2)
+            pp = self.position(h)
+            out["position"] = self.position_weight * F.mse_loss(pp, pos)
+            grid = torch.tensor(
+                [float(x["object"].numel()) ** 0.5 for x in labels]
+            ).mean()  # ~ side, in tokens
+            accs["pos_err"] = ((pp - pos).abs().mean() * grid).item()  # mean error in tokens
         cw = torch.tensor([1.0, 5.0])  # centre patches are rare
         out["centre"] = F.cross_entropy(self.centre(h), lab["centre"], weight=cw)
         mask = torch.cat([x["mask"] for x in labels])
@@ -307,13 +331,13 @@ def additive(mask: torch.Tensor) -> torch.Tensor:
     return torch.zeros(mask.shape).masked_fill(~mask, torch.finfo(torch.float32).min)
 
 
-def evidence_mask(scene, qa, merged: bool = False) -> torch.Tensor:
+def evidence_mask(scene, qa, merged: bool = False, objects=None) -> torch.Tensor:
     """``(n_tokens,)`` 1.0 on the visual tokens (14-px patches, or Qwen's merged 28-px blocks, raster
-    order) that cover any pixel of ``qa``'s evidence objects, else 0."""
+    order) that cover any pixel of ``qa``'s evidence objects (or of ``objects``, indices), else 0."""
     block = 28 if merged else 14
     ids = torch.from_numpy(scene.object_map.astype(np.int64))  # (H, W): 0 background, 1 + object index
     hit = torch.zeros_like(ids, dtype=torch.bool)
-    for i in qa.evidence:
+    for i in qa.evidence if objects is None else objects:
         hit |= ids == i + 1
     h, w = hit.shape
     return hit.reshape(h // block, block, w // block, block).any(3).any(1).reshape(-1).float()
@@ -356,17 +380,19 @@ class AttentionProbe:
         self.handle.remove()
 
 
-def evidence_attention_loss(att, image_positions, questions, scenes, merged):
+def evidence_attention_loss(att, image_positions, questions, scenes, merged, target_only=False):
     """Mean over packed questions with evidence of ``-log`` (attention mass on the evidence objects'
     tokens) at the position predicting the answer.
 
     ``att``: (B, L, L) attention probabilities of one head; ``image_positions``: (B, L) bool;
-    ``questions``: from :func:`make_batch`. Returns ``(loss, mean mass)``."""
+    ``questions``: from :func:`make_batch`. ``target_only``: spatial questions only, and only their
+    target object (``evidence[0]``; ``evidence[1]`` is the anchor), the second hop of a relation.
+    Returns ``(loss, mean mass)``."""
     terms, masses = [], []
     for b, q, qa in questions:
-        if not qa.evidence:
+        if not qa.evidence or (target_only and qa.family != "spatial"):
             continue
-        ev = evidence_mask(scenes[b], qa, merged)  # (n_tokens,)
+        ev = evidence_mask(scenes[b], qa, merged, qa.evidence[:1] if target_only else None)  # (n_tokens,)
         if not ev.any():
             continue
         row = att[b, q][image_positions[b]].float()  # (L,) -> (n_tokens,)
@@ -583,12 +609,32 @@ def load_state(out: Path, model, heads, new_biases: bool = False):
 def make_optimizer(model, heads, lr, vision_mult, family, wd=0.01):
     vision = model.model.vision_tower if family == "llava" else model.model.visual
     vids = {id(p) for p in vision.parameters()}
-    groups = [
+    groups = [  # the position head gets its own group, added by add_position_group
         {"params": [p for p in vision.parameters()], "lr_mult": vision_mult, "name": "vision"},
-        {"params": list(heads.parameters()), "lr_mult": 1.0, "name": "heads"},
+        {
+            "params": [p for n, p in heads.named_parameters() if not n.startswith("position.")],
+            "lr_mult": 1.0,
+            "name": "heads",
+        },
         {"params": [p for p in model.parameters() if id(p) not in vids], "lr_mult": 1.0, "name": "llm"},
     ]
     return torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.98), weight_decay=wd)
+
+
+def load_optimizer(opt, heads, opt_state) -> None:
+    """Load ``opt_state`` into ``opt`` (from :func:`make_optimizer`) and add the position head's group:
+    before loading where the saved state has it, after loading where it predates the head."""
+    group = {"params": list(heads.position.parameters()), "lr_mult": 1.0, "name": "position"}
+    if opt_state is not None and len(opt_state["param_groups"]) == len(opt.param_groups) + 1:
+        opt.add_param_group(group)
+        group = None
+    if opt_state is not None:
+        try:
+            opt.load_state_dict(opt_state)
+        except ValueError:
+            print("optimizer state does not match; starting a fresh optimizer", flush=True)
+    if group is not None:
+        opt.add_param_group(group)
 
 
 def cooldown(elapsed: float, minutes: float, decay_minutes: float, floor: float = 0.1) -> float:
@@ -600,6 +646,11 @@ def cooldown(elapsed: float, minutes: float, decay_minutes: float, floor: float 
 
 
 # ----------------------------------------------------------------------------------------- main
+def _weight_arg(p: argparse.ArgumentParser, flag: str, help: str) -> None:
+    """A loss weight, off (0) by default."""
+    p.add_argument(flag, type=float, default=0.0, help=help)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--family", choices=("llava", "qwen"), default="llava")
     p.add_argument("--out", default=None, help="output directory (default testbed/<family>)")
@@ -615,11 +666,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vision-lr-mult", type=float, default=0.2, help="tower lr multiplier once unfrozen")
     p.add_argument("--freeze-steps", type=int, default=1000, help="VLM steps with the tower frozen")
     p.add_argument("--aux-weight", type=float, default=0.3, help="aux loss weight during VLM training")
-    p.add_argument(
+    _weight_arg(
+        p,
         "--align-weight",
-        type=float,
-        default=0.0,
-        help="weight of the word-alignment loss: each object token, mapped into the LLM's input space, "
+        "weight of the word-alignment loss: each object token, mapped into the LLM's input space, "
         "predicts its colour and shape words through the (tied) LM head",
     )
     p.add_argument(
@@ -629,14 +679,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "attribute,existence,counting,counting,spatial,spatial,small (default all once; held-out "
         "evaluation always uses all, balanced)",
     )
-    p.add_argument(
+    _weight_arg(
+        p,
         "--attn-weight",
-        type=float,
-        default=0.0,
-        help="weight of the evidence-attention loss: at the position predicting each answer, one head of "
+        "weight of the evidence-attention loss: at the position predicting each answer, one head of "
         "--attn-layer puts its attention on the objects the answer depends on",
     )
     p.add_argument("--attn-layer", type=int, default=-1, help="decoder layer of the evidence-attention loss")
+    _weight_arg(
+        p,
+        "--target-attn-weight",
+        "weight of the spatial second-hop loss: at the position predicting each spatial answer, one "
+        "head of --target-attn-layer puts its attention on the target object alone (the anchor is the "
+        "first hop, which --attn-layer's evidence includes)",
+    )
+    p.add_argument("--target-attn-layer", type=int, default=2, help="decoder layer of the second-hop loss")
+    _weight_arg(
+        p,
+        "--position-weight",
+        "weight of the per-patch position objective on the vision features (inside the aux "
+        "losses): a linear head reads each token's grid row and column from its feature",
+    )
     p.add_argument(
         "--packing",
         choices=("isolated", "multiturn"),
@@ -756,7 +819,7 @@ def main(args) -> int:
         else model.config.vision_config.out_hidden_size
     )
     torch.manual_seed(args.seed + 1)
-    heads = AuxHeads(d)
+    heads = AuxHeads(d, position_weight=args.position_weight)
     state = None
     opt_state = None
     if args.resume:
@@ -785,11 +848,7 @@ def main(args) -> int:
     start_step = state["step"]
     llm = model.model.language_model
     opt = make_optimizer(model, heads, args.lr, args.vision_lr_mult, fam)
-    if opt_state is not None:
-        try:
-            opt.load_state_dict(opt_state)
-        except ValueError:
-            print("optimizer state does not match; starting a fresh optimizer", flush=True)
+    load_optimizer(opt, heads, opt_state)
     tok = processor.tokenizer
     eos_id = tok.convert_tokens_to_ids(M.eos_token(fam))
     image_id = model.config.image_token_id
@@ -799,11 +858,15 @@ def main(args) -> int:
     proj_capture = ProjectorCapture(fam, model)
     answer_ids = M.answer_token_ids(tok, fam)
     vision = model.model.vision_tower if fam == "llava" else model.model.visual
-    attn_sup = args.attn_weight > 0
-    if attn_sup:
-        if args.packing != "isolated":
-            raise ValueError("--attn-weight needs --packing isolated")
-        probe = AttentionProbe(model, args.attn_layer)
+    supervised = []  # attention losses: (probe, weight, target_only, logged as)
+    for flag, weight, layer, target_only, key in (
+        ("--attn-weight", args.attn_weight, args.attn_layer, False, "evidence_mass"),
+        ("--target-attn-weight", args.target_attn_weight, args.target_attn_layer, True, "target_mass"),
+    ):
+        if weight > 0:
+            if args.packing != "isolated":
+                raise ValueError(f"{flag} needs --packing isolated")
+            supervised.append((AttentionProbe(model, layer), weight, target_only, key))
     t0 = time.time()
     base_minutes = state["minutes"]
     last_ckpt = last_eval = time.time()
@@ -848,7 +911,7 @@ def main(args) -> int:
 
         for g in opt.param_groups:
             if in_vision:
-                g["lr"] = args.vision_lr * warm(step) if g["name"] in ("vision", "heads") else 0.0
+                g["lr"] = args.vision_lr * warm(step) if g["name"] in ("vision", "heads", "position") else 0.0
             elif g["name"] == "vision":
                 g["lr"] = 0.0 if frozen else args.lr * args.vision_lr_mult * warm(vstep - args.freeze_steps)
             else:
@@ -878,16 +941,18 @@ def main(args) -> int:
                 tok_acc = (lg.argmax(-1) == targets)[is_answer].float().mean().item()
                 loss = lm
                 accs = {}
-                if attn_sup:
+                for probe, weight, target_only, key in supervised:
                     at_loss, at_mass = evidence_attention_loss(
                         probe.probs(inputs["attention_mask"]),
                         inputs["input_ids"] == image_id,
                         qlist,
                         scenes,
                         merged=fam == "qwen",
+                        target_only=target_only,
                     )
-                    loss = loss + args.attn_weight * at_loss
-                    accs["evidence_mass"] = at_mass
+                    loss = loss + weight * at_loss
+                    if at_mass == at_mass:  # nan when no packed question has such evidence
+                        accs[key] = at_mass
                 if args.align_weight > 0:
                     al, hit = align_loss(model, proj_capture.out, word_targets(labels, answer_ids))
                     loss = loss + args.align_weight * al
@@ -956,7 +1021,7 @@ def main(args) -> int:
     save_state(out, model, heads, opt, state, processor)
     capture.remove()
     proj_capture.remove()
-    if attn_sup:
+    for probe, *_ in supervised:
         probe.remove()
     log(out, {"event": "stop", "step": state["step"], "minutes": round(state["minutes"], 2)})
     return 0
