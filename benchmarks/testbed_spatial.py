@@ -97,11 +97,11 @@ def position_readout(path: str, n: int = 40, seed: int = 1) -> dict[str, dict[st
             feats.setdefault(j, []).append(hs[0][is_img].float().numpy())  # (L, d) -> (N, d)
     n_train = sum(len(p) for p in pos[: int(0.7 * n)])
     y, is_obj = np.concatenate(pos), np.concatenate(obj)
+    o = np.flatnonzero(is_obj)
     out = {}
     for j, xs in feats.items():
         x = np.concatenate(xs)
         name = "decoder input" if j == 0 else f"after layer {j - 1}"
-        o = np.flatnonzero(is_obj)
         out[name] = {
             "all tokens": tuple(_r2(x, y, n_train)),
             "object tokens": tuple(_r2(x[o], y[o], int((o < n_train).sum()))),

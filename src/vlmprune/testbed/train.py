@@ -113,11 +113,6 @@ class AuxHeads(nn.Module):
     def __init__(self, d: int, position_weight: float = 0.0):
         super().__init__()
         self.position_weight = position_weight
-        self.position = nn.Linear(d, 2)
-        # small: near the centre at first (the default init's read-out of these features is ~20
-        # tokens off and its gradient shocks the tower), not zero (the tower's gradient goes through it)
-        nn.init.normal_(self.position.weight, std=0.02)
-        nn.init.constant_(self.position.bias, 0.5)
         self.norm = nn.LayerNorm(d)
         self.colour = nn.Linear(d, len(COLOURS) + 1)
         self.shape = nn.Linear(d, len(SHAPES) + 1)
@@ -127,6 +122,12 @@ class AuxHeads(nn.Module):
         self.img_norm = nn.LayerNorm(d)
         self.present = nn.Linear(d, N_PRESENT)
         self.counts = nn.Linear(d, N_COUNTS * MAX_COUNT)
+        # created last, so the seeded initialisation of the heads above is the one earlier runs had;
+        # small: near the centre at first (the default init's read-out of these features is ~20
+        # tokens off and its gradient shocks the tower), not zero (the tower's gradient goes through it)
+        self.position = nn.Linear(d, 2)
+        nn.init.normal_(self.position.weight, std=0.02)
+        nn.init.constant_(self.position.bias, 0.5)
 
     def losses(self, tokens: torch.Tensor, image_vecs: list[torch.Tensor], labels: list[dict]) -> dict:
         """``tokens``: (sum of tokens, d) patch features in raster order; ``image_vecs``: list of
@@ -609,7 +610,7 @@ def load_state(out: Path, model, heads, new_biases: bool = False):
 def make_optimizer(model, heads, lr, vision_mult, family, wd=0.01):
     vision = model.model.vision_tower if family == "llava" else model.model.visual
     vids = {id(p) for p in vision.parameters()}
-    groups = [  # the position head gets its own group, added by add_position_group
+    groups = [  # the position head gets its own group, added by load_optimizer
         {"params": [p for p in vision.parameters()], "lr_mult": vision_mult, "name": "vision"},
         {
             "params": [p for n, p in heads.named_parameters() if not n.startswith("position.")],
