@@ -441,6 +441,18 @@ def test_position_objective(tmp_path, capsys):
     out, accs = heads.losses(tokens, [], [scene_labels(sc)])
     want = 2.0 * torch.nn.functional.mse_loss(heads.position(heads.norm(tokens)), pos)
     assert torch.allclose(out["position"], want) and accs["pos_err"] > 0
+    # --position-object-share: the object patches' share of the loss, whatever their number
+    fg = scene_labels(sc)["colour"] > 0
+    assert 0 < fg.sum() < 200
+    shared = AuxHeads(32, position_weight=2.0, object_share=0.75)
+    err = (shared.position(shared.norm(tokens)) - pos).pow(2).mean(-1)  # (576,)
+    out, accs = shared.losses(tokens, [], [scene_labels(sc)])
+    assert torch.allclose(out["position"], 2.0 * (0.75 * err[fg].mean() + 0.25 * err[~fg].mean()))
+    assert accs["pos_err_obj"] > 0
+    with pytest.raises(ValueError, match="object_share"):
+        AuxHeads(32, position_weight=1.0, object_share=1.0)
+    with pytest.raises(ValueError, match="--position-object-share"):
+        cli(["--size", "tiny", "--out", str(tmp_path), "--position-object-share", "1"])
 
     args = ["--size", "tiny", "--out", str(tmp_path), "--batch", "2", "--questions", "4"]
     args += ["--vision-steps", "2", "--freeze-steps", "1", "--eval-n", "5", "--minutes", "5"]

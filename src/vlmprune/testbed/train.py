@@ -108,11 +108,16 @@ class AuxHeads(nn.Module):
     ``position_weight`` > 0 adds a per-patch position objective: a linear head reads each patch's
     (row, column) in the token grid, normalised to (0, 1), from its feature (MSE). Real CLIP-style
     features carry their position linearly; this tower's lost it under the content losses, and
-    without it the decoder cannot relate one object's place to another's (spatial questions)."""
+    without it the decoder cannot relate one object's place to another's (spatial questions).
+    ``object_share`` in [0, 1) is the object patches' share of that loss (0: every patch alike;
+    0.5: objects and background weigh the same however few object patches there are)."""
 
-    def __init__(self, d: int, position_weight: float = 0.0):
+    def __init__(self, d: int, position_weight: float = 0.0, object_share: float = 0.0):
         super().__init__()
+        if not 0.0 <= object_share < 1.0:
+            raise ValueError(f"object_share must be in [0, 1), got {object_share}")
         self.position_weight = position_weight
+        self.object_share = object_share
         self.norm = nn.LayerNorm(d)
         self.colour = nn.Linear(d, len(COLOURS) + 1)
         self.shape = nn.Linear(d, len(SHAPES) + 1)
@@ -153,11 +158,20 @@ class AuxHeads(nn.Module):
         if self.position_weight > 0:
             pos = torch.cat([x["pos"] for x in labels])  # (sum of tokens, 2)
             pp = self.position(h)
-            out["position"] = self.position_weight * F.mse_loss(pp, pos)
+            err = (pp - pos).pow(2).mean(-1)  # (sum of tokens, 2) -> (sum of tokens,)
+            if self.object_share > 0 and fg.any() and (~fg).any():
+                s = self.object_share
+                loss = s * err[fg].mean() + (1 - s) * err[~fg].mean()
+            else:
+                loss = err.mean()
+            out["position"] = self.position_weight * loss
             grid = torch.tensor(
                 [float(x["object"].numel()) ** 0.5 for x in labels]
             ).mean()  # ~ side, in tokens
-            accs["pos_err"] = ((pp - pos).abs().mean() * grid).item()  # mean error in tokens
+            dist = (pp - pos).abs().mean(-1) * grid  # (sum of tokens,) mean error in tokens
+            accs["pos_err"] = dist.mean().item()
+            if fg.any():
+                accs["pos_err_obj"] = dist[fg].mean().item()
         cw = torch.tensor([1.0, 5.0])  # centre patches are rare
         out["centre"] = F.cross_entropy(self.centre(h), lab["centre"], weight=cw)
         mask = torch.cat([x["mask"] for x in labels])
@@ -702,6 +716,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "losses): a linear head reads each token's grid row and column from its feature",
     )
     p.add_argument(
+        "--position-object-share",
+        type=float,
+        default=0.0,
+        help="the object patches' share of the position loss, in [0, 1) (0: every patch alike; "
+        "0.5: the few object patches weigh as much as the whole background)",
+    )
+    p.add_argument(
         "--packing",
         choices=("isolated", "multiturn"),
         default="isolated",
@@ -805,6 +826,8 @@ def main(args) -> int:
         overrides = M.llava_overrides_for(source[0].config)
     if args.freeze_llm_steps < 0:
         raise ValueError(f"--freeze-llm-steps must be >= 0, got {args.freeze_llm_steps}")
+    if not 0.0 <= args.position_object_share < 1.0:
+        raise ValueError(f"--position-object-share must be in [0, 1), got {args.position_object_share}")
     model, processor = M.build(
         fam,
         args.size,
@@ -820,7 +843,7 @@ def main(args) -> int:
         else model.config.vision_config.out_hidden_size
     )
     torch.manual_seed(args.seed + 1)
-    heads = AuxHeads(d, position_weight=args.position_weight)
+    heads = AuxHeads(d, position_weight=args.position_weight, object_share=args.position_object_share)
     state = None
     opt_state = None
     if args.resume:
