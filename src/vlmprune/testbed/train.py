@@ -157,8 +157,8 @@ class AuxHeads(nn.Module):
                 accs[k] = (lg.argmax(-1) == lab[k][fg]).float().mean().item()
         if self.position_weight > 0:
             pos = torch.cat([x["pos"] for x in labels])  # (sum of tokens, 2)
-            pp = self.position(h)
-            err = (pp - pos).pow(2).mean(-1)  # (sum of tokens, 2) -> (sum of tokens,)
+            diff = self.position(h) - pos  # (sum of tokens, 2)
+            err = diff.pow(2).mean(-1)  # (sum of tokens, 2) -> (sum of tokens,)
             if self.object_share > 0 and fg.any() and (~fg).any():
                 s = self.object_share
                 loss = s * err[fg].mean() + (1 - s) * err[~fg].mean()
@@ -168,7 +168,7 @@ class AuxHeads(nn.Module):
             grid = torch.tensor(
                 [float(x["object"].numel()) ** 0.5 for x in labels]
             ).mean()  # ~ side, in tokens
-            dist = (pp - pos).abs().mean(-1) * grid  # (sum of tokens,) mean error in tokens
+            dist = diff.abs().mean(-1) * grid  # (sum of tokens,) mean error in tokens
             accs["pos_err"] = dist.mean().item()
             if fg.any():
                 accs["pos_err_obj"] = dist[fg].mean().item()
