@@ -32,7 +32,7 @@ lint: setup
 	$(BIN)/ruff format --check src tests benchmarks
 
 compare: setup
-	$(BIN)/vlmprune compare --model tiny-llava --image skimage:chelsea --methods promprune,sppruner,fastv,divprune --budget 64 --out docs/compare.png
+	$(BIN)/vlmprune compare --image skimage:chelsea --methods promprune,sppruner,fastv,divprune --budget 64
 
 eval: setup
 	$(BIN)/vlmprune eval

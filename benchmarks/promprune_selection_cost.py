@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT / "src"))
-    from vlmprune.core.base import ImageTokens, Region
+    from vlmprune.core.types import ImageTokens, Region
     from vlmprune.methods.promprune import PromPrune, split_budget
 
     torch.set_num_threads(args.threads)

@@ -19,8 +19,8 @@ import torch
 
 from vlmprune.testbed import model as M
 from vlmprune.testbed import questions as Q
-from vlmprune.testbed.evaluate import _first_word
 from vlmprune.testbed.scenes import make_scene
+from vlmprune.testbed.task import first_word
 from vlmprune.testbed.train import scene_size
 
 BANDS = ("top", "middle", "bottom")
@@ -60,7 +60,7 @@ def position_accuracy(
             obj = sc.objects[qa.evidence[0]]
             y = (obj.centre[1] + (h // 2 if roll else 0)) % h
             band = BANDS[min(2, int(3 * y / h))]
-            res[band][0] += _first_word(t) == qa.answer
+            res[band][0] += first_word(t) == qa.answer
             res[band][1] += 1
     return {b: tuple(v) for b, v in res.items()}
 

@@ -18,7 +18,7 @@ import torch
 import vlmprune
 from vlmprune.testbed import model as M
 from vlmprune.testbed import questions as Q
-from vlmprune.testbed.evaluate import _images, budget_kwargs
+from vlmprune.testbed.task import budget_kwargs, scene_images
 from vlmprune.testbed.train import scene_size
 
 
@@ -30,7 +30,7 @@ def main(path: str, samples: int, configs: list) -> dict:
     res: dict[str, list[int]] = {}
     for i in range(0, len(items), 16):
         chunk = items[i : i + 16]
-        enc = M.encode(fam, proc, _images(fam, chunk), [qa.question for _, qa in chunk])
+        enc = M.encode(fam, proc, scene_images(fam, chunk), [qa.question for _, qa in chunk])
         enc["pixel_values"] = enc["pixel_values"].to(torch.bfloat16)
         for name, budget, kw in configs:
             with torch.no_grad():

@@ -27,8 +27,8 @@ import torch
 
 from vlmprune.testbed import model as M
 from vlmprune.testbed import questions as Q
-from vlmprune.testbed.evaluate import _first_word
 from vlmprune.testbed.scenes import make_scene
+from vlmprune.testbed.task import first_word
 from vlmprune.testbed.train import scene_labels, scene_size
 
 DISTRACTORS = (0, 1, 2, 4, 8)
@@ -94,7 +94,7 @@ def selection_accuracy(path: str, n: int = 500, seed: int = 1) -> dict[str, tupl
             with torch.no_grad():
                 logits = model(**{**enc, "attention_mask": mask, "position_ids": pos}).logits[0, -1]
             r = res.setdefault(name, [0, 0])
-            r[0] += _first_word(tok.decode(logits.argmax(-1))) == qa.answer
+            r[0] += first_word(tok.decode(logits.argmax(-1))) == qa.answer
             r[1] += 1
     return {k: tuple(v) for k, v in res.items()}
 
@@ -118,7 +118,7 @@ def selection_attention(path: str, n: int = 500, seed: int = 1) -> dict:
                 **{**enc, "attention_mask": mask, "position_ids": _positions(model, fam, enc)},
                 output_attentions=True,
             )
-        pred = _first_word(tok.decode(out.logits[0, -1].argmax(-1)))
+        pred = first_word(tok.decode(out.logits[0, -1].argmax(-1)))
         right.append(pred == qa.answer)
         o = scene.objects[oth]
         named_other.append(pred != qa.answer and pred in (o.colour, o.shape, o.size))

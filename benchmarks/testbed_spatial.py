@@ -24,8 +24,8 @@ import torch
 
 from vlmprune.testbed import model as M
 from vlmprune.testbed import questions as Q
-from vlmprune.testbed.evaluate import _first_word
 from vlmprune.testbed.scenes import make_scene
+from vlmprune.testbed.task import first_word
 from vlmprune.testbed.train import scene_labels, scene_size
 
 RELATIONS = ("nearest",) + Q.DIRECTIONS
@@ -47,7 +47,7 @@ def spatial_errors(path: str, n: int = 200, seed: int = 1, batch: int = 16) -> d
         texts = proc.tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         for (_, qa), scene, text in zip(chunk, scenes, texts):
             relation = next(r for r in RELATIONS if r in qa.question)
-            answer = _first_word(text)
+            answer = first_word(text)
             anchor = scene.objects[qa.evidence[1]]  # evidence: (target, anchor)
             if answer == qa.answer:
                 kind = "right"

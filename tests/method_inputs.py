@@ -23,3 +23,13 @@ def make(shape, mode: str, seed: int) -> torch.Tensor:
 def budget_for(kind: str, n: int, extra: int) -> int:
     """Budgets at the edges: 1, N-1, N, above N, or any in [1, N]."""
     return {"one": 1, "n-1": max(1, n - 1), "n": n, "over": n + 1 + extra, "any": 1 + extra % n}[kind]
+
+
+def sized(method, images):
+    """``images`` (one ImageTokens or a list) with the budget the session resolves for ``method``
+    (``method.keep_count(N)``): methods read their budget from the tokens."""
+    import dataclasses
+
+    if isinstance(images, list):
+        return [sized(method, img) for img in images]
+    return dataclasses.replace(images, budget=method.keep_count(images.num_tokens))

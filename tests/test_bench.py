@@ -1,4 +1,4 @@
-"""``vlmprune bench`` (vlmprune.bench): rows, accounting, oracle, outputs, CLI. No timed assertions:
+"""``vlmprune bench`` (vlmprune.apps.bench): rows, accounting, oracle, outputs, CLI. No timed assertions:
 the timings themselves are only checked to exist and be positive."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import json
 import pytest
 import torch
 
-from vlmprune.bench import (
+from vlmprune.adapters import family
+from vlmprune.apps.bench import (
     CSV_FIELDS,
     BenchSettings,
     build_oracle,
@@ -20,7 +21,7 @@ from vlmprune.bench import (
     text_token_count,
     write_results,
 )
-from vlmprune.cli import build_parser, entry
+from vlmprune.apps.cli import build_parser, entry
 
 REQUIRED = (
     "model",
@@ -118,7 +119,7 @@ def test_oracle_has_k_visual_tokens_and_stock_embeddings(family_model):
     finally:
         handle.remove()
     k = 5
-    oracle = build_oracle(model, inputs, k, bm.family)
+    oracle = build_oracle(model, inputs, k)
     assert oracle.visual_tokens.tolist() == [k, k]
     n_placeholders = int((inputs["input_ids"][0] == model.config.image_token_id).sum())
     with torch.no_grad():
@@ -141,10 +142,10 @@ def test_oracle_has_k_visual_tokens_and_stock_embeddings(family_model):
 
 
 def test_default_budgets():
-    assert default_budgets("llava", 576) == ([192, 128, 64], None)
-    assert default_budgets("llava_next", 2880) == ([640, 320], None)
-    assert default_budgets("llava_next", 720) == ([160, 80], None)
-    assert default_budgets("qwen2_5_vl", 576) == (None, [0.222])
+    assert default_budgets(family("llava"), 576) == ([192, 128, 64], None)
+    assert default_budgets(family("llava_next"), 2880) == ([640, 320], None)
+    assert default_budgets(family("llava_next"), 720) == ([160, 80], None)
+    assert default_budgets(family("qwen2_5_vl"), 576) == (None, [0.222])
 
 
 def test_ratio_on_qwen_arch_and_token_map():
@@ -195,7 +196,6 @@ def test_cli_help_and_run(tmp_path, capsys):
             "10",
             "--out",
             str(out),
-            "--quiet",
             "--no-plot",
             "--json",
         ]
@@ -204,4 +204,4 @@ def test_cli_help_and_run(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert [r["method"] for r in printed["rows"]] == ["full", "oracle", "random"]
     assert (out / "bench.json").is_file() and (out / "bench.csv").is_file()
-    assert entry(["bench", "--tiny-arch", "--methods", "nope", "--quiet", "--out", str(out)]) == 2
+    assert entry(["bench", "--tiny-arch", "--methods", "nope", "--out", str(out)]) == 2

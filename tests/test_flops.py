@@ -1,4 +1,4 @@
-"""FLOPs accounting (vlmprune.flops) and the bundled real-size architecture configs (vlmprune.archs).
+"""FLOPs accounting (vlmprune.core.flops) and the bundled real-size architecture configs (vlmprune.apps.archs).
 
 The analytic "exact" count is checked against torch.utils.flop_counter.FlopCounterMode on tiny
 stock transformers models built from the bundled configs. FlopCounterMode counts matmuls
@@ -14,14 +14,15 @@ from __future__ import annotations
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vlmprune.archs import arch_info, build_model, list_archs, load_config, tiny_variant
-from vlmprune.flops import (
+from vlmprune.adapters import adapter_class
+from vlmprune.apps.archs import arch_info, build_model, list_archs, load_config, tiny_variant
+from vlmprune.apps.flops_table import format_reduction_table
+from vlmprune.core.flops import (
     FlopsReport,
     LLMShape,
     VisionShape,
     _window_lengths,
     equivalent_tokens,
-    format_reduction_table,
     layer_flops,
     prefill_flops,
     reduction,
@@ -29,6 +30,12 @@ from vlmprune.flops import (
     token_schedule,
     vision_flops,
 )
+
+
+def vision_shape(config):
+    """The family adapter's vision-tower FLOPs shape for ``config``."""
+    return adapter_class(config).vision_shape(config)
+
 
 ARCHS = ["llava-1.5-7b", "llava-next-7b", "qwen2-vl-7b", "qwen2.5-vl-7b"]
 
@@ -133,7 +140,7 @@ def test_pre_llm_vs_in_llm_schedules():
 
 def test_flops_report_to_dict():
     shape = LLMShape.from_config(load_config("llava-1.5-7b"))
-    vshape = VisionShape.from_config(load_config("llava-1.5-7b"))
+    vshape = vision_shape(load_config("llava-1.5-7b"))
     rep = FlopsReport.compute(
         shape,
         token_schedule(32, 64, 576, 64, layer=2),
@@ -155,7 +162,7 @@ def test_reduction_table_prints(capsys):
     text = format_reduction_table()
     for needle in ("60.8%", "70.7%", "80.5%", "88.5%", "LLaVA-NeXT-7B", "SwiGLU"):
         assert needle in text
-    from vlmprune.flops import print_reduction_table
+    from vlmprune.apps.flops_table import print_reduction_table
 
     print_reduction_table()
     assert "88.5%" in capsys.readouterr().out
@@ -255,7 +262,7 @@ def test_vision_flops_clip_matches_flop_counter():
     """Tiny LLaVA: CLIP tower (patch conv, all layers incl. the one after the feature layer, as stock
     runs them) + projector on the 16 patch tokens (CLS dropped) equals FlopCounterMode exactly."""
     model = build_model("llava-1.5-7b", tiny=True, attn_implementation="eager")
-    vshape = VisionShape.from_config(model.config)
+    vshape = vision_shape(model.config)
     assert vshape.tokens == 17 and vshape.patches_per_crop == 16
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         model.model.get_image_features(
@@ -277,7 +284,7 @@ def test_vision_flops_qwen_matches_flop_counter():
         ("qwen2-vl-7b", (1, 12, 12)),
     ):
         model = build_model(name, tiny=True, attn_implementation="eager")
-        vshape = VisionShape.from_config(model.config)
+        vshape = vision_shape(model.config)
         t, h, w = grid
         pixels = torch.randn(t * h * w, 3 * vshape.temporal_patch_size * vshape.patch_size**2)
         with torch.no_grad(), FlopCounterMode(display=False) as fc:
@@ -288,17 +295,17 @@ def test_vision_flops_qwen_matches_flop_counter():
 
 
 def test_vision_shapes_real_size():
-    llava = VisionShape.from_config(load_config("llava-1.5-7b"))
+    llava = vision_shape(load_config("llava-1.5-7b"))
     assert (llava.num_layers, llava.hidden, llava.intermediate, llava.tokens) == (24, 1024, 4096, 577)
-    assert llava.projector_out == 4096 and llava.feature_layer == -2
+    assert llava.connector_out == 4096 and llava.feature_layer == -2
     # LLaVA-NeXT at 672x672: 5 crops, 5x the tower cost of LLaVA-1.5
-    next_v = VisionShape.from_config(load_config("llava-next-7b"))
+    next_v = vision_shape(load_config("llava-next-7b"))
     assert vision_flops(next_v, num_crops=5) == 5 * vision_flops(llava)
-    q25 = VisionShape.from_config(load_config("qwen2.5-vl-7b"))
-    assert q25.fullatt_block_indexes == (7, 15, 23, 31) and q25.gated_mlp and q25.merger_out == 3584
+    q25 = vision_shape(load_config("qwen2.5-vl-7b"))
+    assert q25.fullatt_block_indexes == (7, 15, 23, 31) and q25.gated_mlp and q25.connector_out == 3584
     assert q25.window_size // q25.spatial_merge_size // q25.patch_size == 4
-    q2 = VisionShape.from_config(load_config("qwen2-vl-7b"))
-    assert (q2.hidden, q2.intermediate, q2.gated_mlp, q2.merger_out) == (1280, 5120, False, 3584)
+    q2 = vision_shape(load_config("qwen2-vl-7b"))
+    assert (q2.hidden, q2.intermediate, q2.gated_mlp, q2.connector_out) == (1280, 5120, False, 3584)
     # a 28x28-patch (392 px) image: windows cover every patch once; windowed blocks are cheaper
     assert sum(_window_lengths(28, 28, 2, 4)) == 28 * 28
     all_full = VisionShape(**{**q25.__dict__, "fullatt_block_indexes": tuple(range(32))})
@@ -349,7 +356,7 @@ def test_real_size_parameter_counts():
     give the published parameter totals of the checkpoints' safetensors: llava-hf/llava-1.5-7b-hf
     7,063,427,072; Qwen/Qwen2.5-VL-7B-Instruct 8,292,166,656; Qwen/Qwen2-VL-7B-Instruct
     8,291,375,616. LLaVA-NeXT-7B = LLaVA-1.5-7B + the 4096-wide image_newline vector."""
-    from vlmprune.archs import model_class
+    from vlmprune.apps.archs import model_class
 
     published = {
         "llava-1.5-7b": 7_063_427_072,

@@ -5,7 +5,7 @@ import torch
 from conftest import batch_inputs, cached_model
 
 from vlmprune.adapters import get_adapter
-from vlmprune.core.saliency import last_token_attention
+from vlmprune.adapters.base import decoder_last_token_attention as last_token_attention
 
 
 @pytest.mark.parametrize("family", ["llava", "llava_next"])

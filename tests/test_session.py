@@ -87,7 +87,7 @@ def test_hooks_removed_after_exit_and_after_errors(family):
     assert n_hooks(model) == before
 
     class Exploding(vlmprune.Pool):  # raises inside the hooked forward, mid-call
-        def select_image(self, image):
+        def select_images(self, images):
             raise RuntimeError("boom")
 
     with pytest.raises(RuntimeError, match="boom"):

@@ -527,7 +527,7 @@ def test_word_alignment_targets_and_loss(family):
 
 # ------------------------------------------------------------------------------------------- eval
 def test_eval_end_to_end(tmp_path):
-    from vlmprune.cli import entry
+    from vlmprune.apps.cli import entry
 
     rc = entry(
         [
@@ -569,12 +569,13 @@ def test_eval_end_to_end(tmp_path):
 
 
 def test_eval_without_checkpoint(tmp_path, monkeypatch, capsys):
-    from vlmprune.cli import entry
-    from vlmprune.testbed import evaluate
+    from vlmprune.apps.cli import entry
+    from vlmprune.testbed import task
 
-    monkeypatch.setattr(evaluate, "testbed_dirs", lambda: [tmp_path])
-    assert entry(["eval", "--out", str(tmp_path / "o")]) != 0
-    assert "no testbed checkpoint" in capsys.readouterr().err
+    monkeypatch.setattr(task, "testbed_dirs", lambda: [tmp_path])
+    assert entry(["eval", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--model: no testbed checkpoint" in err and len(err.strip().splitlines()) == 1
 
 
 # ------------------------------------------------------------------------------------------- lmms-eval
@@ -590,7 +591,7 @@ def test_lmms_eval_plugin(tmp_path):
 
     if not any(ep.value.startswith("vlmprune.") for ep in entry_points(group="lmms_eval.models")):
         pytest.skip("vlmprune's lmms_eval.models entry point is not installed")
-    from vlmprune.testbed.lmms_eval_plugin import write_testbed_task
+    from vlmprune.testbed.lmms_task import write_testbed_task
 
     model, proc = tiny("llava")
     M.save(model, proc, tmp_path / "model", dtype=torch.float32)

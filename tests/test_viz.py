@@ -9,7 +9,6 @@ token must not).
 from __future__ import annotations
 
 import json
-import math
 from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,26 +17,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers.image_processing_utils import select_best_resolution
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
 import vlmprune
 from vlmprune import testing
-from vlmprune.cli import entry
-from vlmprune.viz import (
+from vlmprune.apps.cli import entry
+from vlmprune.apps.viz import (
     DROP_GREY,
     VIEW_GAP,
-    LayoutInfo,
     box_pixels,
     compare_grid,
-    layout_info,
-    processor_config,
     render_selection,
-    resize_shortest_edge,
-    select_best_resolution,
-    smart_resize,
-    token_boxes,
     token_geometry,
     token_status,
-    unpad_slices,
 )
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -71,20 +64,29 @@ def run_method(family: str, name: str, image: Image.Image, **kw):
 
 
 # ------------------------------------------------------------------------------------ geometry
-def test_size_rules_match_transformers():
-    from transformers.image_processing_utils import select_best_resolution as hf_best
-    from transformers.image_transforms import get_resize_output_image_size
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as hf_smart
+def unpad_slices(feature_hw, original_hw):
+    """Reference: rows and columns of the padded high-res feature grid that LLaVA-NeXT's
+    ``unpad_image`` keeps."""
+    cur_h, cur_w = feature_hw
+    oh, ow = original_hw
+    if ow / oh > cur_w / cur_h:
+        new_h = int(round(oh * (cur_w / ow), 7))
+        pad = (cur_h - new_h) // 2
+        return slice(pad, cur_h - pad), slice(0, cur_w)
+    new_w = int(round(ow * (cur_h / oh), 7))
+    pad = (cur_w - new_w) // 2
+    return slice(0, cur_h), slice(pad, cur_w - pad)
 
-    pinpoints = [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]
-    for h, w in [(300, 451), (400, 600), (640, 427), (512, 512), (37, 900), (1080, 1920), (333, 334)]:
-        arr = np.zeros((h, w, 3), np.uint8)
-        assert resize_shortest_edge(h, w, 336) == tuple(
-            get_resize_output_image_size(arr, 336, default_to_square=False)
-        )
-        assert smart_resize(h, w, 28, 56 * 56, 28 * 28 * 1280) == hf_smart(h, w, 28, 56 * 56, 28 * 28 * 1280)
-        assert smart_resize(h, w, 28, 56 * 56, 336 * 336) == hf_smart(h, w, 28, 56 * 56, 336 * 336)
-        assert select_best_resolution((h, w), pinpoints) == hf_best((h, w), pinpoints)
+
+def config_of(model) -> dict:
+    """The numbers the reference patch extraction needs, from the model config."""
+    v = model.config.vision_config
+    cfg = {"patch_size": int(v.patch_size), "merge_size": int(getattr(v, "spatial_merge_size", 1))}
+    if hasattr(v, "image_size"):
+        cfg["vision_image_size"] = int(v.image_size)
+    if getattr(model.config, "image_grid_pinpoints", None):
+        cfg["image_grid_pinpoints"] = [tuple(p) for p in model.config.image_grid_pinpoints]
+    return cfg
 
 
 def _denorm(chw: np.ndarray) -> np.ndarray:
@@ -155,10 +157,10 @@ def test_boxes_match_processor_pixels(family):
             size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, do_pad=True
         )
         proc = SimpleNamespace(image_processor=ip)
-    cfg = processor_config(proc, model.config)
+    cfg = config_of(model)
     for name in ("chelsea", "coffee", "astronaut"):
         for image in (photo(name), photo(name).transpose(Image.Transpose.ROTATE_90)):
-            geo = token_geometry(fam, image.size, cfg)
+            geo = token_geometry(model, proc, image.size)
             patches = processor_patches(fam, proc, image, cfg)
             assert len(patches) == geo.num_tokens
             right = _mae(image, geo.boxes, patches)
@@ -169,9 +171,10 @@ def test_boxes_match_processor_pixels(family):
 
 
 def test_llava_next_token_order_matches_pack_image_features():
-    """Content token i of the adapter's order is the unpadded high-res cell the geometry says."""
+    """Content token i of the adapter's order is the cell of the unpadded high-res grid in raster
+    order (what the adapter's regions and the geometry assume)."""
     model, proc = model_of("llava_next")
-    cfg = processor_config(proc, model.config)
+    cfg = config_of(model)
     g = cfg["vision_image_size"] // cfg["patch_size"]
     n = g * g
     for w, h in [(451, 300), (300, 451), (600, 400), (512, 512), (900, 200)]:
@@ -185,7 +188,7 @@ def test_llava_next_token_order_matches_pack_image_features():
         )
         source = packed[0][:, 0].round().long()
         source = source[source >= 0]  # content tokens, newlines dropped
-        geo = token_geometry("llava_next", (w, h), cfg)
+        geo = token_geometry(model, proc, (w, h))
         assert geo.num_tokens == source.numel()
         rows, cols = unpad_slices(((bh // cfg["vision_image_size"]) * g, per_row * g), (h, w))
         width = cols.stop - cols.start
@@ -197,26 +200,22 @@ def test_llava_next_token_order_matches_pack_image_features():
         assert (source[:n] == torch.arange(n)).all()
 
 
-def test_token_boxes_api_and_mismatch():
+def test_token_geometry_api_and_mismatch():
     model, proc = model_of("qwen2_vl")
     image = photo("coffee")
     _, sel = run_method("qwen2_vl", "random", image, budget=10)
-    cfg = processor_config(proc, model.config)
-    boxes = token_boxes("qwen2_vl", image.size, cfg, sel)
-    assert len(boxes) == sel.num_tokens and all(len(b) == 4 for b in boxes)
+    geo = token_geometry(model, proc, image.size, sel)
+    assert geo.num_tokens == sel.num_tokens and geo.boxes.shape == (sel.num_tokens, 4)
     rh, rw = smart_resize(400, 600, 28, 56 * 56, 336 * 336)
     assert sel.grid == (1, rh // 28, rw // 28)
-    assert boxes[0] == (0.0, 0.0, 600 / (rw // 28), 400 / (rh // 28))
-    assert boxes[-1][2:] == (600.0, 400.0)
+    assert tuple(geo.boxes[0]) == (0.0, 0.0, 600 / (rw // 28), 400 / (rh // 28))
+    assert tuple(geo.boxes[-1][2:]) == (600.0, 400.0)
+    assert np.array_equal(
+        token_geometry(model, proc, image.size).boxes, geo.boxes
+    )  # the processor's own grid
+    llava, llava_proc = model_of("llava")
     with pytest.raises(ValueError, match="selection has"):
-        token_geometry(
-            "llava",
-            image.size,
-            {"size": {"shortest_edge": 84}, "crop_size": {"height": 84, "width": 84}},
-            sel,
-        )
-    with pytest.raises(ValueError, match="family"):
-        token_boxes("blip", image.size, cfg)
+        token_geometry(llava, llava_proc, image.size, sel)
 
 
 # ----------------------------------------------------------------------------------- rendering
@@ -265,13 +264,11 @@ def check_render(out: Image.Image, shown: Image.Image, geo, sel, dim: float = 0.
 @pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_5_vl", "qwen2_vl"])
 def test_render_each_layout(family):
     model, proc = model_of(family)
-    info = layout_info(model, proc)
-    assert info.family == family
     image = photo("chelsea")
     for name, kw in (("divprune", {"budget": 20}), ("sppruner", {"budget": 20}), ("fastv", {"ratio": 0.25})):
         method, sel = run_method(family, name, image, **kw)
-        out = render_selection(image, sel, info)
-        geo = token_geometry(family, image.size, info.config, sel)
+        geo = token_geometry(model, proc, image.size, sel)
+        out = render_selection(image, sel, geo)
         counts = check_render(out, image, geo, sel)
         assert counts["kept"] == len(sel.kept) - int(
             np.sum(geo.boxes[sel.kept.numpy(), 2] <= geo.boxes[sel.kept.numpy(), 0])
@@ -279,27 +276,25 @@ def test_render_each_layout(family):
         assert counts["merged" if method.merges else "dropped"] > 0
         assert [name for name, _ in out.info["views"]][0].startswith(geo.views[0])
     if family == "llava":  # centre crop: 451x300 -> 505x336, crop x 84..420
-        xs = sorted({b[0] for b in token_boxes(family, image.size, info.config)})
+        xs = sorted({b[0] for b in token_geometry(model, proc, image.size).boxes.tolist()})
         assert xs[0] == pytest.approx(84 * 451 / 505) and len(xs) == 24  # x scale: 451 / 505
     # a display size other than the original: kept pixels equal the resized photo
     display = (image.size[0] // 2, image.size[1] // 2)
     _, sel = run_method(family, "random", image, budget=15)
-    out = render_selection(image, sel, info, display_size=display)
-    check_render(
-        out, image.resize(display, Image.BICUBIC), token_geometry(family, image.size, info.config, sel), sel
-    )
+    geo = token_geometry(model, proc, image.size, sel)
+    out = render_selection(image, sel, geo, display_size=display)
+    check_render(out, image.resize(display, Image.BICUBIC), geo, sel)
 
 
 def test_render_merged_groups_tinted():
     model, proc = model_of("llava")
-    info = layout_info(model, proc)
     image = photo("astronaut")
     _, sel = run_method("llava", "pool", image, budget=16)
     assert sel.assignment is not None and (sel.assignment >= 0).all()
-    out = np.asarray(render_selection(image, sel, info, outline=0)).astype(np.float64)
+    geo = token_geometry(model, proc, image.size, sel)
+    out = np.asarray(render_selection(image, sel, geo, outline=0)).astype(np.float64)
     ref = np.asarray(image).astype(np.float64)
-    geo = token_geometry("llava", image.size, info.config, sel)
-    from vlmprune.viz import group_colour
+    from vlmprune.apps.viz import group_colour
 
     for i in range(sel.num_tokens):
         if i in set(sel.kept.tolist()):
@@ -313,10 +308,9 @@ def test_render_merged_groups_tinted():
 def test_progressive_merge_then_drop():
     """SPpruner with its in-LLM stage: groups whose kept token was dropped inside the LLM are
     shown dropped, the surviving groups merged; the session's flops schedule has both stages."""
-    from vlmprune.run import flops_schedules
+    from vlmprune.apps.run import flops_schedules
 
     model, proc = model_of("llava")
-    info = layout_info(model, proc)
     image = photo("chelsea")
     inputs = testing.make_inputs("llava", proc, ["What is in the image?"], [[image]])
     method = vlmprune.get_method("sppruner", budget=40, llm_layer=2, llm_keep=0.5)
@@ -329,8 +323,8 @@ def test_progressive_merge_then_drop():
     merged = np.nonzero(status == 2)[0]
     assert len(merged) > 0 and all(group[i] in alive for i in merged)
     assert (status == 0).sum() > 0  # members of groups whose kept token the LLM stage dropped
-    out = render_selection(image, sel, info)
-    check_render(out, image, token_geometry("llava", image.size, info.config, sel), sel)
+    geo = token_geometry(model, proc, image.size, sel)
+    check_render(render_selection(image, sel, geo), image, geo, sel)
     _, full, pruned, text = flops_schedules(
         model.config,
         method,
@@ -366,7 +360,7 @@ def test_compare_grid_panels_and_size():
 # ------------------------------------------------------------------------------------ commands
 def test_cli_compare(tmp_path, capsys):
     out = tmp_path / "grid.png"
-    rc = entry(["compare", "--model", "tiny-llava", "--methods", "divprune,fastv", "sppruner", "--budget", "32",
+    rc = entry(["compare", "--model", "tiny-llava", "--methods", "divprune,fastv,sppruner", "--budget", "32",
                 "--out", str(out), "--cols", "2"])  # fmt: skip
     assert rc == 0
     printed = capsys.readouterr().out
@@ -385,7 +379,7 @@ def test_cli_compare(tmp_path, capsys):
 
 
 def test_cli_run_json(tmp_path, capsys):
-    from vlmprune.flops import LLMShape, prefill_flops, reduction
+    from vlmprune.core.flops import LLMShape, prefill_flops, reduction
 
     viz = tmp_path / "viz.png"
     rc = entry(["run", "--model", "tiny-llava", "--method", "divprune", "--budget", "64", "--json",
@@ -444,40 +438,33 @@ TESTBED = Path(__file__).resolve().parents[1] / "testbed" / "llava"
 
 
 def test_load_image_testbed_scene():
-    """``--image testbed:N`` is the N-th held-out testbed scene; a bad N names the syntax."""
+    """``--image testbed:N`` (a plugin image source) is the N-th held-out testbed scene; a bad N
+    names the syntax."""
+    from vlmprune.apps.errors import UsageError
+    from vlmprune.apps.images import load_image
     from vlmprune.testbed.questions import HELDOUT_BASE
     from vlmprune.testbed.scenes import make_scene
-    from vlmprune.viz import load_image
 
     image, desc = load_image("testbed:3")
     assert np.array_equal(np.asarray(image), np.asarray(make_scene(HELDOUT_BASE + 3).image))
     assert "held-out" in desc
-    with pytest.raises(ValueError, match="testbed:N"):
+    with pytest.raises(UsageError, match="testbed:N"):
         load_image("testbed:x")
 
 
 @pytest.mark.skipif(not (TESTBED / "config.json").is_file(), reason="no testbed checkpoint")
 def test_render_on_testbed():
-    """A trained testbed checkpoint (when one exists) on a held-out testbed scene."""
-    from vlmprune.run import load_model, make_prompt_inputs
-    from vlmprune.viz import load_image
+    """A trained testbed checkpoint on a held-out testbed scene."""
+    from vlmprune.apps import models
+    from vlmprune.apps.images import load_image
 
     image, _ = load_image("testbed:3")
-    loaded = load_model(str(TESTBED), device="cpu")
+    loaded = models.load(str(TESTBED), device="cpu")
     assert not loaded.tiny
-    inputs = make_prompt_inputs(loaded, image, "what colour is the star?")
+    inputs = models.prompt_inputs(loaded, [image], ["what colour is the star?"])
     method = vlmprune.get_method("divprune", budget=64)
-    with torch.no_grad(), method(loaded.model):
+    with torch.no_grad(), method(loaded.model) as session:
         loaded.model.generate(**inputs, max_new_tokens=1)
-    sel = method.last_selection[0]
-    info = layout_info(loaded.model, loaded.processor)
-    out = render_selection(image, sel, info)
-    check_render(out, image, token_geometry(info.family, image.size, info.config, sel), sel)
-
-
-def test_layout_info_is_plain_data():
-    info = LayoutInfo("llava", {"size": {"shortest_edge": 336}, "crop_size": {"height": 336, "width": 336}})
-    boxes = token_boxes(info.family, (672, 336), info.config)
-    assert len(boxes) == 576
-    assert boxes[0] == (pytest.approx(168.0), 0.0, pytest.approx(182.0), 14.0)  # 672x336: crop x 168..504
-    assert math.isclose(boxes[-1][2], 504.0)
+    sel = session.selections[0]
+    geo = token_geometry(loaded.model, loaded.processor, image.size, sel)
+    check_render(render_selection(image, sel, geo), image, geo, sel)

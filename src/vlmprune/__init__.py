@@ -2,19 +2,21 @@
 
 import vlmprune
 method = vlmprune.PromPrune(budget=64)
-with method(model):
+with method(model) as session:
     out = model.generate(**inputs, max_new_tokens=32)
-method.last_selection[0].kept   # indices of the kept visual tokens of the first image
+session.selections[0].kept   # indices of the kept visual tokens of the first image
+                             # (also method.last_selection, the alias)
 """
 
-from vlmprune.core.base import ImageTokens, Kept, LayerTokens, Method, Region, Selection
-from vlmprune.core.session import PruningSession
-from vlmprune.errors import UnsupportedModelError
+from vlmprune.core.errors import UnsupportedFeatureError, UnsupportedModelError
+from vlmprune.core.method import Method, ScoringMethod
+from vlmprune.core.registry import get_method, list_methods, method_class
+from vlmprune.core.types import ImageTokens, Kept, LayerTokens, Region, Selection
 from vlmprune.methods import *  # noqa: F403  (registers and exports every built-in method class)
 from vlmprune.methods import __all__ as _method_names
-from vlmprune.registry import get_method, list_methods
+from vlmprune.session import PruningSession
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "ImageTokens",
@@ -23,9 +25,12 @@ __all__ = [
     "Method",
     "PruningSession",
     "Region",
+    "ScoringMethod",
     "Selection",
+    "UnsupportedFeatureError",
     "UnsupportedModelError",
     "get_method",
     "list_methods",
+    "method_class",
     *_method_names,
 ]

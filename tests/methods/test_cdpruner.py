@@ -8,12 +8,12 @@ import pytest
 import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from method_inputs import DTYPES, SETTINGS, budget_for, make
+from method_inputs import DTYPES, SETTINGS, budget_for, make, sized
 
-from vlmprune.core.base import ImageTokens, Region
+from vlmprune.core.registry import get_method
+from vlmprune.core.types import ImageTokens, Region
 from vlmprune.methods import cdpruner
 from vlmprune.methods.cdpruner import CDPruner, greedy_dpp, quality, relevance
-from vlmprune.registry import get_method
 
 
 def reference_greedy(features: torch.Tensor, q: torch.Tensor, k: int) -> tuple[list[int], float]:
@@ -144,9 +144,10 @@ def test_errors_and_method():
     image = ImageTokens(features=feats, budget=7, regions=regions, grid=(2, 5), text=text)
     m = get_method("cdpruner", budget=7)
     assert isinstance(m, CDPruner) and m.needs_text
-    assert torch.equal(m.select_image(image).indices, cdpruner.select(feats, text, 7))  # global
+    assert torch.equal(m.select_image(sized(m, image)).indices, cdpruner.select(feats, text, 7))  # global
     image.text = None
-    assert torch.equal(m.select_image(image).indices, cdpruner.select(feats, None, 7))
+    assert torch.equal(m.select_image(sized(m, image)).indices, cdpruner.select(feats, None, 7))
     assert torch.equal(
-        CDPruner(budget=7, theta=0.3).select_image(image).indices, cdpruner.select(feats, None, 7, 0.3)
+        CDPruner(budget=7, theta=0.3).select_image(sized(CDPruner(budget=7, theta=0.3), image)).indices,
+        cdpruner.select(feats, None, 7, 0.3),
     )

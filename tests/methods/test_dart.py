@@ -8,10 +8,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from method_inputs import DTYPES, SETTINGS, budget_for, make
 
-from vlmprune.core.base import LayerTokens
+from vlmprune.core.registry import get_method
+from vlmprune.core.types import LayerTokens
 from vlmprune.methods import dart
 from vlmprune.methods.dart import DART
-from vlmprune.registry import get_method
 
 
 def layer_tokens(n: int, m: int, budget: int, seed: int, d: int = 8, dk: int = 6) -> LayerTokens:

@@ -8,12 +8,12 @@ import pytest
 import torch
 from hypothesis import assume, given
 from hypothesis import strategies as st
-from method_inputs import DTYPES, SETTINGS, budget_for, make
+from method_inputs import DTYPES, SETTINGS, budget_for, make, sized
 
-from vlmprune.core.base import ImageTokens, Region
+from vlmprune.core.registry import get_method
+from vlmprune.core.types import ImageTokens, Region
 from vlmprune.methods import divprune
 from vlmprune.methods.divprune import DivPrune
-from vlmprune.registry import get_method
 
 
 def reference(features: torch.Tensor, k: int) -> tuple[list[int], float]:
@@ -129,18 +129,22 @@ def test_method_is_global_over_regions_and_batches():
     regions = [Region(torch.arange(0, 20), (4, 5)), Region(torch.arange(20, 50), (5, 6))]
     image = ImageTokens(features=feats, budget=9, regions=regions, grid=(4, 5))
     m = DivPrune(budget=9)
-    kept = m.select_image(image)
+    kept = m.select_image(sized(m, image))
     assert torch.equal(kept.indices, divprune.select(feats, 9))  # one global selection
     assert kept.features is None and kept.assignment is None
     others = [ImageTokens(features=torch.randn(50, 8), budget=9, regions=[], grid=(5, 10)) for _ in range(2)]
     small = ImageTokens(features=torch.randn(12, 8), budget=9, regions=[], grid=(3, 4))
     images = [image, others[0], small, others[1]]
-    batched = m.select_images(images)
+    batched = m.select_images(sized(m, images))
     assert [len(k.indices) for k in batched] == [9, 9, 9, 9]
     for img, k in zip(images, batched):
-        assert torch.equal(k.indices, m.select_image(img).indices)
-    assert DivPrune(ratio=0.5).select_image(small).indices.numel() == 6
-    assert DivPrune(budget=100).select_image(small).indices.tolist() == list(range(12))
+        assert torch.equal(k.indices, m.select_image(sized(m, img)).indices)
+    half = DivPrune(ratio=0.5)  # the session resolves the budget once and passes it in the tokens
+    assert half.keep_count(small.num_tokens) == 6
+    assert half.select_image(sized(half, small)).indices.numel() == 6
+    assert DivPrune(budget=100).select_image(sized(DivPrune(budget=100), small)).indices.tolist() == list(
+        range(12)
+    )
 
 
 def test_registered():

@@ -11,11 +11,13 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from method_inputs import sized
 
-from vlmprune.core.base import ImageTokens, Region, split_across_regions
+from vlmprune.core.budget import split_across_regions
+from vlmprune.core.registry import get_method
+from vlmprune.core.types import ImageTokens, Region
 from vlmprune.methods import promprune
 from vlmprune.methods.promprune import PromPrune, select, select_batch, spectral_entropy, split_budget
-from vlmprune.registry import get_method
 
 _BENCH = Path(__file__).resolve().parents[2] / "benchmarks" / "promprune_selection_cost.py"
 _spec = importlib.util.spec_from_file_location("promprune_selection_cost", _BENCH)
@@ -301,13 +303,13 @@ def test_select_images_matches_per_image_select_and_batches_by_size():
     images = [image(6, 24, 0), image(5, 24, 1), image(6, 24, 2), image(6, 24, 3, saliency=False)]
     feats = [img.features.clone() for img in images]
     for m in (PromPrune(budget=9), PromPrune(ratio=0.3, kr_min=0.1, kr_max=0.7)):
-        out = m.select_images(images)
+        out = m.select_images(sized(m, images))
         for img, kept in zip(images, out):
             k = m.keep_count(img.num_tokens)
             assert kept.features is None and kept.assignment is None
             expected = select(img.features, img.saliency, k, m.kr_min, m.kr_max, m.mu, m.tau)
             assert torch.equal(kept.indices, expected)
-            assert torch.equal(m.select_image(img).indices, expected)
+            assert torch.equal(m.select_image(sized(m, img)).indices, expected)
     assert all(torch.equal(a.features, b) for a, b in zip(images, feats))  # inputs untouched
 
 
@@ -320,7 +322,7 @@ def test_multi_region_image_selects_each_crop_with_a_proportional_budget():
     img.saliency = torch.rand(34, generator=g)
     img.regions, img.grid = regions, (4, 4)
     m = PromPrune(budget=11)
-    kept = m.select_images([img])[0].indices
+    kept = m.select_images(sized(m, [img]))[0].indices
     shares = split_across_regions(11, [16, 12, 6])
     expected = torch.cat(
         [
@@ -334,7 +336,7 @@ def test_multi_region_image_selects_each_crop_with_a_proportional_budget():
     img2 = image(1, 20, 0)
     img2.features, img2.saliency = img.features, img.saliency
     img2.regions = [Region(perm[:16], (4, 4)), Region(perm[16:32], (4, 4))]
-    out = m.select_images([img2])[0].indices
+    out = m.select_images(sized(m, [img2]))[0].indices
     ref = torch.cat([r.indices[reference_select(img.features[r.indices], img.saliency[r.indices], k)]
                      for r, k in zip(img2.regions, split_across_regions(11, [16, 16]))])  # fmt: skip
     assert torch.equal(out, torch.sort(ref).values)
@@ -346,7 +348,7 @@ def test_select_images_equals_reference_on_llava_sized_batch():
         ImageTokens(x[i], 16, [Region(torch.arange(64), (8, 8))], (8, 8), saliency=sal[i]) for i in range(3)
     ]
     for k, params in itertools.product((1, 16, 63), ({}, dict(kr_min=0.1, kr_max=0.7))):
-        out = PromPrune(budget=k, **params).select_images(images)
+        out = PromPrune(budget=k, **params).select_images(sized(PromPrune(budget=k, **params), images))
         for i in range(3):
             assert torch.equal(out[i].indices, reference_select(x[i], sal[i], k, **params))
 

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from method_inputs import sized
 
-from vlmprune.core.base import ImageTokens, LayerTokens, Region, split_across_regions
+from vlmprune.core.budget import split_across_regions
+from vlmprune.core.registry import get_method
+from vlmprune.core.types import ImageTokens, LayerTokens, Region
 from vlmprune.methods.sppruner import (
     SPPruner,
     _neighbours,
@@ -17,7 +22,6 @@ from vlmprune.methods.sppruner import (
     scan_runs,
     select,
 )
-from vlmprune.registry import get_method
 
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -267,7 +271,7 @@ def test_method_flags_and_llm_layer():
 def test_select_images_matches_select():
     images = [make_image(6, 6, 16, 0), make_image(4, 5, 16, 1)]
     m = SPPruner(ratio=0.3, scan="window", window=2)
-    for img, out in zip(images, m.select_images(images)):
+    for img, out in zip(images, m.select_images(sized(m, images))):
         kept, feats, assign = select(img.features, img.saliency, img.text, img.regions[0].grid,
                                      m.keep_count(img.num_tokens), scan="window", window=2)  # fmt: skip
         assert torch.equal(out.indices, kept) and torch.equal(out.features, feats)
@@ -280,7 +284,7 @@ def test_multi_region_image():
     regions = [Region(perm[:16], (4, 4)), Region(perm[16:], (3, 4))]
     img = make_image(1, 28, 8, 4, regions=regions)
     m = SPPruner(budget=9)
-    out = m.select_images([img])[0]
+    out = m.select_images(sized(m, [img]))[0]
     shares = split_across_regions(9, [16, 12])
     assert out.indices.numel() == 9 and torch.equal(out.indices, torch.sort(out.indices).values)
     expected_idx, expected_feats = [], []
@@ -302,13 +306,14 @@ def test_multi_region_image():
 def test_layer_pass_keeps_focus_and_the_top_context_share():
     img = make_image(6, 6, 16, 5)
     m = SPPruner(budget=16, llm_layer=2, llm_keep=0.5)
-    kept = m.select_images([img, make_image(5, 5, 16, 6)])[0].indices  # 12 focus + 4 context
+    first = m.select_images(sized(m, [img, make_image(5, 5, 16, 6)]))[0]  # 12 focus + 4 context
+    kept = first.indices
     focus = focus_of(img.features, img.saliency, img.text, 16)
     g = torch.Generator().manual_seed(7)
     att = torch.rand(16, generator=g)
     layer = LayerTokens(
         attention=att, hidden=torch.randn(16, 8), keys=torch.randn(16, 8), text_hidden=torch.randn(3, 8),
-        text_keys=torch.randn(3, 8), budget=16, origin=kept,
+        text_keys=torch.randn(3, 8), budget=16, origin=kept, pinned=first.pinned,
     )  # fmt: skip
     rows = m.select_layer([layer])[0]
     is_focus = torch.tensor([int(o) in focus for o in kept])
@@ -316,6 +321,8 @@ def test_layer_pass_keeps_focus_and_the_top_context_share():
     ctx = (~is_focus).nonzero().squeeze(1)
     top_ctx = ctx[torch.sort(att[ctx], descending=True, stable=True).indices[:2]]
     assert torch.equal(rows, torch.sort(torch.cat((is_focus.nonzero().squeeze(1), top_ctx))).values)
-    # without a remembered pre-LLM selection every token is context
+    # without a pre-LLM stage (no pinned rows) every token is context; the method keeps no state
+    unpinned = dataclasses.replace(layer, pinned=None)
     fresh = SPPruner(budget=16, llm_layer=2, llm_keep=0.25)
-    assert torch.equal(fresh.select_layer([layer])[0], torch.sort(torch.topk(att, 4).indices).values)
+    assert torch.equal(fresh.select_layer([unpinned])[0], torch.sort(torch.topk(att, 4).indices).values)
+    assert torch.equal(m.select_layer([layer])[0], rows)  # the same call again: the same answer

@@ -6,12 +6,13 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from method_inputs import DTYPES, SETTINGS, budget_for, make
+from method_inputs import DTYPES, SETTINGS, budget_for, make, sized
 
-from vlmprune.core.base import ImageTokens, Region, split_across_regions
+from vlmprune.core.budget import split_across_regions
+from vlmprune.core.registry import get_method
+from vlmprune.core.types import ImageTokens, Region
 from vlmprune.methods import visionzip
 from vlmprune.methods.visionzip import VisionZip, default_split
-from vlmprune.registry import get_method
 
 
 def distinct_saliency(n: int, seed: int) -> torch.Tensor:
@@ -163,7 +164,7 @@ def test_method_per_region():
     second = torch.arange(20, 50).flip(0)
     regions = [Region(torch.arange(0, 20), (4, 5)), Region(second, (5, 6))]
     image = ImageTokens(features=feats, budget=16, regions=regions, grid=(4, 5), saliency=sal, keys=keys)
-    out = VisionZip(budget=16).select_image(image)
+    out = VisionZip(budget=16).select_image(sized(VisionZip(budget=16), image))
     shares = split_across_regions(16, [20, 30])
     assert (out.indices < 20).sum() == shares[0] and (out.indices >= 20).sum() == shares[1]
     assert torch.equal(out.indices, torch.sort(out.indices).values)
@@ -185,12 +186,19 @@ def test_method_single_image_and_validation():
     torch.manual_seed(2)
     feats, sal = torch.randn(30, 5), torch.rand(30)
     image = ImageTokens(features=feats, budget=8, regions=[], grid=(5, 6), saliency=sal)
-    out = VisionZip(budget=8).select_image(image)
+    out = VisionZip(budget=8).select_image(sized(VisionZip(budget=8), image))
     ref = visionzip.select(sal, None, feats, 8)
     assert torch.equal(out.indices, ref[0]) and torch.equal(out.features, ref[1])
     assert torch.equal(out.assignment, ref[2])
-    assert VisionZip(budget=8, dominant=8).select_image(image).assignment.min() == -1
-    assert VisionZip(budget=99).select_image(image).indices.tolist() == list(range(30))
+    assert (
+        VisionZip(budget=8, dominant=8)
+        .select_image(sized(VisionZip(budget=8, dominant=8), image))
+        .assignment.min()
+        == -1
+    )
+    assert VisionZip(budget=99).select_image(sized(VisionZip(budget=99), image)).indices.tolist() == list(
+        range(30)
+    )
     with pytest.raises(ValueError, match="saliency"):
         VisionZip(budget=8).select_image(ImageTokens(features=feats, budget=8, regions=[], grid=(5, 6)))
     with pytest.raises(ValueError, match="dominant"):

@@ -6,12 +6,13 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from method_inputs import DTYPES, SETTINGS, budget_for, make
+from method_inputs import DTYPES, SETTINGS, budget_for, make, sized
 
-from vlmprune.core.base import ImageTokens, Region, split_across_regions
+from vlmprune.core.budget import split_across_regions
+from vlmprune.core.registry import get_method
+from vlmprune.core.types import ImageTokens, Region
 from vlmprune.methods import vispruner
 from vlmprune.methods.vispruner import VisPruner, important_count, remove_duplicates
-from vlmprune.registry import get_method
 
 
 def reference_removal(x: torch.Tensor, keep: int, per_round: int) -> list[int]:
@@ -119,7 +120,7 @@ def test_method_uses_pre_features_per_region():
         features=feats, budget=13, regions=regions, grid=(4, 6), pre_features=pre, saliency=sal
     )
     m = VisPruner(budget=13)
-    kept = m.select_image(image).indices
+    kept = m.select_image(sized(m, image)).indices
     shares = split_across_regions(13, [24, 36])
     expected = torch.cat(
         [
@@ -136,8 +137,10 @@ def test_method_uses_pre_features_per_region():
             24 + vispruner.select(sal[24:], feats[24:], shares[1]),
         ]
     )
-    assert torch.equal(m.select_image(image).indices, expected)
-    assert VisPruner(budget=100).select_image(image).indices.tolist() == list(range(n))
-    assert VisPruner(ratio=0.25).select_image(image).indices.numel() == 15
+    assert torch.equal(m.select_image(sized(m, image)).indices, expected)
+    assert VisPruner(budget=100).select_image(sized(VisPruner(budget=100), image)).indices.tolist() == list(
+        range(n)
+    )
+    assert VisPruner(ratio=0.25).select_image(sized(VisPruner(ratio=0.25), image)).indices.numel() == 15
     m2 = get_method("vispruner", budget=4)
     assert isinstance(m2, VisPruner) and m2.needs_saliency and m2.needs_pre_features

@@ -1,6 +1,19 @@
-"""Model adapters, one family per file. Importing this package registers them."""
+"""Floor 3: model families, one file each; importing this package registers them.
 
-from vlmprune.adapters.base import Adapter, get_adapter, supported_model_types
+Adding a family: write ``adapters/<family>.py`` (an :class:`Adapter` subclass decorated with
+:func:`register_adapter`) and import it below; see docs/contributing.md.
+"""
+
+from vlmprune.adapters.base import (
+    Adapter,
+    TokenGeometry,
+    adapter_class,
+    families,
+    family,
+    get_adapter,
+    register_adapter,
+    supported_model_types,
+)
 from vlmprune.adapters.llava import LlavaAdapter
 from vlmprune.adapters.llava_next import LlavaNextAdapter
 from vlmprune.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
@@ -12,6 +25,11 @@ __all__ = [
     "LlavaNextAdapter",
     "Qwen2VLAdapter",
     "Qwen2_5_VLAdapter",
+    "TokenGeometry",
+    "adapter_class",
+    "families",
+    "family",
     "get_adapter",
+    "register_adapter",
     "supported_model_types",
 ]

@@ -1,10 +1,22 @@
-"""Adapter interface: the only place that knows transformers internals of a model family.
+"""The adapter interface: the only library code that knows transformers internals of a family.
 
-An adapter tells the session (1) where the vision tower runs, so side signals can be captured
-with forward hooks as the stock code runs, (2) how each image's visual tokens are laid out in the
-LLM sequence (placeholder run, content tokens in raster order, crops), and (3) which modules are
-the language model and its decoder layers. Everything else (shortening sequences, positions,
-masks, KV-cache bookkeeping) is family-independent and lives in :mod:`vlmprune.core.session`.
+An adapter has two sides.
+
+*Bound to a model* (``Adapter(model)``), for the session: where the vision tower runs, so side
+signals can be captured with forward hooks as the stock code runs (``vision_module``,
+``vision_hooks``, ``image_signals``); how each image's visual tokens are laid out in the LLM
+sequence (``image_layouts``); the language model, its decoder layers, the last prompt token's
+attention at a layer and the causal mask of a shortened sequence (``last_token_attention``,
+``layer_mask``). Shortening sequences, positions, masks and KV-cache bookkeeping are
+family-independent and live in :mod:`vlmprune.session`.
+
+*The family* (class attributes and class methods), for the tools built on the library: the stock
+classes, the real-size configs (``archs``), the tiny test model (``tiny_config``,
+``tiny_processor``), the prompt format and placeholder, the vision tower's FLOPs shape
+(``vision_shape``) and the token geometry drawn by the visualisations (``token_geometry``).
+
+Families register with :func:`register_adapter`; the registry, keyed by ``model_type``, drives
+the method x family test matrix.
 """
 
 from __future__ import annotations
@@ -12,10 +24,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+import numpy as np
 import torch
 
-from vlmprune.core.base import Region
-from vlmprune.errors import UnsupportedModelError
+from vlmprune.core.errors import UnsupportedModelError
+from vlmprune.core.types import Region
 
 SALIENCY_SIGNALS = ("auto", "cls_attention", "attention_received", "feature_norm")
 
@@ -24,9 +37,9 @@ SALIENCY_SIGNALS = ("auto", "cls_attention", "attention_received", "feature_norm
 class ImageLayout:
     """How one image sits in the LLM sequence.
 
-    ``n_placeholders``: tokens it occupies (LLaVA-NeXT: content + ``image_newline`` tokens);
+    ``n_placeholders``: tokens it occupies (content tokens plus any row separators);
     ``content`` (N,): offsets of its content tokens inside that run, in raster order;
-    ``regions``/``grid``: the layout of the N content tokens (see :class:`~vlmprune.core.base.Region`).
+    ``regions``/``grid``: the layout of the N content tokens (see :class:`~vlmprune.core.types.Region`).
     """
 
     n_placeholders: int
@@ -42,15 +55,125 @@ class VisionRecord:
     raw: dict = field(default_factory=dict)
 
 
-class Adapter:
-    """Base adapter. Subclasses set the class variables and implement the three hooks."""
+@dataclass
+class TokenGeometry:
+    """Where the N visual tokens of one image came from.
 
-    family: ClassVar[str] = ""
+    ``boxes`` (N, 4) float64 ``x0, y0, x1, y1`` in original-image pixels, clipped to the image (a
+    token that saw only padding has an empty box); ``view`` (N,) int64, the view each token belongs
+    to (index into ``views``: e.g. a base view and a high-resolution view); ``grids`` the token grid
+    ``(rows, cols)`` of each view; ``image_size`` ``(W, H)``; ``description`` one line saying how
+    the processor turned the image into tokens.
+    """
+
+    boxes: np.ndarray
+    view: np.ndarray
+    views: tuple[str, ...]
+    grids: tuple[tuple[int, int], ...]
+    image_size: tuple[int, int]
+    description: str = ""
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.boxes.shape[0])
+
+
+def edges_to_boxes(xs: np.ndarray, ys: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(gw+1,) and (gh+1,) cell edges in original pixels -> (gh*gw, 4) raster boxes clipped to the image."""
+    xs = np.clip(xs, 0.0, float(width))
+    ys = np.clip(ys, 0.0, float(height))
+    gh, gw = len(ys) - 1, len(xs) - 1
+    x0 = np.broadcast_to(xs[None, :-1], (gh, gw))
+    x1 = np.broadcast_to(xs[None, 1:], (gh, gw))
+    y0 = np.broadcast_to(ys[:-1, None], (gh, gw))
+    y1 = np.broadcast_to(ys[1:, None], (gh, gw))
+    return np.stack([x0, y0, x1, y1], axis=-1).reshape(-1, 4).astype(np.float64)
+
+
+def single_view(boxes: np.ndarray, grid: tuple[int, int], image_size, description: str) -> TokenGeometry:
+    """A :class:`TokenGeometry` with one view."""
+    return TokenGeometry(
+        boxes, np.zeros(len(boxes), np.int64), ("image",), (tuple(grid),), image_size, description
+    )
+
+
+class InstanceAttributeHook:
+    """A removable handle that shadows one attribute of one module instance (never the class).
+
+    Used only where transformers offers no module to hook: ``remove()`` deletes the instance
+    attribute, which restores the class's own method exactly."""
+
+    def __init__(self, obj, name: str, value):
+        if name in vars(obj):
+            raise RuntimeError(f"{type(obj).__name__}.{name} is already overridden on this instance")
+        self.obj, self.name = obj, name
+        setattr(obj, name, value)
+
+    def remove(self) -> None:
+        if self.name in vars(self.obj):
+            delattr(self.obj, self.name)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def _linear(lin, inp: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.linear(inp, lin.weight.float(), None if lin.bias is None else lin.bias.float())
+
+
+def decoder_last_token_attention(
+    layer, hidden, position_embeddings, mask2d
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last position's attention over the sequence at a Llama/Qwen2-style decoder layer.
+
+    ``hidden`` (B, L, D) the layer's input; ``position_embeddings`` (cos, sin) each (B, L, hd);
+    ``mask2d`` (B, L) 1 for real tokens. Returns ``(attention, keys)``: attention (B, L) =
+    softmax over keys of the last query, mean over heads (what eager attention returns as
+    ``attn_weights[:, :, -1]``, averaged), and keys (B, L, Hkv*hd) un-rotated key projections.
+    Cost O(L D Dkv) for the keys, O(L D) for the query row.
+    """
+    attn = layer.self_attn
+    x = layer.input_layernorm(hidden).float()
+    bsz, length, _ = x.shape
+    hd = attn.head_dim
+    q = _linear(attn.q_proj, x[:, -1:]).view(bsz, 1, -1, hd).transpose(1, 2)  # (B, H, 1, hd)
+    k_flat = _linear(attn.k_proj, x)  # (B, L, Hkv*hd)
+    k = k_flat.view(bsz, length, -1, hd).transpose(1, 2)  # (B, Hkv, L, hd)
+    if getattr(attn, "q_norm", None) is not None:  # per-head RMSNorm of q and k before RoPE
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    cos, sin = (t.float().unsqueeze(1) for t in position_embeddings)  # (B, 1, L, hd)
+    q = q * cos[:, :, -1:] + _rotate_half(q) * sin[:, :, -1:]
+    k = k * cos + _rotate_half(k) * sin
+    groups = q.shape[1] // k.shape[1]
+    k = k.repeat_interleave(groups, dim=1)  # (B, H, L, hd)
+    scores = (q @ k.transpose(-1, -2)) * attn.scaling  # (B, H, 1, L)
+    scores = scores.masked_fill(~mask2d.bool()[:, None, None, :], float("-inf"))
+    probs = torch.softmax(scores, dim=-1)[:, :, 0]  # (B, H, L)
+    return probs.mean(1), k_flat
+
+
+class Adapter:
+    """Base adapter. Subclasses set the class variables and implement the vision and layout hooks."""
+
+    # -- the family ---------------------------------------------------------------------------
+    family: ClassVar[str] = ""  # registry key and the name tools print
+    label: ClassVar[str] = ""  # human name, e.g. "LLaVA-1.5"
     model_types: ClassVar[tuple[str, ...]] = ()
+    model_class: ClassVar[str] = ""  # the stock transformers class name
+    config_class: ClassVar[str] = ""
+    image_token: ClassVar[str] = ""  # the processor's image placeholder
+    special_tokens: ClassVar[dict[str, str]] = {}  # token -> config attribute holding its id
+    archs: ClassVar[tuple[str, ...]] = ()  # real-size configs in adapters/configs/*.json
+    tiny_name: ClassVar[str] = ""  # the built-in random model of this family (`--model tiny-...`)
+    test_image: ClassVar[tuple[int, int]] = (112, 112)  # (W, H) of the test-suite size's images
     default_positions: ClassVar[str] = "original"
     supports_compact: ClassVar[bool] = True
     default_saliency: ClassVar[str] = "cls_attention"
     saliency_signals: ClassVar[tuple[str, ...]] = ("cls_attention", "feature_norm")
+    #: what the support matrix prints as this family's saliency signal
+    saliency_doc: ClassVar[str] = ""
 
     def __init__(self, model, saliency: str = "auto"):
         self.model = model
@@ -71,12 +194,13 @@ class Adapter:
         self.saliency = saliency
 
     # -- vision capture ----------------------------------------------------------------------
+    def vision_module(self) -> torch.nn.Module:
+        """The module whose forward runs the vision tower once per call (all images)."""
+        raise NotImplementedError
+
     def vision_hooks(self, on_record, needs: set[str]) -> list:
         """Register forward hooks capturing what ``needs`` asks for ("saliency", "keys",
         "pre_features"). ``on_record()`` returns the current :class:`VisionRecord`. Returns handles."""
-        raise NotImplementedError
-
-    def vision_module(self) -> torch.nn.Module:
         raise NotImplementedError
 
     # -- layout -------------------------------------------------------------------------------
@@ -89,47 +213,97 @@ class Adapter:
         "pre_features" (N, Dv); absent when not captured."""
         raise NotImplementedError
 
+    # -- the language model ----------------------------------------------------------------------
+    def last_token_attention(self, layer: int, hidden, position_embeddings, mask2d):
+        """``(attention (B, L), keys (B, L, Dk))`` of decoder layer ``layer`` for the last position,
+        from the layer's input (see :func:`decoder_last_token_attention`)."""
+        return decoder_last_token_attention(self.layers[layer], hidden, position_embeddings, mask2d)
 
-class InstanceAttributeHook:
-    """A removable handle that shadows one attribute of one module instance (never the class).
+    def layer_mask(self, hidden, mask2d, cache, layer: int):
+        """The attention mask decoder layer ``layer`` expects for ``hidden`` (B, L', D) with the
+        2-D mask ``mask2d`` and the KV ``cache`` (the stock mask builder, per-layer cache sizes)."""
+        from transformers.masking_utils import create_causal_mask
 
-    Used only where transformers offers no module to hook: ``remove()`` deletes the instance
-    attribute, which restores the class's own method exactly."""
+        return create_causal_mask(
+            config=self.language_model.config,
+            inputs_embeds=hidden,
+            attention_mask=mask2d,
+            past_key_values=cache,
+            layer_idx=layer,
+        )
 
-    def __init__(self, obj, name: str, value):
-        if name in vars(obj):
-            raise RuntimeError(f"{type(obj).__name__}.{name} is already overridden on this instance")
-        self.obj, self.name = obj, name
-        setattr(obj, name, value)
+    # -- the family, for tools -------------------------------------------------------------------
+    @classmethod
+    def prompt(cls, question: str, n_images: int = 1) -> str:
+        """A plain prompt with ``n_images`` placeholders (used when a checkpoint has no chat template)."""
+        raise NotImplementedError
 
-    def remove(self) -> None:
-        if self.name in vars(self.obj):
-            delattr(self.obj, self.name)
+    @classmethod
+    def vision_shape(cls, config):
+        """The vision tower's :class:`~vlmprune.core.flops.VisionShape` for ``config``."""
+        raise NotImplementedError
+
+    @classmethod
+    def vision_grids(cls, config, inputs) -> dict:
+        """``vision_flops`` keyword arguments describing the images of processor ``inputs``."""
+        raise NotImplementedError
+
+    @classmethod
+    def token_geometry(cls, image_size, processor, config, selection) -> TokenGeometry:
+        """:class:`TokenGeometry` of one image of ``image_size`` (W, H), as ``processor`` and the
+        model (``config``) turned it into the tokens of ``selection``."""
+        raise NotImplementedError
 
 
-_ADAPTERS: list[type[Adapter]] = []
+_ADAPTERS: dict[str, type[Adapter]] = {}
 
 
 def register_adapter(cls: type[Adapter]) -> type[Adapter]:
-    _ADAPTERS.append(cls)
+    """Class decorator: register a family adapter under its ``family`` (and its ``model_types``)."""
+    if not cls.family or not cls.model_types:
+        raise ValueError(f"{cls.__name__} needs `family` and `model_types`")
+    if cls.family in _ADAPTERS and _ADAPTERS[cls.family] is not cls:
+        raise ValueError(f"family {cls.family!r} registered twice")
+    _ADAPTERS[cls.family] = cls
     return cls
 
 
-def supported_model_types() -> list[str]:
-    import vlmprune.adapters  # noqa: F401  (registers the built-in adapters)
+def families() -> list[type[Adapter]]:
+    """Every registered family adapter, in registration order."""
+    return list(_ADAPTERS.values())
 
-    return sorted(t for a in _ADAPTERS for t in a.model_types)
+
+def family(name: str) -> type[Adapter]:
+    """The adapter class of family ``name``; ``KeyError`` listing the known families otherwise."""
+    if name not in _ADAPTERS:
+        raise KeyError(f"unknown model family {name!r}; known: {', '.join(_ADAPTERS)}")
+    return _ADAPTERS[name]
+
+
+def supported_model_types() -> list[str]:
+    """Every ``model_type`` an adapter is registered for, sorted."""
+    return sorted(t for a in _ADAPTERS.values() for t in a.model_types)
+
+
+def adapter_class(config, what: str = "") -> type[Adapter]:
+    """The adapter class for a model config, or :class:`UnsupportedModelError` naming ``what``
+    (e.g. the model class) and the supported types."""
+    kind = getattr(config, "model_type", None)
+    for cls in _ADAPTERS.values():
+        if kind in cls.model_types:
+            return cls
+    raise UnsupportedModelError(
+        f"vlmprune does not support {what + ' ' if what else ''}(model_type={kind!r}); supported model_types: "
+        f"{', '.join(supported_model_types())} (the *ForConditionalGeneration classes)"
+    )
 
 
 def get_adapter(model, saliency: str = "auto") -> Adapter:
     """The adapter for ``model`` or :class:`UnsupportedModelError` naming the supported types."""
-    import vlmprune.adapters  # noqa: F401
-
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    for cls in _ADAPTERS:
-        if model_type in cls.model_types and hasattr(model, "model"):
-            return cls(model, saliency=saliency)
-    raise UnsupportedModelError(
-        f"vlmprune does not support {type(model).__name__} (model_type={model_type!r}); supported "
-        f"model_types: {', '.join(supported_model_types())} (the *ForConditionalGeneration classes)"
-    )
+    cls = adapter_class(getattr(model, "config", None), type(model).__name__)
+    if not hasattr(model, "model"):
+        raise UnsupportedModelError(
+            f"vlmprune does not support {type(model).__name__}: use the {cls.model_class} class "
+            f"(supported model_types: {', '.join(supported_model_types())})"
+        )
+    return cls(model, saliency=saliency)

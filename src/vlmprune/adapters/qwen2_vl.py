@@ -12,18 +12,122 @@ Only images are pruned; video tokens pass through untouched.
 
 from __future__ import annotations
 
+import sys
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 
-from vlmprune.adapters.base import Adapter, ImageLayout, register_adapter
-from vlmprune.core.base import Region
-from vlmprune.core.saliency import qwen_attention_received
+from vlmprune.adapters.base import Adapter, ImageLayout, edges_to_boxes, register_adapter, single_view
+from vlmprune.core.flops import VisionShape
+from vlmprune.core.types import Region
+
+QWEN_SPECIAL = (
+    "<pad>",
+    "<s>",
+    "</s>",
+    "<unk>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+
+def attention_received(attn, hidden, cu_seqlens, position_embeddings, chunk: int = 1024) -> torch.Tensor:
+    """Attention received per patch in a Qwen vision block with full attention.
+
+    ``hidden`` (S, Dv): the attention module's input (after ``norm1``) for every image
+    concatenated; ``cu_seqlens`` (n+1,) image boundaries; ``position_embeddings`` the vision
+    (cos, sin). Returns (S,): for each key patch, softmax(q k^T * scale) averaged over heads and
+    over the queries of its own image. Queries are processed in chunks (memory O(chunk * S_i)).
+    """
+    rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision
+    s = hidden.shape[0]
+    heads = attn.num_heads
+    qkv = torch.nn.functional.linear(
+        hidden.float(), attn.qkv.weight.float(), None if attn.qkv.bias is None else attn.qkv.bias.float()
+    )
+    q, k, _ = qkv.reshape(s, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)  # each (S, H, hd)
+    cos, sin = position_embeddings
+    q, k = rotate(q, k, cos.float(), sin.float())
+    scale = getattr(attn, "scaling", None) or q.shape[-1] ** -0.5
+    out = torch.zeros(s, dtype=torch.float32, device=hidden.device)
+    bounds = cu_seqlens.tolist()
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        kb = k[a:b].transpose(0, 1)  # (H, S_i, hd)
+        acc = torch.zeros(b - a, dtype=torch.float32, device=hidden.device)
+        for c in range(a, b, chunk):
+            qb = q[c : min(b, c + chunk)].transpose(0, 1)  # (H, C, hd)
+            probs = torch.softmax((qb @ kb.transpose(-1, -2)) * scale, dim=-1)  # (H, C, S_i)
+            acc += probs.sum(dim=(0, 1))  # (H, C, S_i) -> (S_i,)
+        out[a:b] = acc / (heads * (b - a))
+    return out
+
+
+@dataclass
+class QwenImageProcessor:
+    """A Qwen processor for images that needs no torchvision: the stock PIL image processor plus
+    the placeholder expansion the stock processor does (``<|image_pad|>`` repeated once per merged
+    token), returning the same keys (``mm_token_type_ids`` included). The stock
+    ``Qwen2_5_VLProcessor`` cannot be constructed without torchvision (its video processor)."""
+
+    image_processor: object
+    tokenizer: object
+    merge_size: int = 2
+    image_token: str = "<|image_pad|>"
+    chat_template: str | None = None
+
+    def __call__(self, text, images=None, return_tensors="pt", padding=True, **_):
+        from transformers import BatchFeature
+
+        texts = [text] if isinstance(text, str) else list(text)
+        out = {}
+        if images is not None:
+            flat = images if isinstance(images, (list, tuple)) else [images]
+            flat = [im for group in flat for im in (group if isinstance(group, (list, tuple)) else [group])]
+            img = self.image_processor(flat, return_tensors="pt")
+            out.update(pixel_values=img["pixel_values"], image_grid_thw=img["image_grid_thw"])
+            counts = iter((img["image_grid_thw"].prod(-1) // self.merge_size**2).tolist())
+            texts = [self._expand(t, counts) for t in texts]
+        enc = self.tokenizer(texts, return_tensors=return_tensors, padding=padding)
+        out.update(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        image_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+        out["mm_token_type_ids"] = (enc["input_ids"] == image_id).to(torch.int32)
+        return BatchFeature(out)
+
+    def _expand(self, text: str, counts) -> str:
+        parts = text.split(self.image_token)
+        return parts[0] + "".join(self.image_token * next(counts) + p for p in parts[1:])
+
+    def batch_decode(self, *a, **k):
+        return self.tokenizer.batch_decode(*a, **k)
+
+    def apply_chat_template(self, messages, **kwargs):
+        return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, **kwargs)
+
+    def save_pretrained(self, path) -> None:
+        self.image_processor.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
 
 
 class QwenVisionMixin:
+    image_token = "<|image_pad|>"
+    special_tokens = {
+        "<|image_pad|>": "image_token_id",
+        "<|video_pad|>": "video_token_id",
+        "<|vision_start|>": "vision_start_token_id",
+        "<|vision_end|>": "vision_end_token_id",
+    }
+    tiny_special = QWEN_SPECIAL
     default_positions = "original"
     supports_compact = False
     default_saliency = "attention_received"
     saliency_signals = ("attention_received", "feature_norm")
+    saliency_doc = "attention received in the last full-attention vision block, or `feature_norm`"
+    demo_size = {"max_pixels": 336 * 336}
+    bench_image = (672, 672)
+    bench_ratios = (0.222,)
 
     def vision_module(self):
         return self.base.visual
@@ -50,7 +154,7 @@ class QwenVisionMixin:
             def grab_received(module, args, kwargs):
                 hidden = kwargs.get("hidden_states", args[0] if args else None)
                 with torch.no_grad():
-                    rec = qwen_attention_received(
+                    rec = attention_received(
                         module, hidden, kwargs["cu_seqlens"], kwargs["position_embeddings"]
                     )
                 on_record().raw["received"] = rec
@@ -84,11 +188,7 @@ class QwenVisionMixin:
         layouts = []
         for t, h, w in torch.as_tensor(grid).tolist():
             n = t * (h // m) * (w // m)
-            region = (
-                Region(torch.arange(n), (h // m, w // m))
-                if t == 1
-                else Region(torch.arange(n), (t * h // m, w // m))
-            )
+            region = Region(torch.arange(n), (t * h // m, w // m))
             layouts.append(ImageLayout(n, torch.arange(n), [region], (t, h // m, w // m)))
         return layouts
 
@@ -111,8 +211,140 @@ class QwenVisionMixin:
             out["pre_features"] = self._to_raster(groups, grid)[start : start + n]
         return out
 
+    def token_geometry(self, image_size, processor, selection=None):
+        """Each merged token is a ``patch * merge`` px square of the image as resized (squashed) to
+        the grid the model saw: the selection's grid, or the processor's ``image_grid_thw`` for
+        this image size."""
+        width, height = image_size
+        if selection is not None:
+            t, gh, gw = (int(x) for x in selection.grid)
+        else:
+            from PIL import Image
+
+            ip = getattr(processor, "image_processor", processor)
+            grid = ip([Image.new("RGB", (width, height))], return_tensors="pt")["image_grid_thw"][0]
+            m = int(self.config.vision_config.spatial_merge_size)
+            t, gh, gw = int(grid[0]), int(grid[1]) // m, int(grid[2]) // m
+        if t != 1:
+            raise ValueError(f"only images (t == 1) can be rendered, got grid {(t, gh, gw)}")
+        f = int(self.config.vision_config.patch_size) * int(self.config.vision_config.spatial_merge_size)
+        xs = np.arange(gw + 1) * (width / gw)
+        ys = np.arange(gh + 1) * (height / gh)
+        text = f"{self.label}: resize to {gw * f}x{gh * f}, {gh}x{gw} merged tokens of {f}x{f} px"
+        return single_view(edges_to_boxes(xs, ys, width, height), (gh, gw), (width, height), text)
+
+    @classmethod
+    def prompt(cls, question: str, n_images: int = 1) -> str:
+        img = "<|vision_start|><|image_pad|><|vision_end|>" * n_images
+        return (
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
+            f"{img}{question}<|im_end|>\n<|im_start|>assistant\n"
+        )
+
+    @classmethod
+    def tiny_prompt(cls, question: str, n_images: int = 1) -> str:
+        img = "<|vision_start|><|image_pad|><|vision_end|>" * n_images
+        return f"system You are a helpful assistant. user {img}{question} assistant"
+
+    @classmethod
+    def tiny_text(cls) -> dict:
+        return {
+            "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0}
+        }
+
+    @classmethod
+    def tiny_ids(cls, tok) -> dict:
+        return {attr: tok.convert_tokens_to_ids(token) for token, attr in cls.special_tokens.items()}
+
+    @classmethod
+    def tiny_processor(cls, tok, max_pixels: int = 168 * 168, chat_template: str | None = None):
+        from transformers import Qwen2VLImageProcessorPil
+
+        ip = Qwen2VLImageProcessorPil(
+            min_pixels=56 * 56, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2
+        )
+        return QwenImageProcessor(ip, tok, chat_template=chat_template)
+
+    @classmethod
+    def fallback_processor(cls, path, config, tokenizer, chat_template):
+        """The processor of a checkpoint directory when the stock one cannot be built (no torchvision)."""
+        from transformers import Qwen2VLImageProcessorPil
+
+        ip = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
+        merge = int(config.vision_config.spatial_merge_size)
+        return QwenImageProcessor(ip, tokenizer, merge_size=merge, chat_template=chat_template)
+
+    @classmethod
+    def processor_size(cls, config, image_size=None) -> dict:
+        w, h = image_size
+        return {"max_pixels": w * h}
+
+    @classmethod
+    def vision_grids(cls, config, inputs) -> dict:
+        return {"grid_thw": inputs["image_grid_thw"]}
+
+    @classmethod
+    def bench_text(cls) -> dict:
+        return {
+            "num_key_value_heads": 2,
+            "rope_parameters": {"rope_type": "default", "mrope_section": [8, 12, 12]},
+        }
+
+    @classmethod
+    def shrink_arch(cls, d: dict) -> None:
+        """Shrink a real-size config dict in place for CPU smoke tests (same structure: window and
+        full-attention pattern, GQA, M-RoPE sections in the same ratio, the real vocabulary)."""
+        d["vision_config"].update(cls.tiny_arch_vision())
+        text = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 4, "num_attention_heads": 4}
+        text.update(num_key_value_heads=2, max_window_layers=4)
+        d["text_config"].update(text)
+        d["text_config"].pop("head_dim", None)
+        rope = dict(d["text_config"].get("rope_parameters") or {})
+        rope["mrope_section"] = [2, 3, 3]
+        d["text_config"]["rope_parameters"] = rope
+
 
 @register_adapter
 class Qwen2VLAdapter(QwenVisionMixin, Adapter):
     family = "qwen2_vl"
+    label = "Qwen2-VL"
     model_types = ("qwen2_vl",)
+    model_class = "Qwen2VLForConditionalGeneration"
+    config_class = "Qwen2VLConfig"
+    archs = ("qwen2-vl-7b",)
+    tiny_name = "tiny-qwen2-vl"
+
+    @classmethod
+    def vision_shape(cls, config) -> VisionShape:
+        v = config.vision_config
+        c = int(v.embed_dim) * int(v.spatial_merge_size) ** 2
+        return VisionShape(
+            num_layers=int(v.depth),
+            hidden=int(v.embed_dim),
+            intermediate=int(v.embed_dim * v.mlp_ratio),
+            num_heads=int(v.num_heads),
+            patch_size=int(v.patch_size),
+            in_channels=int(v.in_channels),
+            temporal_patch_size=int(v.temporal_patch_size),
+            spatial_merge_size=int(v.spatial_merge_size),
+            connector_hidden=c,
+            connector_out=int(v.hidden_size),
+        )
+
+    @classmethod
+    def tiny_config(cls, tok, text: dict, attn: str, max_pixels: int = 168 * 168):
+        from transformers import Qwen2VLConfig
+
+        vc = dict(depth=3, embed_dim=32, hidden_size=64, num_heads=4, mlp_ratio=2)
+        vc.update(patch_size=14, spatial_merge_size=2, temporal_patch_size=2)
+        return Qwen2VLConfig(
+            text_config=text, vision_config=vc, attn_implementation=attn, **cls.tiny_ids(tok)
+        )
+
+    @classmethod
+    def bench_vision(cls) -> dict:
+        return {"depth": 4, "embed_dim": 64, "num_heads": 4, "mlp_ratio": 4, "hidden_size": 256}
+
+    @classmethod
+    def tiny_arch_vision(cls) -> dict:
+        return {"depth": 4, "embed_dim": 32, "num_heads": 2, "hidden_size": 64}

@@ -20,8 +20,8 @@ Per image:
 
 Differences and choices:
 
-- The paper scores relevance with CLIP's text tower against CLIP image embeddings. Hugging Face
-  LLaVA checkpoints do not ship the text tower, so here ``q_j`` are the **LLM input embeddings** of
+- The paper scores relevance with CLIP's text tower against CLIP image embeddings. VLM
+  checkpoints do not ship that text tower, so here ``q_j`` are the **LLM input embeddings** of
   the instruction's tokens (``ImageTokens.text``) and the visual side is the projector output, both
   in the LLM's input space (``methods.md``).
 - When the kernel's rank is exhausted (every remaining ``d²`` below ``1e-5`` times the largest
@@ -29,8 +29,8 @@ Differences and choices:
   stop and the remaining picks go to the highest quality, ties to the lowest index. Without this
   the Cholesky update divides rounding noise by ``1e-4``. It never triggers while ``K`` is at
   most the rank of ``L`` (``K <= D`` for distinct, non-degenerate tokens).
-- Naturally global: on LLaVA-NeXT the DPP runs once over all ``N`` tokens of the image (every crop
-  together), not per region.
+- Naturally global: on a multi-crop image the DPP runs once over all ``N`` tokens of the image
+  (every crop together), not per region.
 """
 
 from __future__ import annotations
@@ -41,8 +41,10 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from vlmprune.core.base import ImageTokens, Kept, Method
-from vlmprune.registry import register
+from vlmprune.core.method import Method
+from vlmprune.core.ops import ranked
+from vlmprune.core.registry import register
+from vlmprune.core.types import ImageTokens, Kept
 
 RANK_EPS = 1e-5
 
@@ -98,7 +100,7 @@ def greedy_dpp(features: torch.Tensor, quality: torch.Tensor, budget: int) -> to
         j = int(score.argmax())  # first maximum: lowest index on ties
         if float(score[j]) <= floor:  # rank exhausted: fill by quality
             rest = q.masked_fill(chosen, float("-inf"))
-            fill = torch.sort(rest, descending=True, stable=True).indices[: k - i]
+            fill = ranked(rest)[: k - i]
             picks[i:] = fill
             break
         picks[i] = j
@@ -148,7 +150,7 @@ class CDPruner(Method):
     ``theta``: None (default, kernel ``diag(r) S diag(r)`` of ``methods.md``) or a relevance/diversity
     trade-off in ``[0, 1)`` (quality ``exp(theta r / (2 (1 - theta)))``). Relevance uses the LLM input
     embeddings of the text instead of CLIP's text tower; without text the DPP is unconditional.
-    Global over all of an image's tokens (LLaVA-NeXT crops together).
+    Global over all of an image's tokens (the crops of a multi-crop image together).
     """
 
     theta: float | None = None
@@ -166,4 +168,4 @@ class CDPruner(Method):
 
     def select_image(self, image: ImageTokens) -> Kept:
         theta = None if self.theta is None else float(self.theta)
-        return Kept(indices=select(image.features, image.text, self.keep_count(image.num_tokens), theta))
+        return Kept(indices=select(image.features, image.text, image.budget, theta))

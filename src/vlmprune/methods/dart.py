@@ -32,13 +32,10 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from vlmprune.core.base import LayerTokens, Method
-from vlmprune.registry import register
-
-
-def _order(scores: torch.Tensor, descending: bool) -> torch.Tensor:
-    """Stable sort order of (N,) scores (ties to the lowest index)."""
-    return torch.sort(scores, descending=descending, stable=True).indices
+from vlmprune.core.method import Method
+from vlmprune.core.ops import ranked
+from vlmprune.core.registry import register
+from vlmprune.core.types import LayerTokens
 
 
 def select(
@@ -79,7 +76,7 @@ def select(
 
     key_norm = keys.float().abs().sum(dim=1)  # (N, Dk) -> (N,) L1 norm
     n_img = min(pivots_image, k)
-    img_piv = _order(key_norm, descending=True)[:n_img]
+    img_piv = ranked(key_norm, descending=True)[:n_img]
     h = F.normalize(hidden.float(), dim=-1, eps=1e-6)  # (N, D)
     pivots = [h[img_piv]]  # (n_img, D)
     if text_hidden is not None and text_keys is not None and text_hidden.shape[0] > 0 and pivots_text > 0:
@@ -88,12 +85,12 @@ def select(
                 f"`text_hidden` {tuple(text_hidden.shape)} and `text_keys` {tuple(text_keys.shape)} disagree"
             )
         text_norm = text_keys.float().abs().sum(dim=1)  # (M, Dk) -> (M,)
-        txt_piv = _order(text_norm, descending=True)[:pivots_text]
+        txt_piv = ranked(text_norm, descending=True)[:pivots_text]
         pivots.append(F.normalize(text_hidden.float().to(device)[txt_piv], dim=-1, eps=1e-6))
     p = torch.cat(pivots)  # (P, D)
     n_piv = p.shape[0]
     if n_piv == 0:
-        return torch.sort(_order(key_norm, descending=True)[:k]).values
+        return torch.sort(ranked(key_norm, descending=True)[:k]).values
 
     sim = h @ p.T  # (N, D) @ (D, P) -> (N, P) cosine
     kept = torch.zeros(n, dtype=torch.bool, device=device)
@@ -105,12 +102,12 @@ def select(
         if take <= 0:
             continue
         free = sim[:, j].masked_fill(kept, float("inf"))  # (N,)
-        pick = _order(free, descending=False)[:take]
+        pick = ranked(free, descending=False)[:take]
         kept[pick] = True
         count += take
     if count < k:
         closest = sim.max(dim=1).values.masked_fill(kept, float("inf"))  # (N, P) -> (N,)
-        kept[_order(closest, descending=False)[: k - count]] = True
+        kept[ranked(closest, descending=False)[: k - count]] = True
     return torch.nonzero(kept).squeeze(1)  # (K,) ascending
 
 
@@ -150,7 +147,7 @@ class DART(Method):
                 image.keys,
                 image.text_hidden,
                 image.text_keys,
-                self.layer_keep_count(image),
+                image.budget,
                 pivots_image=self.pivots_image,
                 pivots_text=self.pivots_text,
             )

@@ -17,8 +17,8 @@ until ``K`` tokens are kept. Ties go to the lowest index at every step. The comp
 float32 whatever the input dtype, and never builds the ``N x N`` matrix at once (nearest
 neighbours in row blocks, then one distance row per step), so its memory is ``O(N * D)``.
 
-DivPrune is naturally global: on LLaVA-NeXT it runs once over all ``N`` content tokens of the
-image (every crop together), not per region; on Qwen over the merged tokens.
+DivPrune is naturally global: on a multi-crop image it runs once over all ``N`` content tokens
+of the image (every crop together), not per region; on a merged-patch tower over the merged tokens.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from vlmprune.core.base import ImageTokens, Kept, Method
-from vlmprune.registry import register
+from vlmprune.core.method import Method
+from vlmprune.core.registry import register
+from vlmprune.core.types import ImageTokens, Kept
 
 _BLOCK = 1024  # rows per block of the nearest-neighbour pass
 
@@ -100,25 +101,20 @@ def select(features: torch.Tensor, budget: int) -> torch.Tensor:
 class DivPrune(Method):
     """DivPrune (arXiv 2503.02175): greedy max-min diversity on ``1 - cos`` of the projector outputs.
 
-    Global over all of an image's tokens (LLaVA-NeXT crops are not treated separately). Images of
+    Global over all of an image's tokens (crops are not treated separately). Images of
     the same size and budget in one call are selected as one batch. No extra parameters.
     """
 
     name: ClassVar[str] = "divprune"
 
     def select_image(self, image: ImageTokens) -> Kept:
-        return Kept(indices=select(image.features, self.keep_count(image.num_tokens)))
+        return Kept(indices=select(image.features, image.budget))
 
     def select_images(self, images: list[ImageTokens]) -> list[Kept]:
         out: list[Kept | None] = [None] * len(images)
         groups: dict[tuple, list[int]] = {}
         for i, image in enumerate(images):
-            key = (
-                tuple(image.features.shape),
-                image.features.dtype,
-                image.features.device,
-                self.keep_count(image.num_tokens),
-            )
+            key = (tuple(image.features.shape), image.features.dtype, image.features.device, image.budget)
             groups.setdefault(key, []).append(i)
         for (_, _, _, k), members in groups.items():
             stacked = torch.stack([images[i].features for i in members])  # (B, N, D)

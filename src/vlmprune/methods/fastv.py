@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
-from vlmprune.core.base import LayerTokens, Method
-from vlmprune.registry import register
+from vlmprune.core.method import ScoringMethod
+from vlmprune.core.ops import top_sorted
+from vlmprune.core.registry import register
+from vlmprune.core.types import LayerTokens
 
 
 def select(attention: torch.Tensor, budget: int) -> torch.Tensor:
@@ -27,15 +29,14 @@ def select(attention: torch.Tensor, budget: int) -> torch.Tensor:
     """
     if budget < 1:
         raise ValueError(f"`budget` must be >= 1, got {budget}")
-    k = min(budget, attention.shape[0])
-    order = torch.sort(-attention.float(), stable=True).indices  # (N,)
-    return order[:k].sort().values
+    return top_sorted(attention, budget)
 
 
 @register
 @dataclass
-class FastV(Method):
-    """FastV at decoder layer ``layer`` (see module docstring)."""
+class FastV(ScoringMethod):
+    """FastV (arXiv 2403.06764): at decoder layer ``layer``, keep the image tokens the last prompt
+    token attends to most (see the module docstring)."""
 
     layer: int = 2
 
@@ -51,5 +52,5 @@ class FastV(Method):
     def llm_layer(self) -> int:
         return self.layer
 
-    def select_layer(self, images: list[LayerTokens]) -> list[torch.Tensor]:
-        return [select(img.attention, self.layer_keep_count(img)) for img in images]
+    def score(self, tokens: LayerTokens) -> torch.Tensor:
+        return tokens.attention  # (N,) the last prompt token's attention, mean over heads

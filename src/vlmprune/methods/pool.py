@@ -1,6 +1,6 @@
 """``pool``: spatial average pooling of the token grid to about K tokens.
 
-Each region's (h, w) grid is cut into ``gh x gw`` near-equal cells, ``gh * gw`` = the region's
+Each region's (h, w) grid (every crop or frame is a region) is cut into ``gh x gw`` near-equal cells, ``gh * gw`` = the region's
 share of the budget chosen to keep cells as square as possible; each cell becomes one token: the
 mean of its members' features, placed at the member nearest the cell centre. A strong baseline on
 some benchmarks (coverage without any signal). Not from a single paper: the plain pooling baseline
@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
-from vlmprune.core.base import ImageTokens, Kept, Method, split_across_regions
-from vlmprune.registry import register
+from vlmprune.core.method import Method
+from vlmprune.core.registry import register
+from vlmprune.core.types import ImageTokens, Kept
 
 
 def cell_grid(h: int, w: int, k: int) -> tuple[int, int]:
@@ -92,31 +93,15 @@ def select(features: torch.Tensor, grid: tuple[int, int], budget: int):
 @register
 @dataclass
 class Pool(Method):
-    """Average-pool each region's grid to its share of the budget (see module docstring);
-    exactly ``min(K, N)`` tokens, each the mean of its cell, at the cell's central member."""
+    """Average-pool each region's grid to its share of the budget: a baseline without any signal.
+
+    Exactly ``min(K, N)`` tokens, each the mean of its cell, at the cell's central member (see
+    the module docstring)."""
 
     name = "pool"
     merges = True
+    per_region = True
 
-    def select_image(self, image: ImageTokens) -> Kept:
-        k = self.keep_count(image.num_tokens)
-        shares = split_across_regions(k, [r.indices.numel() for r in image.regions])
-        dev = image.features.device
-        kept, feats = [], []
-        assign = torch.full((image.num_tokens,), -1, dtype=torch.long, device=dev)
-        offset = 0
-        for region, share in zip(image.regions, shares):
-            if share == 0:
-                continue
-            idx = region.indices.to(dev)
-            rk, rf, ra = select(image.features[idx], region.grid, share)
-            kept.append(idx[rk])
-            feats.append(rf)
-            assign[idx] = ra + offset
-            offset += rk.numel()
-        kept_t = torch.cat(kept)
-        order = torch.argsort(kept_t)  # regions interleave in raster order on LLaVA-NeXT
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=dev)
-        assign = torch.where(assign >= 0, inverse[assign.clamp_min(0)], assign)
-        return Kept(kept_t[order], torch.cat(feats)[order], assign)
+    def select_unit(self, unit: ImageTokens) -> Kept:
+        kept, merged, assignment = select(unit.features, unit.grid, unit.budget)
+        return Kept(kept, merged, assignment)

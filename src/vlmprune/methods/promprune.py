@@ -2,7 +2,8 @@
 
 Implements Lee et al., "Balancing Saliency and Coverage: Semantic Prominence-Aware Budgeting for
 Visual Token Compression in VLMs" (arXiv 2603.14892) exactly as specified in ``methods.md``, which
-was checked against the authors' released LLaVA-1.5 code (read, not copied). Per image (or crop)
+was checked against the authors' released code, which covers one single-crop CLIP model (read,
+not copied). Per image (or crop)
 with ``N`` tokens ``X`` (N, D) (projector outputs), saliency ``a`` (N,) and budget ``K < N``:
 
 1. ``r = (a - min a) / (max a - min a + 1e-6)``.
@@ -19,10 +20,11 @@ with ``N`` tokens ``X`` (N, D) (projector outputs), saliency ``a`` (N,) and budg
 Differences from the released code (all deliberate, see ``methods.md``):
 
 - Kept tokens enter the LLM in **raster order** (the reference code uses selection order).
-- Works on **LLaVA-NeXT** per crop: the entropy and the selection are per crop, and the image's
-  budget is shared across crops in proportion to their token counts (the released code fails on
-  the packed anyres layout). On **Qwen2.5-VL / Qwen2-VL** the saliency is the CLS-free signal the
-  adapter computes (attention received in the last full-attention block, summed per 2x2 merge group).
+- Works on **multi-crop (anyres) images** per crop: the entropy and the selection are per crop,
+  and the image's budget is shared across crops in proportion to their token counts (the released
+  code fails on the packed anyres layout). On **towers without a CLS token** the saliency is the
+  CLS-free signal the model's adapter computes (e.g. attention received in the last
+  full-attention block, summed per merge group).
 - Determinism where the reference depends on floating-point noise or unspecified order: stage-1
   ties go to the lowest index (``torch.topk`` leaves them unspecified); the DPP starts from the
   exact kernel diagonal (1 for every non-zero token, not the rounding noise of a float32 GEMM
@@ -31,7 +33,7 @@ Differences from the released code (all deliberate, see ``methods.md``):
   inputs it can return duplicates); once the kernel's rank is spent (every remaining ``d²`` at or
   below ``1e-5``, where exact arithmetic gives ``d² = 0``, a tie) the next pick is the lowest
   remaining index instead of the argmax of float32 rounding noise (never the case while ``K`` is
-  below the rank of the tokens, e.g. LLaVA's 4096-d tokens); ``r`` is computed in float32 whatever
+  below the rank of the tokens, e.g. 4096-d tokens at K <= 576); ``r`` is computed in float32 whatever
   the input dtype.
 - Batched: all images (crops) with the same token count are selected together with tensor ops
   (one Gram matrix per image serves both the entropy and the DPP kernel); only the ``K`` greedy
@@ -48,8 +50,10 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from vlmprune.core.base import ImageTokens, Kept, Method, split_across_regions
-from vlmprune.registry import register
+from vlmprune.core.method import Method
+from vlmprune.core.ops import ranked
+from vlmprune.core.registry import register
+from vlmprune.core.types import ImageTokens, Kept
 
 ENTROPY_EPS = 1e-8  # row normalisation eps of the entropy features
 KERNEL_EPS = 1e-6  # row normalisation eps of the DPP features
@@ -246,7 +250,7 @@ def _select_rows(
     d2 = (norm / norm.clamp_min(KERNEL_EPS)).square()  # (B, N)
 
     # Stage 1: top T_sal by r, ties to the lowest index (stable descending sort).
-    order = torch.sort(r, dim=-1, descending=True, stable=True).indices  # (B, N)
+    order = ranked(r)  # (B, N) most salient first
     rank = torch.empty_like(order)
     rank.scatter_(1, order, torch.arange(n, device=device).expand(b, n))
     salient = rank < t_sal.unsqueeze(1)  # (B, N)
@@ -402,12 +406,12 @@ class PromPrune(Method):
     ``kr_min``/``kr_max`` bound the salient share of the budget, ``mu``/``tau`` are the midpoint and
     width of the sigmoid on the normalised spectral entropy. Defaults are the authors' evaluation
     script (their lmms-eval config uses ``kr_min=0.1, kr_max=0.7``). Pre-LLM, text-agnostic, needs
-    the vision-encoder saliency (CLS attention on CLIP towers; the CLS-free signal on Qwen).
+    the vision-encoder saliency (CLS attention on CLIP towers; a CLS-free signal elsewhere).
 
     Differences from the paper's code: kept tokens in raster order (not selection order); on
-    LLaVA-NeXT the entropy and selection are per crop, the image's budget shared across crops in
-    proportion to their token counts; Qwen's CLS-free saliency comes from the adapter; ties and
-    degenerate inputs are resolved deterministically (module docstring). Images (crops) with the
+    multi-crop images the entropy and selection are per crop, the image's budget shared across crops
+    in proportion to their token counts; CLS-free towers use their adapter's saliency; ties and
+    degenerate inputs are resolved deterministically (module docstring). Regions (crops) with the
     same token count are selected in one batch.
     """
 
@@ -418,48 +422,27 @@ class PromPrune(Method):
 
     name: ClassVar[str] = "promprune"
     needs_saliency: ClassVar[bool] = True
+    per_region: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_params(self.kr_min, self.kr_max, self.mu, self.tau)
 
-    def select_image(self, image: ImageTokens) -> Kept:
-        return self.select_images([image])[0]
-
-    def select_images(self, images: list[ImageTokens]) -> list[Kept]:
-        # One unit per (image, region); units of equal size are selected together.
-        units: list[tuple[int, torch.Tensor, int]] = []  # (image, region indices, budget)
-        for i, image in enumerate(images):
-            regions = image.region_list()
-            shares = split_across_regions(
-                self.keep_count(image.num_tokens), [int(r.indices.numel()) for r in regions]
-            )
-            for region, k in zip(regions, shares):
-                units.append((i, region.indices.to(image.features.device), k))
+    def select_units(self, units: list[ImageTokens]) -> list[Kept]:
+        # units (image regions) of equal size are selected together, one batch per size
         groups: dict[tuple, list[int]] = {}
-        for u, (i, idx, _) in enumerate(units):
-            f = images[i].features
-            groups.setdefault((int(idx.numel()), f.shape[1], f.device), []).append(u)
-
-        picked: list[torch.Tensor | None] = [None] * len(units)
+        for u, unit in enumerate(units):
+            f = unit.features
+            groups.setdefault((unit.num_tokens, f.shape[1], f.device), []).append(u)
+        out: list[Kept | None] = [None] * len(units)
         for (n, _, device), members in groups.items():
-            parts, sal = [], torch.zeros(len(members), n, dtype=torch.float32, device=device)  # (B, N)
+            sal = torch.zeros(len(members), n, dtype=torch.float32, device=device)  # (B, N)
             for row, u in enumerate(members):
-                i, idx, _ = units[u]
-                feats = images[i].features
-                whole = idx.numel() == feats.shape[0] and bool((idx == torch.arange(n, device=device)).all())
-                parts.append(feats if whole else feats[idx])  # (N, D)
-                if images[i].saliency is not None:
-                    sal[row] = images[i].saliency.to(device)[idx]
-            budgets = [units[u][2] for u in members]
-            rows = select_rows(_stack(parts), sal, budgets, self.kr_min, self.kr_max, self.mu, self.tau)
-            for u, local in zip(members, rows):
-                picked[u] = units[u][1][local]  # region-local -> image indices
-
-        out: list[Kept] = []
-        for i, image in enumerate(images):
-            parts = [p for u, p in enumerate(picked) if units[u][0] == i]
-            device = image.features.device
-            kept = torch.cat(parts) if parts else torch.empty(0, dtype=torch.long, device=device)
-            out.append(Kept(indices=torch.sort(kept).values))
-        return out
+                if units[u].saliency is not None:
+                    sal[row] = units[u].saliency.to(device)
+            feats = _stack([units[u].features for u in members])  # (B, N, D)
+            budgets = [units[u].budget for u in members]
+            rows = select_rows(feats, sal, budgets, self.kr_min, self.kr_max, self.mu, self.tau)
+            for u, kept in zip(members, rows):
+                out[u] = Kept(indices=kept)
+        return out  # type: ignore[return-value]

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 import torch
 
-from vlmprune.core.base import ImageTokens, Kept, Method
-from vlmprune.registry import register
+from vlmprune.core.method import Method
+from vlmprune.core.registry import register
+from vlmprune.core.types import ImageTokens, Kept
 
 
 def select(num_tokens: int, budget: int, seed: int = 0) -> torch.Tensor:
@@ -28,8 +29,10 @@ def select(num_tokens: int, budget: int, seed: int = 0) -> torch.Tensor:
 @register
 @dataclass
 class RandomPrune(Method):
-    """Keep a uniform random subset. ``seed`` fixes the draw; image ``i`` of a call uses
-    ``seed + i`` so the images of a batch do not share one pattern."""
+    """Keep a uniform random subset (seeded): the floor every method must beat.
+
+    ``seed`` fixes the draw; image ``i`` of a call uses ``seed + i`` so the images of a batch do
+    not share one pattern."""
 
     seed: int = 0
 
@@ -41,5 +44,5 @@ class RandomPrune(Method):
             raise ValueError(f"`seed` must be an int, got {self.seed!r}")
 
     def select_image(self, image: ImageTokens) -> Kept:
-        k = self.keep_count(image.num_tokens)
-        return Kept(select(image.num_tokens, k, self.seed + image.seed).to(image.features.device))
+        kept = select(image.num_tokens, image.budget, self.seed + image.seed)
+        return Kept(kept.to(image.features.device))

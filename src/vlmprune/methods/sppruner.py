@@ -33,9 +33,9 @@ the L2 "nearest member"; a neighbour token contributes both to its run and to it
 its ``assignment`` is the focus token's slot (0 weight: the run's slot; a run's own placed token
 keeps its slot); the text is whatever the
 adapter passes as ``ImageTokens.text``; with neither text nor saliency ``f`` is constant and the
-focus set is the first tokens in raster order. On LLaVA-NeXT each crop is a region: the image's
-budget is shared across crops in proportion to their token counts and each crop is reduced on its
-own grid.
+focus set is the first tokens in raster order. Each crop of a multi-crop image is a region: the
+image's budget is shared across crops in proportion to their token counts and each crop is reduced
+on its own grid.
 """
 
 from __future__ import annotations
@@ -48,8 +48,10 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from vlmprune.core.base import ImageTokens, Kept, LayerTokens, Method, split_across_regions
-from vlmprune.registry import register
+from vlmprune.core.method import Method
+from vlmprune.core.ops import minmax, top
+from vlmprune.core.registry import register
+from vlmprune.core.types import ImageTokens, Kept, LayerTokens
 
 UNIONS = ("soft", "product", "mean")
 SCANS = ("serpentine", "window")
@@ -67,12 +69,6 @@ def check_params(rho: float, union: str, scan: str, window: int, merge_neighbors
         raise ValueError(f"`window` must be an int >= 1, got {window!r}")
     if not isinstance(merge_neighbors, bool):
         raise ValueError(f"`merge_neighbors` must be a bool, got {merge_neighbors!r}")
-
-
-def _minmax(v: torch.Tensor) -> torch.Tensor:
-    """(N,) -> (N,) float32 ``(v - min) / (max - min + 1e-6)``."""
-    v = v.float()
-    return (v - v.min()) / (v.max() - v.min() + 1e-6)
 
 
 # -- 1. focus identification ---------------------------------------------------------------------
@@ -103,7 +99,7 @@ def focus_scores(
 ) -> torch.Tensor:
     """(N,) float32 subject score ``f`` from saliency and text relevance (module docstring, step 1)."""
     x = features.float()
-    s_v = None if saliency is None else _minmax(saliency.to(features.device).reshape(-1))
+    s_v = None if saliency is None else minmax(saliency.to(features.device).reshape(-1))
     return _focus_scores(x, _norms(x), s_v, text, union)
 
 
@@ -111,7 +107,7 @@ def _focus_scores(
     x: torch.Tensor, norms: torch.Tensor, s_v: torch.Tensor | None, text: torch.Tensor | None, union: str
 ) -> torch.Tensor:
     n = x.shape[0]
-    s_r = None if text is None or text.shape[0] == 0 else _minmax(_relevance(x, norms, text))
+    s_r = None if text is None or text.shape[0] == 0 else minmax(_relevance(x, norms, text))
     if s_v is None and s_r is None:
         return torch.zeros(n, dtype=torch.float32, device=x.device)
     if s_r is None:
@@ -125,11 +121,6 @@ def _focus_scores(
     if union == "mean":
         return 0.5 * (s_v + s_r)
     raise ValueError(f"`union` must be one of {UNIONS}, got {union!r}")
-
-
-def _top(score: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the ``k`` largest scores, ties to the lowest index (unsorted by index)."""
-    return torch.sort(score, descending=True, stable=True).indices[:k]
 
 
 # -- 2. structural scanning ----------------------------------------------------------------------
@@ -335,12 +326,12 @@ def _select(
     x = features.float()
     sq = torch.linalg.vecdot(x, x, dim=-1)  # (N,) squared norms
     norms = sq.sqrt().clamp_min(1e-6)  # (N,) eps-1e-6 normalisers (cosines without a unit copy)
-    s_v = None if saliency is None else _minmax(saliency.to(device).reshape(n))
+    s_v = None if saliency is None else minmax(saliency.to(device).reshape(n))
 
     # 1. focus: top K_f by the subject score
     k_f = min(k, max(0, round(rho * k)))
     k_c = k - k_f
-    focus = _top(_focus_scores(x, norms, s_v, text, union), k_f)  # (K_f,)
+    focus = top(_focus_scores(x, norms, s_v, text, union), k_f)  # (K_f,) in rank order
     is_focus[focus] = True
 
     # 2. context: K_c runs of the scan, each a softmax(s_v)-weighted mean placed on a member
@@ -412,8 +403,9 @@ class SPPruner(Method):
     Options: ``rho``, ``union`` ("soft" | "product" | "mean"), ``scan`` ("serpentine" | "window"),
     ``window``, ``merge_neighbors``; ``llm_layer`` (None: off) with ``llm_keep`` for the
     progressive pass that keeps every focus token and the top ``llm_keep`` share of the context
-    tokens by the last text token's attention at that layer. Multi-crop images (LLaVA-NeXT) share
-    the budget across crops in proportion to their token counts.
+    tokens by the last text token's attention at that layer. Multi-crop images share the budget
+    across crops in proportion to their token counts. The focus tokens reach the in-LLM stage as
+    ``Kept.pinned``; the method keeps no state between calls or stages.
     """
 
     rho: float = 0.75
@@ -429,6 +421,7 @@ class SPPruner(Method):
     merges: ClassVar[bool] = True
     needs_saliency: ClassVar[bool] = True
     needs_text: ClassVar[bool] = True
+    per_region: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -439,67 +432,27 @@ class SPPruner(Method):
         keep = self.llm_keep
         if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 <= keep <= 1.0:
             raise ValueError(f"`llm_keep` must be a number in [0, 1], got {keep!r}")
-        self._last_focus: list[torch.Tensor] = []  # per image of the last pre-LLM call: (N,) bool
 
-    def select_image(self, image: ImageTokens) -> Kept:
-        return self.select_images([image])[0]
-
-    def select_images(self, images: list[ImageTokens]) -> list[Kept]:
-        out, focus = [], []
-        for image in images:
-            kept, mask = self._select_one(image)
-            out.append(kept)
-            focus.append(mask)
-        self._last_focus = focus
-        return out
-
-    def _select_one(self, image: ImageTokens) -> tuple[Kept, torch.Tensor]:
-        feats = image.features
-        n, device = image.num_tokens, feats.device
-        regions = image.region_list()
-        shares = split_across_regions(self.keep_count(n), [int(r.indices.numel()) for r in regions])
-        idx_parts, feat_parts, assign_parts = [], [], []
-        focus = torch.zeros(n, dtype=torch.bool, device=device)
-        for region, k in zip(regions, shares):
-            ridx = region.indices.to(device)
-            sal = None if image.saliency is None else image.saliency.to(device)[ridx]
-            kept, merged, assign, is_focus = _select(
-                feats[ridx], sal, image.text, region.grid, k,
-                self.rho, self.union, self.scan, self.window, self.merge_neighbors,
-            )  # fmt: skip
-            idx_parts.append(ridx[kept])
-            feat_parts.append(merged)
-            assign_parts.append((ridx, assign))
-            focus[ridx[is_focus]] = True
-        all_idx = torch.cat(idx_parts)  # (K,) in region order
-        kept, order = torch.sort(all_idx)
-        merged = torch.cat(feat_parts)[order]  # (K, D)
-        final_slot = torch.empty_like(order)
-        final_slot[order] = torch.arange(order.numel(), device=device)  # region-order slot -> sorted slot
-        assignment = torch.full((n,), -1, dtype=torch.long, device=device)
-        offset = 0
-        for (ridx, assign), part in zip(assign_parts, idx_parts):
-            hit = assign >= 0
-            assignment[ridx[hit]] = final_slot[offset + assign[hit]]
-            offset += part.numel()
-        return Kept(indices=kept, features=merged, assignment=assignment), focus
+    def select_unit(self, unit: ImageTokens) -> Kept:
+        kept, merged, assignment, is_focus = _select(
+            unit.features, unit.saliency, unit.text, unit.grid, unit.budget,
+            self.rho, self.union, self.scan, self.window, self.merge_neighbors,
+        )  # fmt: skip
+        return Kept(indices=kept, features=merged, assignment=assignment, pinned=is_focus[kept])
 
     def select_layer(self, images: list[LayerTokens]) -> list[torch.Tensor]:
-        """Keep every focus token and the top ``llm_keep`` share (rounded) of the context tokens by
-        ``attention`` (ties: lowest index). Focus/context comes from the last pre-LLM selection of
-        the same image (mapped through ``origin``); without one, every token counts as context."""
+        """Keep every focus token (``pinned`` by the pre-LLM stage) and the top ``llm_keep`` share
+        (rounded) of the context tokens by ``attention`` (ties: lowest index); without a pre-LLM
+        stage every token counts as context."""
         out = []
-        for i, layer in enumerate(images):
-            rows = layer.attention.shape[0]
+        for layer in images:
             device = layer.attention.device
-            is_focus = torch.zeros(rows, dtype=torch.bool, device=device)
-            if i < len(self._last_focus):
-                mask = self._last_focus[i].to(device)
-                origin = layer.origin.to(device)
-                inside = (origin >= 0) & (origin < mask.numel())
-                is_focus[inside] = mask[origin[inside]]
+            if layer.pinned is None:
+                is_focus = torch.zeros(layer.attention.shape[0], dtype=torch.bool, device=device)
+            else:
+                is_focus = layer.pinned.to(device)
             ctx = (~is_focus).nonzero().squeeze(1)  # (c,)
             n_keep = min(ctx.numel(), round(self.llm_keep * ctx.numel()))
-            top = ctx[_top(layer.attention.float()[ctx], n_keep)]
-            out.append(torch.sort(torch.cat((is_focus.nonzero().squeeze(1), top))).values)
+            chosen = ctx[top(layer.attention[ctx], n_keep)]
+            out.append(torch.sort(torch.cat((is_focus.nonzero().squeeze(1), chosen))).values)
         return out

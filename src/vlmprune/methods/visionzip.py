@@ -25,15 +25,15 @@ Differences from the paper:
   context tokens afterwards; here the merge acts on the projector outputs (``features``), because a
   pre-LLM method in this library returns tokens in the LLM's input space. The projector is an MLP,
   so the two are not identical.
-- When ``keys`` is None (Qwen2.5-VL / Qwen2-VL: no CLS tower, no keys recorded), the assignment uses
-  the cosine of the projector outputs ``features`` instead.
+- When ``keys`` is None (towers without a CLS token record no keys), the assignment uses the
+  cosine of the projector outputs ``features`` instead.
 - Strided targets use ``floor(i * R / K_c)`` (spread over the whole remainder), not a fixed step
   ``R // K_c`` that would leave the tail of the image without targets when ``R`` is not a multiple
   of ``K_c``; the two agree when it is.
 - Default split ``K_c = round_half_up(K * 5 / 32)``: exactly the paper's 54:10 (64), 108:20 (128),
   162:30 (192), and the same ~84:16 proportion for every other budget.
-- LLaVA-NeXT (several ``regions``): the budget (and ``dominant`` if given) is shared across the
-  regions in proportion to their sizes, and each region is zipped on its own, like the paper,
+- Multi-crop images (several ``regions``): the budget (and ``dominant`` if given) is shared across
+  the regions in proportion to their sizes, and each region is zipped on its own, like the paper,
   which runs VisionZip per crop.
 """
 
@@ -46,8 +46,11 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from vlmprune.core.base import ImageTokens, Kept, Method, Region, split_across_regions
-from vlmprune.registry import register
+from vlmprune.core.budget import split_across_regions
+from vlmprune.core.method import Method, select_per_region
+from vlmprune.core.ops import ranked
+from vlmprune.core.registry import register
+from vlmprune.core.types import ImageTokens, Kept
 
 CONTEXTUAL_FRACTION = 5 / 32  # 10/64 == 20/128 == 30/192
 MERGE_MODES = ("mean", "add")
@@ -57,12 +60,6 @@ def default_split(budget: int) -> tuple[int, int]:
     """``(dominant, contextual)`` for ``budget`` kept tokens: 54:10 at 64, 108:20 at 128, 162:30 at 192."""
     contextual = math.floor(budget * CONTEXTUAL_FRACTION + 0.5)
     return budget - contextual, contextual
-
-
-def _stable_topk(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Indices of the ``k`` largest ``scores`` (N,), ties to the lowest index, NaN last."""
-    scores = torch.nan_to_num(scores.float(), nan=float("-inf"))
-    return torch.sort(scores, descending=True, stable=True).indices[:k]
 
 
 def select(
@@ -112,7 +109,7 @@ def select(
         k_dom = min(max(int(dominant), 0), k)
         k_ctx = k - k_dom
 
-    order = _stable_topk(saliency, n)  # (N,) all tokens, most salient first
+    order = ranked(saliency)  # (N,) all tokens, most salient first
     dom = order[:k_dom]
     rest = torch.sort(order[k_dom:]).values  # (R,) raster order, R = N - K_d > K_c
     feats = features.float()
@@ -123,26 +120,7 @@ def select(
         assignment[kept] = torch.arange(k, device=device)
         return kept, features[kept].clone(), assignment
 
-    r = rest.numel()
-    target_pos = torch.div(torch.arange(k_ctx, device=device) * r, k_ctx, rounding_mode="floor")  # (K_c,)
-    is_target = torch.zeros(r, dtype=torch.bool, device=device)
-    is_target[target_pos] = True
-    targets = rest[target_pos]  # (K_c,)
-    others = rest[~is_target]  # (R - K_c,)
-
-    metric = (keys if keys is not None else features).float()
-    metric = F.normalize(metric, dim=-1, eps=1e-6)
-    sim = metric[others] @ metric[targets].T  # (R - K_c, Dk) @ (Dk, K_c) -> (R - K_c, K_c)
-    group = sim.argmax(dim=1)  # (R - K_c,) first maximum: lowest target on ties
-
-    sums = torch.zeros(k_ctx, feats.shape[1], dtype=feats.dtype, device=device)
-    sums.index_add_(0, group, feats[others])  # (K_c, D) sum of each target's assigned tokens
-    counts = torch.bincount(group, minlength=k_ctx).to(feats.dtype).unsqueeze(1)  # (K_c,) -> (K_c, 1)
-    if merge == "mean":
-        context = (feats[targets] + sums) / (1.0 + counts)
-    else:
-        context = feats[targets] + sums / counts.clamp(min=1.0)
-
+    context, targets, others, group = _contextual(rest, k_ctx, keys, features, feats, merge)
     kept = torch.sort(torch.cat([dom, targets])).values  # (K,)
     slot = torch.full((n,), -1, dtype=torch.long, device=device)
     slot[kept] = torch.arange(k, device=device)
@@ -153,13 +131,37 @@ def select(
     return kept, merged.to(features.dtype), assignment
 
 
+def _contextual(rest, k_ctx: int, keys, features, feats, merge: str):
+    """The ``k_ctx`` context tokens of the ``rest`` (R,) non-dominant tokens (raster order):
+    ``(context (K_c, D), targets (K_c,), others (R - K_c,), group (R - K_c,))``, the group being
+    each other token's target slot."""
+    device = rest.device
+    r = rest.numel()
+    target_pos = torch.div(torch.arange(k_ctx, device=device) * r, k_ctx, rounding_mode="floor")  # (K_c,)
+    is_target = torch.zeros(r, dtype=torch.bool, device=device)
+    is_target[target_pos] = True
+    targets = rest[target_pos]  # (K_c,)
+    others = rest[~is_target]  # (R - K_c,)
+    metric = F.normalize((keys if keys is not None else features).float(), dim=-1, eps=1e-6)
+    sim = metric[others] @ metric[targets].T  # (R - K_c, Dk) @ (Dk, K_c) -> (R - K_c, K_c)
+    group = sim.argmax(dim=1)  # (R - K_c,) first maximum: lowest target on ties
+    sums = torch.zeros(k_ctx, feats.shape[1], dtype=feats.dtype, device=device)
+    sums.index_add_(0, group, feats[others])  # (K_c, D) sum of each target's assigned tokens
+    counts = torch.bincount(group, minlength=k_ctx).to(feats.dtype).unsqueeze(1)  # (K_c,) -> (K_c, 1)
+    if merge == "mean":
+        context = (feats[targets] + sums) / (1.0 + counts)
+    else:
+        context = feats[targets] + sums / counts.clamp(min=1.0)
+    return context, targets, others, group
+
+
 @register
 @dataclass
 class VisionZip(Method):
     """VisionZip (arXiv 2412.04467): dominant tokens by CLS attention + merged contextual tokens.
 
-    ``dominant``: dominant tokens per image (clamped to the image's budget; shared across LLaVA-NeXT
-    regions like the budget). None (default): the paper's 54:10 / 108:20 / 162:30 split, ~84:16 at
+    ``dominant``: dominant tokens per image (clamped to the image's budget; shared across the
+    regions of a multi-crop image like the budget). None (default): the paper's 54:10 / 108:20 / 162:30 split, ~84:16 at
     any budget. ``merge``: ``"mean"`` (default, group average) or ``"add"`` (``x_t`` + mean of the
     assigned tokens). See the module docstring for the algorithm and the differences from the paper.
     """
@@ -171,6 +173,7 @@ class VisionZip(Method):
     needs_saliency: ClassVar[bool] = True
     needs_keys: ClassVar[bool] = True
     merges: ClassVar[bool] = True
+    per_region: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -181,50 +184,30 @@ class VisionZip(Method):
         if self.merge not in MERGE_MODES:
             raise ValueError(f"`merge` must be one of {MERGE_MODES}, got {self.merge!r}")
 
-    def select_image(self, image: ImageTokens) -> Kept:
-        n = image.num_tokens
-        device = image.features.device
-        k = self.keep_count(n)
-        if k >= n:
-            everything = torch.arange(n, device=device)
+    def select_images(self, images: list[ImageTokens]) -> list[Kept]:
+        if self.dominant is None:
+            return super().select_images(images)
+        # a given `dominant` is shared across an image's regions like its budget
+        doms = []
+        for image in images:
+            sizes = [int(r.indices.numel()) for r in image.region_list()]
+            shares = split_across_regions(image.budget, sizes)
+            dom = split_across_regions(min(self.dominant, image.budget), sizes)
+            doms += [min(d, s) for d, s in zip(dom, shares) if s > 0]
+        it = iter(doms)
+        return select_per_region(images, lambda units: [self._zip(u, next(it)) for u in units])
+
+    def select_unit(self, unit: ImageTokens) -> Kept:
+        return self._zip(unit, None)
+
+    def _zip(self, unit: ImageTokens, dominant: int | None) -> Kept:
+        n = unit.num_tokens
+        if unit.budget >= n:
+            everything = torch.arange(n, device=unit.features.device)
             return Kept(indices=everything, features=None, assignment=everything.clone())
-        if image.saliency is None:
+        if unit.saliency is None:
             raise ValueError("VisionZip needs `saliency` (CLS attention) for every image")
-        regions = image.regions or [Region(indices=torch.arange(n, device=device), grid=tuple(image.grid))]
-        sizes = [int(region.indices.numel()) for region in regions]
-        shares = split_across_regions(k, sizes)
-        dom_shares = None if self.dominant is None else split_across_regions(min(self.dominant, k), sizes)
-
-        kept_parts, feat_parts, owner_parts, slot_parts = [], [], [], []
-        for r, (region, share) in enumerate(zip(regions, shares)):
-            if share == 0:
-                continue
-            idx = region.indices.to(device=device, dtype=torch.long)  # (n_r,) into the image's tokens
-            dom = None if dom_shares is None else min(dom_shares[r], share)
-            kept_r, merged_r, assign_r = select(
-                image.saliency[idx],
-                None if image.keys is None else image.keys[idx],
-                image.features[idx],
-                share,
-                dominant=dom,
-                merge=self.merge,
-            )
-            kept_parts.append(idx[kept_r])
-            feat_parts.append(merged_r)
-            owner_parts.append(idx)
-            slot_parts.append(assign_r)
-
-        kept_all = torch.cat(kept_parts)  # (K,) region by region
-        order = torch.argsort(kept_all)  # unique indices: no ties
-        kept = kept_all[order]
-        features = torch.cat(feat_parts)[order]  # (K, D) in sorted kept order
-        # global slot of each region-local slot: position of that kept token in the sorted list
-        new_slot = torch.empty_like(order)
-        new_slot[order] = torch.arange(order.numel(), device=device)
-        assignment = torch.full((n,), -1, dtype=torch.long, device=device)
-        offset = 0
-        for idx, assign_r, kept_r in zip(owner_parts, slot_parts, kept_parts):
-            local = assign_r >= 0
-            assignment[idx[local]] = new_slot[offset + assign_r[local]]
-            offset += kept_r.numel()
-        return Kept(indices=kept, features=features, assignment=assignment)
+        kept, merged, assignment = select(
+            unit.saliency, unit.keys, unit.features, unit.budget, dominant=dominant, merge=self.merge
+        )
+        return Kept(indices=kept, features=merged, assignment=assignment)

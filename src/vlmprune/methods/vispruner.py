@@ -21,8 +21,8 @@ Choices the paper leaves open, made here:
   so the split always pairs spatial neighbours (a token's closest duplicate is usually next to it);
 - if ``pre_features`` is missing the projector outputs ``features`` are used.
 
-On LLaVA-NeXT the budget is shared across the crops (``regions``) in proportion to their sizes and
-each crop is pruned on its own, as the paper runs the method per crop.
+On a multi-crop image the budget is shared across the crops (``regions``) in proportion to their
+sizes and each crop is pruned on its own, as the paper runs the method per crop.
 """
 
 from __future__ import annotations
@@ -34,14 +34,10 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from vlmprune.core.base import ImageTokens, Kept, Method, Region, split_across_regions
-from vlmprune.registry import register
-
-
-def _stable_order(scores: torch.Tensor) -> torch.Tensor:
-    """Indices sorting ``scores`` (N,) from largest to smallest, ties to the lowest index, NaN last."""
-    scores = torch.nan_to_num(scores.float(), nan=float("-inf"))
-    return torch.sort(scores, descending=True, stable=True).indices
+from vlmprune.core.method import Method
+from vlmprune.core.ops import ranked
+from vlmprune.core.registry import register
+from vlmprune.core.types import ImageTokens, Kept
 
 
 def important_count(budget: int, important_ratio: float) -> int:
@@ -64,7 +60,7 @@ def remove_duplicates(pre_features: torch.Tensor, keep: int, drop_per_round: int
         a, b = cur[0::2], cur[1::2]
         drop = min(drop_per_round, cur.numel() - keep, a.numel())
         score = sim.index_select(0, a).index_select(1, b).max(dim=1).values  # (|A|, |B|) -> (|A|,)
-        order = torch.sort(score, descending=True, stable=True).indices
+        order = ranked(score)
         survive = torch.ones(a.numel(), dtype=torch.bool, device=device)
         survive[order[:drop]] = False
         cur = torch.sort(torch.cat([a[survive], b])).values
@@ -105,7 +101,7 @@ def select(
     if k >= n:
         return torch.arange(n, device=pre_features.device)
     k_imp = important_count(k, important_ratio)
-    order = _stable_order(saliency)  # (N,)
+    order = ranked(saliency)  # (N,) most salient first
     important = order[:k_imp]
     rest = torch.sort(order[k_imp:]).values  # (N - K_i,) raster order
     diverse = rest[remove_duplicates(pre_features[rest], k - k_imp, drop_per_round)]
@@ -118,8 +114,8 @@ class VisPruner(Method):
     """VisPruner (arXiv 2412.01818): top saliency tokens + duplicate removal on pre-projector features.
 
     ``important_ratio`` (default 0.5): share of the budget chosen by CLS attention.
-    ``drop_per_round`` (default 8): most tokens removed per bipartite round. Per region on
-    LLaVA-NeXT. See the module docstring for the open choices.
+    ``drop_per_round`` (default 8): most tokens removed per bipartite round. Per region (crop).
+    See the module docstring for the open choices.
     """
 
     important_ratio: float = 0.5
@@ -128,6 +124,7 @@ class VisPruner(Method):
     name: ClassVar[str] = "vispruner"
     needs_saliency: ClassVar[bool] = True
     needs_pre_features: ClassVar[bool] = True
+    per_region: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -138,24 +135,12 @@ class VisPruner(Method):
         if isinstance(step, bool) or not isinstance(step, int) or step < 1:
             raise ValueError(f"`drop_per_round` must be an int >= 1, got {step!r}")
 
-    def select_image(self, image: ImageTokens) -> Kept:
-        n = image.num_tokens
-        device = image.features.device
-        k = self.keep_count(n)
-        if k >= n:
-            return Kept(indices=torch.arange(n, device=device))
-        if image.saliency is None:
+    def select_unit(self, unit: ImageTokens) -> Kept:
+        n = unit.num_tokens
+        if unit.budget >= n:
+            return Kept(indices=torch.arange(n, device=unit.features.device))
+        if unit.saliency is None:
             raise ValueError("VisPruner needs `saliency` (CLS attention) for every image")
-        pre = image.pre_features if image.pre_features is not None else image.features
-        regions = image.regions or [Region(indices=torch.arange(n, device=device), grid=tuple(image.grid))]
-        shares = split_across_regions(k, [int(region.indices.numel()) for region in regions])
-        parts = []
-        for region, share in zip(regions, shares):
-            if share == 0:
-                continue
-            idx = region.indices.to(device=device, dtype=torch.long)  # (n_r,)
-            local = select(
-                image.saliency[idx], pre[idx], share, float(self.important_ratio), self.drop_per_round
-            )
-            parts.append(idx[local])
-        return Kept(indices=torch.sort(torch.cat(parts)).values)
+        pre = unit.pre_features if unit.pre_features is not None else unit.features
+        kept = select(unit.saliency, pre, unit.budget, float(self.important_ratio), self.drop_per_round)
+        return Kept(indices=kept)

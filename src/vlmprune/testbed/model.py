@@ -9,7 +9,7 @@
   transformers 5.23, so the directory holds the stock ``Qwen2VLImageProcessorPil`` config and the
   tokenizer; load them with ``Qwen2VLImageProcessorPil.from_pretrained(dir)`` +
   ``AutoTokenizer.from_pretrained(dir)`` and wrap them in
-  :class:`vlmprune.testing.QwenTinyProcessor` (what :func:`load_testbed` does).
+  :class:`vlmprune.adapters.qwen2_vl.QwenImageProcessor` (what :func:`load_testbed` does).
 
 Prompts (one question; training packs several turns per image):
 
@@ -100,7 +100,7 @@ def _corpus_lines() -> list[str]:
 def build_tokenizer(special=LLAVA_SPECIAL, eos="</s>"):
     """Byte-level BPE trained offline on the question/answer corpus: every vocabulary word (with
     its leading space) is one token, any other text still encodes byte-wise."""
-    from vlmprune.testing import train_bpe_tokenizer
+    from vlmprune.apps.zoo import train_bpe_tokenizer
 
     return train_bpe_tokenizer(_corpus_lines() * 3, special, vocab_size=640, eos=eos)
 
@@ -146,7 +146,7 @@ def build_llava(
     with q/k/v biases, :func:`transplant_decoder`)."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    from vlmprune.testing import llava_processor
+    from vlmprune.adapters.llava import LlavaAdapter
 
     z = SIZES[size]
     tok = build_tokenizer(LLAVA_SPECIAL, "</s>")
@@ -178,7 +178,7 @@ def build_llava(
     )
     torch.manual_seed(seed)
     model = LlavaForConditionalGeneration(cfg)
-    return _finish(model, tok, tok.eos_token_id), llava_processor(tok, 336, LLAVA_TEMPLATE)
+    return _finish(model, tok, tok.eos_token_id), LlavaAdapter.tiny_processor(tok, 336, LLAVA_TEMPLATE)
 
 
 QWEN_MIN_PIXELS = 224 * 224
@@ -186,10 +186,10 @@ QWEN_MAX_PIXELS = 336 * 336
 
 
 def build_qwen(size: str = "default", seed: int = 0, attn: str = "sdpa", rope_theta: float = 10000.0):
-    """``(model, processor)`` for an untrained testbed-qwen (fp32); processor: QwenTinyProcessor."""
+    """``(model, processor)`` for an untrained testbed-qwen (fp32); processor: QwenImageProcessor."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
 
-    from vlmprune.testing import QwenTinyProcessor
+    from vlmprune.adapters.qwen2_vl import QwenImageProcessor
 
     z = SIZES[size]
     tok = build_tokenizer(QWEN_SPECIAL, "<|im_end|>")
@@ -231,7 +231,7 @@ def build_qwen(size: str = "default", seed: int = 0, attn: str = "sdpa", rope_th
         merge_size=2,
         temporal_patch_size=2,
     )
-    return _finish(model, tok, tok.convert_tokens_to_ids("<|im_end|>")), QwenTinyProcessor(ip, tok)
+    return _finish(model, tok, tok.convert_tokens_to_ids("<|im_end|>")), QwenImageProcessor(ip, tok)
 
 
 def build(
@@ -310,7 +310,7 @@ def save(model, processor, out_dir, dtype=torch.bfloat16, extra: dict | None = N
     model.save_pretrained(out, state_dict=state, safe_serialization=True)
     if hasattr(processor, "save_pretrained"):
         processor.save_pretrained(out)
-    else:  # QwenTinyProcessor
+    else:  # QwenImageProcessor
         processor.image_processor.save_pretrained(out)
         processor.tokenizer.save_pretrained(out)
     meta = {"testbed": family_of(model)}
@@ -324,39 +324,23 @@ def family_of(model) -> str:
 
 
 def load_testbed(path, dtype=torch.float32, device="cpu", attn: str = "sdpa"):
-    """``(model, processor, family)`` from a directory written by :func:`save` (no network)."""
+    """``(model, processor, family)`` from a directory written by :func:`save` (no network), with
+    the library's checkpoint loader."""
+    from vlmprune.adapters.loading import load_pretrained
 
-    path = Path(path)
-    proc, fam = load_processor(path)
-    if fam == "llava":
-        from transformers import LlavaForConditionalGeneration as cls
-    else:
-        from transformers import Qwen2_5_VLForConditionalGeneration as cls
-    model = cls.from_pretrained(path, dtype=dtype, attn_implementation=attn)
-    model.to(device).eval()
-    return model, proc, fam
+    pre = load_pretrained(str(path), dtype=dtype, device=device, attn=attn)
+    return pre.model, pre.processor, family_of(pre.model)
 
 
 def load_processor(path):
     """``(processor, family)`` saved in a testbed directory (the tokenizer the weights were trained with)."""
-    from transformers import AutoConfig
+    from vlmprune.adapters.loading import load_config
+    from vlmprune.adapters.loading import load_processor as load
 
-    path = Path(path)
-    cfg = AutoConfig.from_pretrained(path)
-    if cfg.model_type == "llava":
-        from transformers import LlavaProcessor
-
-        return LlavaProcessor.from_pretrained(path), "llava"
-    if cfg.model_type == "qwen2_5_vl":
-        from transformers import AutoTokenizer, Qwen2VLImageProcessorPil
-
-        from vlmprune.testing import QwenTinyProcessor
-
-        proc = QwenTinyProcessor(
-            Qwen2VLImageProcessorPil.from_pretrained(path), AutoTokenizer.from_pretrained(path)
-        )
-        return proc, "qwen"
-    raise ValueError(f"{path} is not a testbed checkpoint (model_type {cfg.model_type!r})")
+    cfg = load_config(str(path))
+    if cfg.model_type not in ("llava", "qwen2_5_vl"):
+        raise ValueError(f"{path} is not a testbed checkpoint (model_type {cfg.model_type!r})")
+    return load(str(path), cfg)[0], "llava" if cfg.model_type == "llava" else "qwen"
 
 
 # ------------------------------------------------------------------------------------------ prompts

@@ -26,7 +26,7 @@ Conventions (per decoder layer, ``n`` tokens, hidden ``d``, MLP intermediate ``m
 ``"swiglu"``  ``4nd² + 2n²d + 3ndm`` — the same with the three-matrix SwiGLU MLP.
 ``"exact"``   ``n·d·(h·hd) [q] + n·(h·hd)·d [o] + 2·n·d·(kv·hd) [k, v] + 2·n²·(h·hd) [QKᵀ, AV]
               + 3ndm [SwiGLU]`` with ``h`` query heads, ``kv`` key/value heads, head size ``hd`` —
-              GQA-aware (Qwen2/2.5: 4 KV heads), every matmul the stock Hugging Face decoder layer
+              GQA-aware (e.g. 4 KV heads for 28 query heads), every matmul the stock Hugging Face decoder layer
               runs and nothing else. With ``macs=False`` it equals what ``FlopCounterMode`` counts
               inside a decoder layer (``tests/test_flops.py`` checks this on stock models).
 
@@ -95,7 +95,7 @@ class LLMShape:
 
     @classmethod
     def from_config(cls, config) -> LLMShape:
-        """Build from a transformers text config (``LlamaConfig``, ``Qwen2_5_VLTextConfig``, ...)
+        """Build from a transformers decoder config
         or from a full VLM config (its ``get_text_config()`` is used)."""
         if hasattr(config, "get_text_config"):
             config = config.get_text_config()
@@ -238,23 +238,20 @@ def reduction(full: float, pruned: float) -> float:
 
 @dataclass(frozen=True)
 class VisionShape:
-    """Shape of a VLM vision tower (and its connector), as far as compute is concerned.
-
-    ``kind``: ``"clip"`` (CLIP ViT of LLaVA / LLaVA-NeXT: CLS token, LayerNorm, two-matrix
-    QuickGELU MLP, full attention, 2-layer GELU projector into the LLM), ``"qwen2_vl"`` (no CLS,
-    two-matrix QuickGELU MLP, full attention per frame, 2×2 patch merger MLP) or ``"qwen2_5_vl"``
-    (no CLS, SwiGLU MLP, window attention except ``fullatt_block_indexes``, 2×2 patch merger).
+    """Shape of a VLM vision tower (and its connector into the LLM), as far as compute is concerned.
 
     ``num_layers`` blocks of width ``hidden`` with MLP width ``intermediate`` (``gated_mlp``: three
-    matrices), ``num_heads`` heads; ``patch_size`` × ``patch_size`` (× ``temporal_patch_size``)
-    patches of ``in_channels`` channels. CLIP: ``image_size`` (square crop), ``projector_out`` the
-    LLM width (projector ``hidden → projector_out → projector_out``), ``feature_layer`` the
-    ``vision_feature_layer``. Qwen: ``spatial_merge_size``, ``window_size`` in pixels,
-    ``fullatt_block_indexes`` (``None``: every block full attention), ``merger_out`` the merger's
-    output width (the LLM width).
+    matrices, else two), ``num_heads`` heads; ``patch_size`` x ``patch_size`` (x
+    ``temporal_patch_size``) patches of ``in_channels`` channels. Fixed-size towers set
+    ``image_size`` (a square crop; ``cls_token`` adds one token per crop, dropped before the
+    connector; ``feature_layer`` is the VLM's ``vision_feature_layer``). Merged-patch towers set
+    ``spatial_merge_size`` (``m x m`` patches per output token) and, when windowed,
+    ``window_size`` in pixels and ``fullatt_block_indexes`` (None: every block full attention).
+    The connector is a two-matrix MLP on each output token: ``connector_hidden`` wide, with
+    ``connector_out`` (the LLM width) outputs; its input is ``hidden * m²`` wide. The family
+    adapters build it from a model config (``vlmprune.adapters.family(name).vision_shape``).
     """
 
-    kind: str
     num_layers: int
     hidden: int
     intermediate: int
@@ -263,88 +260,34 @@ class VisionShape:
     in_channels: int = 3
     gated_mlp: bool = False
     image_size: int | None = None
+    cls_token: bool = False
     temporal_patch_size: int = 1
     spatial_merge_size: int = 1
     window_size: int | None = None
     fullatt_block_indexes: tuple[int, ...] | None = None
-    merger_out: int | None = None
-    projector_out: int | None = None
+    connector_hidden: int | None = None
+    connector_out: int | None = None
     feature_layer: int | None = None
 
     @property
     def has_cls(self) -> bool:
-        return self.kind == "clip"
+        return self.cls_token
 
     @property
     def patches_per_crop(self) -> int:
-        """CLIP only: patch tokens per crop, ``(image_size / patch_size)²`` (576 for 336/14)."""
+        """Fixed-size towers only: patch tokens per crop, ``(image_size / patch_size)²`` (576 for 336/14)."""
         if self.image_size is None:
-            raise ValueError("patches_per_crop is defined for fixed-size (CLIP) towers only")
+            raise ValueError("patches_per_crop is defined for fixed-size towers only")
         return (self.image_size // self.patch_size) ** 2
 
     @property
     def tokens(self) -> int:
-        """CLIP only: tokens the encoder runs on per crop, patches + CLS (577 for 336/14)."""
-        return self.patches_per_crop + 1
-
-    @classmethod
-    def from_config(cls, config) -> VisionShape:
-        """Build from a full VLM config (LLaVA / LLaVA-NeXT / Qwen2-VL / Qwen2.5-VL) or from a
-        vision sub-config alone (then the LLaVA projector width is unknown and left ``None``)."""
-        vision = getattr(config, "vision_config", None)
-        full = config if vision is not None else None
-        vision = vision if vision is not None else config
-        mt = vision.model_type
-        if mt in ("clip_vision_model", "clip"):
-            projector_out = None
-            if full is not None:
-                projector_out = int(full.get_text_config().hidden_size)
-            return cls(
-                kind="clip",
-                num_layers=int(vision.num_hidden_layers),
-                hidden=int(vision.hidden_size),
-                intermediate=int(vision.intermediate_size),
-                num_heads=int(vision.num_attention_heads),
-                patch_size=int(vision.patch_size),
-                in_channels=int(getattr(vision, "num_channels", 3)),
-                image_size=int(vision.image_size),
-                projector_out=projector_out,
-                feature_layer=getattr(full, "vision_feature_layer", None) if full is not None else None,
-            )
-        if mt in ("qwen2_5_vl_vision", "qwen2_5_vl"):
-            return cls(
-                kind="qwen2_5_vl",
-                num_layers=int(vision.depth),
-                hidden=int(vision.hidden_size),
-                intermediate=int(vision.intermediate_size),
-                num_heads=int(vision.num_heads),
-                patch_size=int(vision.patch_size),
-                in_channels=int(vision.in_channels),
-                gated_mlp=True,
-                temporal_patch_size=int(vision.temporal_patch_size),
-                spatial_merge_size=int(vision.spatial_merge_size),
-                window_size=int(vision.window_size),
-                fullatt_block_indexes=tuple(int(i) for i in vision.fullatt_block_indexes),
-                merger_out=int(vision.out_hidden_size),
-            )
-        if mt in ("qwen2_vl_vision", "qwen2_vl"):
-            return cls(
-                kind="qwen2_vl",
-                num_layers=int(vision.depth),
-                hidden=int(vision.embed_dim),
-                intermediate=int(vision.embed_dim * vision.mlp_ratio),
-                num_heads=int(vision.num_heads),
-                patch_size=int(vision.patch_size),
-                in_channels=int(vision.in_channels),
-                temporal_patch_size=int(vision.temporal_patch_size),
-                spatial_merge_size=int(vision.spatial_merge_size),
-                merger_out=int(vision.hidden_size),
-            )
-        raise ValueError(f"unsupported vision tower model_type {mt!r}")
+        """Fixed-size towers only: tokens the encoder runs on per crop, patches (+ CLS)."""
+        return self.patches_per_crop + int(self.cls_token)
 
 
 def _window_lengths(h: int, w: int, merge: int, window_merged: int) -> list[int]:
-    """Qwen2.5-VL window attention: patch counts of the windows of one ``h × w`` (patches) frame.
+    """Windowed vision attention: patch counts of the windows of one ``h × w`` (patches) frame.
 
     Windows tile the merged grid ``(h/merge) × (w/merge)`` in ``window_merged²`` squares (edge
     windows are smaller); each merged unit holds ``merge²`` patches. Same as
@@ -358,7 +301,7 @@ def _window_lengths(h: int, w: int, merge: int, window_merged: int) -> list[int]
 
 def _normalise_grids(grid_thw) -> list[tuple[int, int, int]]:
     if grid_thw is None:
-        raise ValueError("grid_thw is required for Qwen vision towers: (t, h, w) in patches per image")
+        raise ValueError("grid_thw is required for merged-patch towers: (t, h, w) in patches per image")
     if hasattr(grid_thw, "tolist"):
         grid_thw = grid_thw.tolist()
     grid_thw = list(grid_thw)
@@ -379,62 +322,54 @@ def vision_flops(
     """Compute of the vision tower (plus the connector into the LLM), reported apart from the LLM.
 
     Counts every matmul / convolution the stock tower runs, in the ``"exact"`` sense (MACs, or
-    FLOPs with ``macs=False``): patch embedding ``N·C·p²(·tp)·D``; per block q, k, v, o projections
-    ``4ND²``, attention ``2·D·Σ_s s²`` over the attention segments ``s`` (the whole crop / frame for
-    full attention, the windows for Qwen2.5-VL's windowed blocks), MLP ``2NDI`` (``3NDI`` gated).
-    Connector (``include_connector``): LLaVA projector on the patch tokens (CLS dropped, strategy
-    ``"default"``) ``P·(D·d + d·d)``; Qwen merger ``(N/mg²)·(mg²D·mg²D + mg²D·d_out)``.
+    FLOPs with ``macs=False``): patch embedding ``P·C·p²(·tp)·D``; per block q, k, v, o projections
+    ``4ND²``, attention ``2·D·Σ_s s²`` over the attention segments ``s`` (each crop or frame for
+    full attention, the windows of windowed blocks), MLP ``2NDI`` (``3NDI`` gated). Connector
+    (``include_connector``) per output token (patches / m², the CLS token dropped):
+    ``c_in·c_hidden + c_hidden·c_out`` with ``c_in = D·m²``.
 
-    * CLIP (LLaVA, LLaVA-NeXT): per crop ``N = P + 1`` tokens (577 at 336 px); ``num_crops`` crops
-      (LLaVA-1.5: 1; LLaVA-NeXT anyres at 672×672: 5). Stock transformers runs all layers although
-      LLaVA reads ``hidden_states[-2]``; ``truncate_at_feature_layer=True`` counts only the layers
-      that feature needs (23 of 24).
-    * Qwen2-VL / Qwen2.5-VL: ``grid_thw`` — one ``(t, h, w)`` in patches, or a list / ``[B, 3]``
-      tensor of them (the processor's ``image_grid_thw``); ``N = t·h·w``; full attention is per
-      frame.
+    * Fixed-size towers: ``num_crops`` crops of ``image_size`` (e.g. 1 for a single crop, 5 for an
+      anyres image at twice the crop size); ``truncate_at_feature_layer=True`` counts only the
+      layers the ``feature_layer`` needs (stock runs them all).
+    * Merged-patch towers: ``grid_thw`` — one ``(t, h, w)`` in patches, or a list / ``[B, 3]``
+      tensor of them (the processor's ``image_grid_thw``); full attention is per frame.
     """
-    if vshape.kind == "clip":
-        P = vshape.patches_per_crop
-        n = P + 1
-        D, mlp = vshape.hidden, vshape.intermediate
-        layers = vshape.num_layers
-        if truncate_at_feature_layer and vshape.feature_layer is not None:
-            fl = vshape.feature_layer
-            layers = fl if fl >= 0 else vshape.num_layers + 1 + fl
-        per_crop = P * vshape.in_channels * vshape.patch_size**2 * D
-        per_crop += layers * (4 * n * D * D + 2 * n * n * D + (3 if vshape.gated_mlp else 2) * n * D * mlp)
-        if include_connector and vshape.projector_out is not None:
-            d = vshape.projector_out
-            per_crop += P * (D * d + d * d)
-        total = num_crops * per_crop
-    elif vshape.kind in ("qwen2_vl", "qwen2_5_vl"):
-        D, mlp = vshape.hidden, vshape.intermediate
-        mg = vshape.spatial_merge_size
-        mlp_mats = 3 if vshape.gated_mlp else 2
-        full_blocks = (
-            set(range(vshape.num_layers))
-            if vshape.fullatt_block_indexes is None
-            else set(vshape.fullatt_block_indexes)
-        )
-        total = 0
-        for t, h, w in _normalise_grids(grid_thw):
-            n = t * h * w
-            total += n * vshape.in_channels * vshape.temporal_patch_size * vshape.patch_size**2 * D
-            full_sq = t * (h * w) ** 2
-            if vshape.window_size is not None and len(full_blocks) < vshape.num_layers:
-                window_merged = vshape.window_size // mg // vshape.patch_size
-                win_sq = t * sum(s * s for s in _window_lengths(h, w, mg, window_merged))
-            else:
-                win_sq = full_sq
-            for i in range(vshape.num_layers):
-                sq = full_sq if i in full_blocks else win_sq
-                total += 4 * n * D * D + 2 * sq * D + mlp_mats * n * D * mlp
-            if include_connector and vshape.merger_out is not None:
-                c = D * mg * mg
-                total += (n // (mg * mg)) * (c * c + c * vshape.merger_out)
+    if vshape.image_size is not None:
+        g = vshape.image_size // vshape.patch_size
+        grids = [(1, g, g)] * num_crops
     else:
-        raise ValueError(f"unknown vision kind {vshape.kind!r}")
+        grids = _normalise_grids(grid_thw)
+    layers = vshape.num_layers
+    if truncate_at_feature_layer and vshape.feature_layer is not None:
+        fl = vshape.feature_layer
+        layers = fl if fl >= 0 else vshape.num_layers + 1 + fl
+    total = sum(_grid_flops(vshape, grid, layers, include_connector) for grid in grids)
     return total if macs else 2 * total
+
+
+def _grid_flops(vshape: VisionShape, grid, layers: int, include_connector: bool) -> int:
+    """MACs of the tower on one image (or crop) of ``grid = (t, h, w)`` patches."""
+    t, h, w = grid
+    D, mg = vshape.hidden, vshape.spatial_merge_size
+    patches = t * h * w
+    n = patches + t * int(vshape.cls_token)  # tokens per block
+    total = patches * vshape.in_channels * vshape.temporal_patch_size * vshape.patch_size**2 * D
+    full_sq = t * (h * w + int(vshape.cls_token)) ** 2  # full attention per frame
+    full_blocks = (
+        set(range(layers)) if vshape.fullatt_block_indexes is None else set(vshape.fullatt_block_indexes)
+    )
+    win_sq = full_sq
+    if vshape.window_size is not None and len(full_blocks) < vshape.num_layers:
+        window_merged = vshape.window_size // mg // vshape.patch_size
+        win_sq = t * sum(s * s for s in _window_lengths(h, w, mg, window_merged))
+    mlp_mats = 3 if vshape.gated_mlp else 2
+    for i in range(layers):
+        sq = full_sq if i in full_blocks else win_sq
+        total += 4 * n * D * D + 2 * sq * D + mlp_mats * n * D * vshape.intermediate
+    if include_connector and vshape.connector_out is not None:
+        c_in, c_mid = D * mg * mg, vshape.connector_hidden or vshape.connector_out
+        total += (patches // (mg * mg)) * (c_in * c_mid + c_mid * vshape.connector_out)
+    return total
 
 
 # --------------------------------------------------------------------------------------------
@@ -497,91 +432,6 @@ class FlopsReport:
         )
 
 
-# --------------------------------------------------------------------------------------------
-# Headline table
-# --------------------------------------------------------------------------------------------
-
-#: Text tokens assumed by the headline tables. 64 reproduces the published LLaVA-1.5 reductions
-#: (60.8 / 70.7 / 80.5% at 192 / 128 / 64 visual tokens) and LLaVA-NeXT's 88.5% (2880 -> 320).
-DEFAULT_TEXT_TOKENS = 64
-
-# (arch, full visual tokens, budgets) for the printed table; LLaVA-NeXT: 5 crops × 576 at 672×672.
-_TABLE = (
-    ("llava-1.5-7b", "LLaVA-1.5-7B", 576, (192, 128, 64), 1),
-    ("llava-next-7b", "LLaVA-NeXT-7B", 2880, (640, 320, 160), 5),
-)
-
-
-def reduction_rows(text_tokens: int = DEFAULT_TEXT_TOKENS, fastv_layer: int = 2) -> list[dict]:
-    """Rows of the reduction table: LLaVA-1.5-7B and LLaVA-NeXT-7B, pre-LLM pruning and FastV-style
-    in-LLM pruning at ``fastv_layer``, under the ``"fastv"`` and ``"swiglu"`` conventions."""
-    from vlmprune.archs import load_config
-
-    rows = []
-    for arch, label, full_visual, budgets, crops in _TABLE:
-        config = load_config(arch)
-        shape = LLMShape.from_config(config)
-        vflops = vision_flops(VisionShape.from_config(config), num_crops=crops)
-        full = token_schedule(shape.num_layers, text_tokens, full_visual)
-        for kept in budgets:
-            for where, layer in (("pre-LLM", 0), (f"in-LLM K={fastv_layer}", fastv_layer)):
-                sched = token_schedule(shape.num_layers, text_tokens, full_visual, kept, layer=layer)
-                row = {
-                    "model": label,
-                    "arch": arch,
-                    "text_tokens": text_tokens,
-                    "visual_full": full_visual,
-                    "visual_kept": kept,
-                    "where": where,
-                    "equivalent_visual_tokens": equivalent_tokens(sched, text_tokens),
-                    "vision_tflops_macs": vflops / 1e12,
-                }
-                for conv in ("fastv", "swiglu"):
-                    rep = FlopsReport.compute(shape, sched, full, conv, vision_flops=vflops)
-                    row[f"{conv}_full_tflops"] = rep.full_flops / 1e12
-                    row[f"{conv}_tflops"] = rep.flops / 1e12
-                    row[f"{conv}_reduction"] = rep.reduction
-                rows.append(row)
-    return rows
-
-
-def format_reduction_table(rows: list[dict] | None = None) -> str:
-    """The reduction table as text (see :func:`reduction_rows`)."""
-    rows = reduction_rows() if rows is None else rows
-    head = (
-        f"{'model':<14} {'visual':>11} {'where':<12} {'eq.tok':>7}  "
-        f"{'FastV T':>8} {'full':>7} {'red.':>6}  {'SwiGLU T':>8} {'full':>7} {'red.':>6}"
-    )
-    lines = [
-        "LLM prefill compute, text tokens = "
-        f"{rows[0]['text_tokens'] if rows else DEFAULT_TEXT_TOKENS}; T = 1e12 MACs (the 'FLOPs' of "
-        "FastV-style papers; true FLOPs are 2x); vision tower not included",
-        "FastV: 4nd^2 + 2n^2d + 2ndm per layer; SwiGLU: 4nd^2 + 2n^2d + 3ndm",
-        head,
-        "-" * len(head),
-    ]
-    for r in rows:
-        lines.append(
-            f"{r['model']:<14} {r['visual_full']:>5}->{r['visual_kept']:<5} {r['where']:<12} "
-            f"{r['equivalent_visual_tokens']:>7.1f}  "
-            f"{r['fastv_tflops']:>8.3f} {r['fastv_full_tflops']:>7.3f} {100 * r['fastv_reduction']:>5.1f}%  "
-            f"{r['swiglu_tflops']:>8.3f} {r['swiglu_full_tflops']:>7.3f} {100 * r['swiglu_reduction']:>5.1f}%"
-        )
-    seen = {}
-    for r in rows:
-        seen.setdefault(r["model"], r["vision_tflops_macs"])
-    lines.append(
-        "vision tower + projector (unchanged by these methods, all layers as stock runs them): "
-        + ", ".join(f"{m} {v:.3f} T" for m, v in seen.items())
-    )
-    return "\n".join(lines)
-
-
-def print_reduction_table() -> None:
-    """Print the LLaVA-1.5-7B / LLaVA-NeXT-7B reduction table under both conventions."""
-    print(format_reduction_table())
-
-
 def text_tokens_for_reduction(
     shape: LLMShape,
     full_visual: int,
@@ -602,7 +452,3 @@ def text_tokens_for_reduction(
         if math.isclose(round(100 * reduction(full, pruned), decimals), target, abs_tol=1e-9):
             out.append(t)
     return out
-
-
-if __name__ == "__main__":
-    print_reduction_table()

@@ -1,0 +1,199 @@
+"""The method base (kvpress style): a small dataclass whose algorithm is a pure function on tensors.
+
+A method's module holds a pure ``select(...)`` on tensors and a thin dataclass adapting
+:class:`~vlmprune.core.types.ImageTokens` / :class:`~vlmprune.core.types.LayerTokens` to it.
+Capability flags (class variables) tell the session what to compute for the method:
+
+- ``pre_llm``: it selects before the LLM (else it has an in-LLM stage at ``llm_layer``);
+- ``needs_saliency`` / ``needs_text`` / ``needs_pre_features`` / ``needs_keys``: side signals;
+- ``merges``: it returns replacement features (``Kept.features``);
+- ``per_region``: it selects each region (crop, frame) on its own, the image's budget shared
+  across regions in proportion to their sizes (:func:`select_per_region` splits and stitches).
+
+``with method(model) as session:`` applies it to a model (``vlmprune.session``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from vlmprune.core.budget import check_size, resolve_budget, split_across_regions
+from vlmprune.core.ops import top_sorted
+from vlmprune.core.types import ImageTokens, Kept, LayerTokens, Selection
+
+POSITION_POLICIES = ("compact", "original")
+
+_APPLY: list[Callable] = []  # the session class, registered by vlmprune.session
+
+
+def register_applier(fn: Callable) -> None:
+    """Set what ``method(model, ...)`` returns (``vlmprune.session`` registers its session class)."""
+    _APPLY[:] = [fn]
+
+
+@dataclass
+class Method:
+    """Base of every pruning method.
+
+    Exactly one of ``budget`` (visual tokens kept per image) or ``ratio`` (kept fraction, in
+    (0, 1]) is given. ``positions`` chooses how kept tokens are numbered for RoPE in the pre-LLM
+    stage: ``"compact"`` (renumbered 0..K-1, what most pruning papers' reference code computes) or
+    ``"original"`` (the unpruned positions, gathered); None takes the model family's default.
+    """
+
+    budget: int | None = None
+    ratio: float | None = None
+    positions: str | None = None
+
+    name: ClassVar[str] = ""
+    pre_llm: ClassVar[bool] = True
+    needs_saliency: ClassVar[bool] = False
+    needs_text: ClassVar[bool] = False
+    needs_pre_features: ClassVar[bool] = False
+    needs_keys: ClassVar[bool] = False
+    merges: ClassVar[bool] = False
+    per_region: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        try:
+            check_size(self.budget, self.ratio)
+        except ValueError as err:
+            raise ValueError(f"{type(self).__name__}: {err}") from None
+        if self.positions is not None and self.positions not in POSITION_POLICIES:
+            raise ValueError(
+                f"`positions` must be one of {POSITION_POLICIES} or None, got {self.positions!r}"
+            )
+        self._session = None
+
+    # -- budgets ---------------------------------------------------------------------------
+    def keep_count(self, n: int) -> int:
+        """Tokens kept for an image of ``n`` visual tokens."""
+        return resolve_budget(self.budget, self.ratio, n)
+
+    @property
+    def llm_layer(self) -> int | None:
+        """Decoder layer index at whose input the in-LLM stage prunes (None: no in-LLM stage)."""
+        return None
+
+    # -- selection -------------------------------------------------------------------------
+    def select_images(self, images: list[ImageTokens]) -> list[Kept]:
+        """Pre-LLM selection for every image of a call (batch order); each image keeps
+        ``image.budget`` tokens. Per-region methods are split into units and stitched here."""
+        if self.per_region:
+            return select_per_region(images, self.select_units)
+        return [self.select_image(img) for img in images]
+
+    def select_image(self, image: ImageTokens) -> Kept:
+        """Pre-LLM selection for one image."""
+        if self.per_region:
+            return self.select_images([image])[0]
+        raise NotImplementedError(f"{type(self).__name__} has no pre-LLM stage")  # pragma: no cover
+
+    def select_units(self, units: list[ImageTokens]) -> list[Kept]:
+        """Per-region methods: selection on single-region units; override to batch them."""
+        return [self.select_unit(u) for u in units]
+
+    def select_unit(self, unit: ImageTokens) -> Kept:  # pragma: no cover - abstract
+        """Per-region methods: selection on one region (``unit.grid`` is its 2-D grid)."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-region selection")
+
+    def select_layer(self, images: list[LayerTokens]) -> list[torch.Tensor]:  # pragma: no cover
+        """In-LLM selection: per image, sorted indices into ``LayerTokens`` rows to keep."""
+        raise NotImplementedError(f"{type(self).__name__} has no in-LLM stage")
+
+    # -- applying ---------------------------------------------------------------------------
+    def __call__(self, model, saliency: str = "auto"):
+        """``with method(model) as session: ...`` prunes every forward/generate call inside the
+        block; ``session.selections`` records the last call.
+
+        ``saliency`` picks the vision saliency signal: ``"auto"`` (the family's default),
+        ``"cls_attention"``, ``"attention_received"``, ``"feature_norm"``.
+        """
+        if not _APPLY:  # pragma: no cover - importing vlmprune registers the session
+            raise RuntimeError("no session engine is registered: import vlmprune")
+        return _APPLY[0](self, model, saliency=saliency)
+
+    @property
+    def last_selection(self) -> list[Selection]:
+        """The selections of the last call of this method's last session (alias of
+        ``session.selections``): one per image, in batch order."""
+        return [] if self._session is None else self._session.selections
+
+
+@dataclass
+class ScoringMethod(Method):
+    """A method that scores tokens and keeps the top ``budget`` (ties to the lowest index).
+
+    Subclasses implement :meth:`score` for ``ImageTokens`` (pre-LLM) and/or ``LayerTokens``
+    (in-LLM); the top-k is taken here, once.
+    """
+
+    def score(self, tokens) -> torch.Tensor:  # pragma: no cover - abstract
+        """(N,) score per token; higher is kept first."""
+        raise NotImplementedError
+
+    def select_image(self, image: ImageTokens) -> Kept:
+        return Kept(indices=top_sorted(self.score(image), image.budget))
+
+    def select_layer(self, images: list[LayerTokens]) -> list[torch.Tensor]:
+        return [top_sorted(self.score(t), t.budget) for t in images]
+
+
+def select_per_region(images: list[ImageTokens], select_units) -> list[Kept]:
+    """Split each image into its regions (budget shared by size, regions with no share skipped),
+    run ``select_units`` once on all units, and stitch each image's results back: indices in the
+    image's numbering (sorted), features and ``pinned`` in the same order, assignment slots
+    renumbered."""
+    units, owner = [], []
+    for i, image in enumerate(images):
+        regions = image.region_list()
+        shares = split_across_regions(image.budget, [int(r.indices.numel()) for r in regions])
+        for region, share in zip(regions, shares):
+            if share > 0:
+                units.append((region, image.crop(region, share)))
+                owner.append(i)
+    kept = select_units([u for _, u in units])
+    out = []
+    for i, image in enumerate(images):
+        parts = [(units[u][0], kept[u]) for u in range(len(units)) if owner[u] == i]
+        out.append(stitch(image.num_tokens, parts, image.features.device))
+    return out
+
+
+def stitch(n: int, parts: list, device) -> Kept:
+    """One image's :class:`Kept` from ``(region, region-local Kept)`` parts."""
+    if len(parts) == 1 and parts[0][0].indices.numel() == n:
+        return parts[0][1]  # one region over the whole image: already in the image's numbering
+    if not parts:
+        return Kept(indices=torch.empty(0, dtype=torch.long, device=device))
+    glob = [r.indices.to(device)[k.indices] for r, k in parts]  # region-local -> image indices
+    kept, order = torch.sort(torch.cat(glob))  # (K,) unique across regions
+    feats = [k.features for _, k in parts]
+    features = None if any(f is None for f in feats) else torch.cat(feats)[order]
+    pins = [k.pinned for _, k in parts]
+    pinned = None if all(p is None for p in pins) else _cat_pins(pins, glob)[order]
+    assignment = None
+    if any(k.assignment is not None for _, k in parts):
+        slot = torch.empty_like(order)
+        slot[order] = torch.arange(order.numel(), device=device)  # region-order slot -> sorted slot
+        assignment = torch.full((n,), -1, dtype=torch.long, device=device)
+        offset = 0
+        for (region, k), g in zip(parts, glob):
+            if k.assignment is not None:
+                hit = k.assignment >= 0
+                assignment[region.indices.to(device)[hit]] = slot[offset + k.assignment[hit]]
+            offset += g.numel()
+    return Kept(indices=kept, features=features, assignment=assignment, pinned=pinned)
+
+
+def _cat_pins(pins, glob) -> torch.Tensor:
+    return torch.cat(
+        [
+            p if p is not None else torch.zeros(g.numel(), dtype=torch.bool, device=g.device)
+            for p, g in zip(pins, glob)
+        ]
+    )

@@ -1,0 +1,5 @@
+"""Floor 4: the family-agnostic hook engine behind ``with method(model) as session:``."""
+
+from vlmprune.session.engine import PruningSession
+
+__all__ = ["PruningSession"]

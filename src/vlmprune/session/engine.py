@@ -1,0 +1,337 @@
+"""``with method(model) as session:`` — forward hooks on a stock model, removed on exit.
+
+No global patching and no forked model code: every change is a standard PyTorch forward
+(pre-)hook on the user's model instance, removed in ``__exit__`` even when the wrapped call raises.
+The engine is family-agnostic: what it knows of a model comes from its adapter.
+
+Hooks, in the order they fire during one forward:
+
+1. the VLM (``model``): refuses ``labels`` (a loss over a shortened sequence is not defined);
+2. the VLM base model (``model.model``): records ``input_ids`` and the image metadata of the call;
+   while decoding a pruned sequence without an attention mask it supplies the all-ones mask of the
+   *unpruned* length, so the stock position logic (e.g. M-RoPE's ``rope_deltas``) stays exact;
+3. the vision tower (adapter hooks): captures saliency, keys and pre-connector features;
+4. the language model: at prefill, selects the kept visual tokens (pre-LLM stage) and shortens
+   ``inputs_embeds``, the 2-D mask and the position ids; while decoding, rewrites the mask and
+   position ids so they match the shortened KV cache;
+5. decoder layers ``K-1 .. end`` (in-LLM stage only, :mod:`vlmprune.session.in_llm`).
+
+Position policies (integration.md): ``"original"`` gathers the unpruned position ids at the kept
+tokens (equals the stock model with ``attention_mask = 0`` at dropped tokens); ``"compact"``
+renumbers the kept tokens consecutively (equals the stock model fed only the kept tokens).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from vlmprune.adapters import get_adapter
+from vlmprune.adapters.base import VisionRecord
+from vlmprune.core.errors import UnsupportedFeatureError
+from vlmprune.core.method import Method, register_applier
+from vlmprune.core.sequence import compact_index, compact_positions, first_real, gather_seq
+from vlmprune.core.types import ImageTokens, Selection
+from vlmprune.session.in_llm import InLLMStage, sync
+from vlmprune.session.spans import ImageSpan, assign_spans
+
+
+@dataclass
+class _PrefillState:
+    orig_len: int  # L: prompt length as the user passed it
+    new_len: int  # L': prompt length after the pre-LLM stage
+    prefix: torch.Tensor  # (B, L') 2-D mask of the shortened prompt
+    shift: torch.Tensor  # (B,) original minus new position of the last prompt token
+    images: list[ImageSpan]
+    decoded: int = 0  # tokens fed after the prompt so far
+    cur_mask: torch.Tensor | None = None  # (B, L' + decoded) mask of the current call
+    layer_prefix: torch.Tensor | None = None  # (B, L'') prompt mask for layers >= K
+    layer_override: dict = field(default_factory=dict)
+    layer_input: tuple | None = None  # (hidden, position_embeddings) captured at layer K-1
+
+
+class PruningSession(InLLMStage):
+    """Context manager returned by ``method(model)``; ``selections`` holds one
+    :class:`~vlmprune.core.types.Selection` per image of the last call (batch order)."""
+
+    def __init__(self, method: Method, model, saliency: str = "auto"):
+        self.method = method
+        self.model = model
+        self.adapter = get_adapter(model, saliency)
+        policy = method.positions or self.adapter.default_positions
+        if policy == "compact" and not self.adapter.supports_compact:
+            raise ValueError(
+                f"`positions`='compact' is not supported for {self.adapter.family}: its M-RoPE positions encode "
+                "the 2-D layout; use positions='original' (the default)"
+            )
+        self.policy = policy
+        self.layer = method.llm_layer
+        n_layers = len(self.adapter.layers)
+        if self.layer is not None and not 1 <= self.layer < n_layers:
+            raise ValueError(f"`layer` must be in [1, {n_layers - 1}] for this model, got {self.layer}")
+        flags = (("saliency", method.needs_saliency), ("keys", method.needs_keys))
+        flags += (("pre_features", method.needs_pre_features),)
+        self.needs = {name for name, flag in flags if flag}
+        if self.adapter.saliency == "feature_norm":
+            self.needs.discard("saliency")
+        self.selections: list[Selection] = []
+        self._handles: list = []
+        self._record: VisionRecord | None = None
+        self._call: dict = {}
+        self._state: _PrefillState | None = None
+        self._phase: str | None = None
+
+    # -- install / remove -----------------------------------------------------------------
+    def __enter__(self):
+        if getattr(self.model, "_vlmprune_session", None) is not None:
+            raise RuntimeError(
+                "a vlmprune method is already applied to this model; nested `with` blocks are not supported"
+            )
+        try:
+            hook = self._handles.append
+            hook(self.model.register_forward_pre_hook(self._on_model, with_kwargs=True))
+            hook(self.adapter.vision_module().register_forward_pre_hook(self._new_record))
+            self._handles += self.adapter.vision_hooks(lambda: self._record, self.needs)
+            hook(self.adapter.base.register_forward_pre_hook(self._on_base, with_kwargs=True))
+            hook(
+                self.adapter.language_model.register_forward_pre_hook(
+                    self._on_language_model, with_kwargs=True
+                )
+            )
+            if self.layer is not None:
+                self._install_layer_hooks()
+        except BaseException:
+            self._remove()
+            raise
+        self.model._vlmprune_session = self
+        self.method._session = self
+        return self
+
+    def __exit__(self, *exc):
+        self._remove()
+        return False
+
+    def _remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._record, self._state, self._call, self._phase = None, None, {}, None
+        if getattr(self.model, "_vlmprune_session", None) is self:
+            del self.model._vlmprune_session
+
+    # -- hooks ------------------------------------------------------------------------------
+    def _on_model(self, module, args, kwargs):
+        if kwargs.get("labels") is not None:
+            raise UnsupportedFeatureError(
+                "vlmprune: `labels` (a training loss) is not supported while pruning: the pruned sequence "
+                "is shorter than the labels; compute the loss outside the `with` block"
+            )
+        return None
+
+    def _new_record(self, module, args):
+        self._record = VisionRecord()
+
+    def _on_base(self, module, args, kwargs):
+        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        self._call = {k: kwargs.get(k) for k in ("image_sizes", "image_grid_thw")}
+        self._call["input_ids"] = input_ids
+        st, cache = self._state, kwargs.get("past_key_values")
+        if st is None or cache is None or kwargs.get("attention_mask") is not None or input_ids is None:
+            return None
+        past = cache.get_seq_length()
+        if past > 0:
+            full = st.orig_len + (past - st.new_len) + input_ids.shape[1]
+            kwargs["attention_mask"] = torch.ones(
+                input_ids.shape[0], full, dtype=torch.long, device=input_ids.device
+            )
+            return args, kwargs
+        return None
+
+    def _on_language_model(self, module, args, kwargs):
+        embeds = kwargs.get("inputs_embeds")
+        cache = kwargs.get("past_key_values")
+        past = cache.get_seq_length() if cache is not None else 0
+        self._phase = None
+        if embeds is None:
+            self._state = None
+            return None
+        if past == 0:
+            self._state = None
+            ids = self._call.get("input_ids")
+            if (
+                ids is None
+                or tuple(ids.shape) != tuple(embeds.shape[:2])
+                or not (ids == self.adapter.image_token_id).any()
+            ):
+                self.selections = []
+                return None
+            return args, self._prefill(ids, embeds, kwargs)
+        if self._state is None:
+            return None
+        return args, self._decode(embeds, kwargs, past)
+
+    # -- prefill ------------------------------------------------------------------------------
+    def _image_tokens(self, embeds, mask2d, is_image, index, row, ph, layout) -> ImageTokens:
+        method = self.method
+        feats = embeds[row, ph[layout.content]]  # (N, D)
+        signals = self.adapter.image_signals(self._record, index, layout) if self._record is not None else {}
+        saliency = signals.get("saliency")
+        if method.needs_saliency and self.adapter.saliency == "feature_norm":
+            saliency = feats.float().norm(dim=-1)
+        if method.needs_saliency and saliency is None:
+            raise RuntimeError(
+                f"{method.name}: no saliency was captured (did the vision tower run in this call?)"
+            )
+        text = None
+        if method.needs_text:
+            real = mask2d[row].bool() & ~is_image[row]
+            after = real.clone()
+            after[: int(ph.max()) + 1] = False
+            text = embeds[row, torch.nonzero(after if after.any() else real).flatten()]
+        n = int(layout.content.numel())
+        return ImageTokens(
+            features=feats,
+            budget=method.keep_count(n),
+            regions=layout.regions,
+            grid=layout.grid,
+            pre_features=signals.get("pre_features"),
+            saliency=saliency,
+            keys=signals.get("keys"),
+            text=text,
+            seed=index,
+        )
+
+    def _select(self, embeds, mask2d, is_image, spans, layouts, vision_index):
+        """Run the pre-LLM stage. Returns ``(keep (B, L) bool, embeds, image spans)`` and records
+        the selections."""
+        device = embeds.device
+        keep = torch.ones(is_image.shape, dtype=torch.bool, device=device)
+        images: list[ImageSpan] = []
+        if not self.method.pre_llm:
+            self.selections = []
+            for (row, ph), lay in zip(spans, layouts):
+                n = int(lay.content.numel())
+                images.append(
+                    ImageSpan(row, ph[lay.content.to(device)], torch.arange(n, device=device), n, lay)
+                )
+                self.selections.append(
+                    Selection(torch.arange(n), n, lay.grid, lay.regions, None, "none", 0.0)
+                )
+            return keep, embeds, images
+        tokens = [
+            self._image_tokens(embeds, mask2d, is_image, j, row, ph, lay)
+            for j, (row, ph), lay in zip(vision_index, spans, layouts)
+        ]
+        sync(device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            kept = self.method.select_images(tokens)
+        sync(device)
+        ms = (time.perf_counter() - t0) * 1e3 / max(1, len(tokens))
+        keep &= ~is_image  # every image placeholder (content and separators) is dropped unless kept
+        replaced, selections = None, []
+        for (row, ph), lay, tok, k in zip(spans, layouts, tokens, kept):
+            idx = k.indices.to(device)
+            seq_pos = ph[lay.content.to(device)[idx]]
+            if idx.numel() == tok.num_tokens:  # everything kept: the image stays as stock (separators too)
+                keep[row, ph] = True
+            else:
+                keep[row, seq_pos] = True
+            if k.features is not None:
+                replaced = embeds.clone() if replaced is None else replaced
+                replaced[row, seq_pos] = k.features.to(embeds.dtype)
+            images.append(ImageSpan(row, seq_pos, idx, tok.num_tokens, lay, k.pinned))
+            selections.append(
+                Selection(idx.cpu(), tok.num_tokens, lay.grid, lay.regions, k.assignment, "pre_llm", ms)
+            )
+        self.selections = selections
+        return keep, (replaced if replaced is not None else embeds), images
+
+    def _prefill(self, ids, embeds, kwargs):
+        bsz, length, _ = embeds.shape
+        device = embeds.device
+        mask = kwargs.get("attention_mask")
+        if mask is not None and (not torch.is_tensor(mask) or mask.dim() != 2):
+            raise UnsupportedFeatureError(
+                "vlmprune needs a 2-D attention mask (static/compiled caches that pre-build 4-D masks are not supported)"
+            )
+        mask2d = mask if mask is not None else torch.ones(bsz, length, dtype=torch.long, device=device)
+        layouts = self.adapter.image_layouts(self._call, self._record)
+        spans, vision_index = assign_spans(ids, layouts, self.adapter.image_token_id)
+        layouts = [layouts[j] for j in vision_index]
+        is_image = ids == self.adapter.image_token_id
+        keep, embeds, images = self._select(embeds, mask2d, is_image, spans, layouts, vision_index)
+
+        index, valid = compact_index(keep)  # (B, L')
+        new_mask = gather_seq(mask2d, index, 1) * valid.to(mask2d.dtype)
+        new_pos, shift = self._positions(kwargs.get("position_ids"), index, mask2d, new_mask)
+        # where each surviving image token now sits: old position -> new position
+        old_to_new = torch.full((bsz, length), -1, dtype=torch.long, device=device)
+        rows = torch.arange(bsz, device=device)[:, None].expand_as(index)
+        old_to_new[rows[valid], index[valid]] = torch.nonzero(valid)[:, 1]
+        for span in images:
+            span.positions = old_to_new[span.row, span.positions]
+
+        self._state = _PrefillState(length, index.shape[1], new_mask, shift, images, cur_mask=new_mask)
+        self._phase = "prefill"
+        kwargs["inputs_embeds"] = gather_seq(embeds, index, 1)
+        kwargs["attention_mask"] = new_mask
+        kwargs["position_ids"] = new_pos
+        return kwargs
+
+    def _positions(self, pos, index, mask2d, new_mask):
+        """Position ids of the shortened prompt and the (B,) shift of its last position."""
+        bsz, length = mask2d.shape
+        pos_full = pos if pos is not None else torch.arange(length, device=mask2d.device).expand(bsz, length)
+        if pos_full.dim() == 3:  # (k, B, L) M-RoPE
+            new_pos = gather_seq(pos_full, index, 2)
+            return new_pos, pos_full[0, :, -1] - new_pos[0, :, -1]
+        if self.policy == "original" or not self.method.pre_llm:
+            new_pos = gather_seq(pos_full, index, 1)
+            return new_pos, pos_full[:, -1] - new_pos[:, -1]
+        first = pos_full.gather(1, first_real(mask2d)[:, None])[:, 0]
+        new_pos = compact_positions(new_mask, first) if pos is not None else None
+        return new_pos, pos_full[:, -1] - (new_pos[:, -1] if new_pos is not None else index.shape[1] - 1)
+
+    # -- decode -------------------------------------------------------------------------------
+    def _decode(self, embeds, kwargs, past):
+        st = self._state
+        bsz, s = embeds.shape[:2]
+        if past != st.new_len + st.decoded:
+            raise RuntimeError(
+                f"the KV cache holds {past} tokens but the pruned prompt has {st.new_len} plus {st.decoded} decoded; "
+                "a cache from another call cannot be continued inside this `with` block"
+            )
+        extra = past - st.new_len + s
+        mask = kwargs.get("attention_mask")
+        if mask is None:
+            tail = torch.ones(bsz, extra, dtype=st.prefix.dtype, device=embeds.device)
+        elif not torch.is_tensor(mask) or mask.dim() != 2:
+            raise UnsupportedFeatureError(
+                "vlmprune needs a 2-D attention mask while decoding (no static caches)"
+            )
+        else:
+            if mask.shape[1] != st.orig_len + extra:
+                raise RuntimeError(
+                    f"`attention_mask` has {mask.shape[1]} columns, expected {st.orig_len + extra} "
+                    "(the unpruned prompt plus the tokens after it)"
+                )
+            tail = mask[:, st.orig_len :]
+        new_mask = torch.cat([st.prefix.to(tail.dtype), tail], dim=1)
+        pos = kwargs.get("position_ids")
+        if pos is None:
+            start = st.orig_len + past - st.new_len
+            pos = (torch.arange(s, device=embeds.device) + start).expand(bsz, s)
+        shift = st.shift.to(pos.device)
+        new_pos = pos - (shift.view(1, -1, 1) if pos.dim() == 3 else shift[:, None])
+        st.decoded += s
+        st.cur_mask = new_mask
+        self._phase = "decode"
+        kwargs["attention_mask"] = new_mask
+        kwargs["position_ids"] = new_pos
+        return kwargs
+
+
+register_applier(PruningSession)

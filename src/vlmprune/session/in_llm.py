@@ -1,0 +1,134 @@
+"""The in-LLM stage of a session: pruning image tokens at the input of decoder layer ``K``.
+
+The stock decoder loop passes one causal mask and one rotary embedding to every layer, so the
+stage works through pre-hooks on layers ``K-1 .. end``: layer ``K-1``'s input is captured, layer
+``K`` computes the last prompt token's attention (recomputed by the adapter, no eager attention
+needed), drops image tokens from the hidden states, rotary embeddings and mask, and layers
+``>= K`` get the mask of the shortened sequence at prefill and at every decode step.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from vlmprune.core.sequence import compact_index, gather_seq
+from vlmprune.core.types import LayerTokens, Selection
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class InLLMStage:
+    """Mixin of :class:`~vlmprune.session.PruningSession` (uses its ``adapter``, ``method``,
+    ``layer``, ``selections``, ``_state`` and ``_phase``)."""
+
+    def _install_layer_hooks(self) -> None:
+        layers = self.adapter.layers
+        hook = [(layers[self.layer - 1], self._on_layer_before), (layers[self.layer], self._on_prune_layer)]
+        hook += [(later, self._on_later_layer) for later in layers[self.layer + 1 :]]
+        for module, fn in hook:
+            self._handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
+
+    def _active(self) -> bool:
+        return self._phase is not None and self._state is not None
+
+    def _on_layer_before(self, module, args, kwargs):
+        if self._phase == "prefill" and self._state is not None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            self._state.layer_input = (hidden, kwargs["position_embeddings"])
+        return None
+
+    def _on_prune_layer(self, module, args, kwargs):
+        if not self._active():
+            return None
+        st = self._state
+        hidden = args[0] if args else kwargs["hidden_states"]
+        cache = kwargs.get("past_key_values")
+        if self._phase == "decode":
+            mask2d = torch.cat(
+                [st.layer_prefix, st.cur_mask[:, st.new_len :].to(st.layer_prefix.dtype)], dim=1
+            )
+            st.layer_override = {"attention_mask": self.adapter.layer_mask(hidden, mask2d, cache, self.layer)}
+            kwargs.update(st.layer_override)
+            return args, kwargs
+        return self._prune_in_layer(hidden, args, kwargs, cache)
+
+    def _layer_tokens(self, hidden) -> list[LayerTokens]:
+        """Each image's surviving tokens at the prune layer, with the signals of layer ``K-1``."""
+        st = self._state
+        prev_hidden, prev_pe = st.layer_input
+        with torch.no_grad():
+            attention, keys = self.adapter.last_token_attention(
+                self.layer - 1, prev_hidden, prev_pe, st.cur_mask
+            )
+        bsz, length = st.cur_mask.shape
+        is_image = torch.zeros(bsz, length, dtype=torch.bool, device=hidden.device)
+        for span in st.images:
+            is_image[span.row, span.positions] = True
+        tokens = []
+        for span in st.images:
+            text_pos = torch.nonzero(st.cur_mask[span.row].bool() & ~is_image[span.row]).flatten()
+            rows = int(span.positions.numel())
+            tokens.append(
+                LayerTokens(
+                    attention=attention[span.row, span.positions],
+                    hidden=hidden[span.row, span.positions],
+                    keys=keys[span.row, span.positions],
+                    text_hidden=hidden[span.row, text_pos],
+                    text_keys=keys[span.row, text_pos],
+                    budget=min(self.method.keep_count(span.num_tokens), rows),
+                    origin=span.origin,
+                    grid=span.layout.grid,
+                    pinned=span.pinned,
+                )
+            )
+        return tokens
+
+    def _prune_in_layer(self, hidden, args, kwargs, cache):
+        st = self._state
+        tokens = self._layer_tokens(hidden)
+        sync(hidden.device)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            kept = self.method.select_layer(tokens)
+        sync(hidden.device)
+        ms = (time.perf_counter() - t0) * 1e3 / max(1, len(tokens))
+        bsz, length = st.cur_mask.shape
+        keep = torch.ones(bsz, length, dtype=torch.bool, device=hidden.device)
+        for i, (span, k) in enumerate(zip(st.images, kept)):
+            k = k.to(hidden.device)
+            dropped = torch.ones(span.positions.numel(), dtype=torch.bool, device=hidden.device)
+            dropped[k] = False
+            keep[span.row, span.positions[dropped]] = False
+            sel = self.selections[i]
+            self.selections[i] = Selection(
+                span.origin[k].cpu(), sel.num_tokens, sel.grid, sel.regions, sel.assignment, "in_llm",
+                sel.selection_ms + ms,
+            )  # fmt: skip
+        index, valid = compact_index(keep)
+        new_hidden = gather_seq(hidden, index, 1)
+        # without explicit position ids the LLM builds them (and cos/sin) with batch 1: broadcast first
+        cos, sin = (t.expand(bsz, *t.shape[1:]) for t in kwargs["position_embeddings"])
+        override = {"position_embeddings": (gather_seq(cos, index, 1), gather_seq(sin, index, 1))}
+        if torch.is_tensor(kwargs.get("position_ids")):
+            override["position_ids"] = gather_seq(kwargs["position_ids"].expand(bsz, -1), index, 1)
+        st.layer_prefix = gather_seq(st.cur_mask, index, 1) * valid.to(st.cur_mask.dtype)
+        override["attention_mask"] = self.adapter.layer_mask(new_hidden, st.layer_prefix, cache, self.layer)
+        st.layer_override = override
+        st.layer_input = None
+        kwargs.update(override)
+        if args:
+            args = (new_hidden, *args[1:])
+        else:
+            kwargs["hidden_states"] = new_hidden
+        return args, kwargs
+
+    def _on_later_layer(self, module, args, kwargs):
+        if not self._active():
+            return None
+        kwargs.update(self._state.layer_override)
+        return args, kwargs
