@@ -770,3 +770,34 @@ def test_init_decoder_and_frozen_llm_stage(tmp_path):
         cli(["--family", "qwen", "--size", "tiny", "--out", str(tmp_path / "q"), "--rope-linear", "2"])
     with pytest.raises(ValueError, match="--freeze-llm-steps"):
         cli(args + ["--freeze-llm-steps", "-1"])
+
+
+# ------------------------------------------------------------------------------------ the checkpoints
+@pytest.mark.parametrize("family", ["llava", "qwen"])
+def test_committed_checkpoint_prompts_as_trained_and_answers_as_eval_does(family):
+    """``vlmprune run --model testbed-...`` builds its prompt from the checkpoint's chat template:
+    it must be the prompt the model was trained on, and its answers the ones ``vlmprune eval``
+    scores (the same held-out questions, the same greedy tokens)."""
+    from vlmprune.apps import models
+    from vlmprune.testbed.task import TestbedTask, find_testbed
+
+    path = find_testbed(family)
+    if path is None:
+        pytest.skip("no committed testbed checkpoint")
+    loaded = models.load(str(path), device="cpu", dtype="float32")
+    task = TestbedTask()
+    items = task.items(family, 10, 0)
+    for it in items:
+        assert models.prompt_text(loaded, it.question) == M.prompt(family, it.question)
+    via_run = models.prompt_inputs(loaded, [it.image for it in items], [it.question for it in items])
+    via_eval = task.encode(
+        family, loaded.processor, [it.image for it in items], [it.question for it in items]
+    )
+    assert torch.equal(via_run["input_ids"], via_eval["input_ids"])
+    with torch.no_grad():
+        out = loaded.model.generate(**via_run, max_new_tokens=1, do_sample=False)
+    texts = loaded.processor.tokenizer.batch_decode(
+        out[:, via_run["input_ids"].shape[1] :], skip_special_tokens=True
+    )
+    right = sum(task.score(t, it) for t, it in zip(texts, items))
+    assert right >= 7, (texts, [it.answer for it in items])  # eval scores these checkpoints at 84-86%

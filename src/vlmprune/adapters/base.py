@@ -203,6 +203,15 @@ class Adapter:
         "pre_features"). ``on_record()`` returns the current :class:`VisionRecord`. Returns handles."""
         raise NotImplementedError
 
+    def encode_images(self, inputs: dict) -> dict:
+        """Run the vision tower on processor ``inputs`` as ``generate`` does; returns the inputs with
+        the pixels replaced by ``mm_encoder_outputs`` (the image metadata stays: positions need it)."""
+        rest = self.model._prepare_multimodal_encoder_kwargs_for_generation(dict(inputs))
+        for key, value in inputs.items():
+            if key not in rest and not key.startswith("pixel_values"):
+                rest[key] = value
+        return rest
+
     # -- layout -------------------------------------------------------------------------------
     def image_layouts(self, call: dict, record: VisionRecord | None) -> list[ImageLayout]:
         """Layouts of every image of the call in batch order (the order features are scattered)."""

@@ -55,13 +55,15 @@ class LlavaNextAdapter(ClipTowerMixin, Adapter):
         # generate() runs get_image_features before the forward and then passes only
         # `mm_encoder_outputs`, without `image_sizes`: record the sizes where they are used.
         original = self.base.get_image_features
-        self._last_sizes = None
 
         @functools.wraps(original)  # generate() inspects this signature to route pixel_values
         def get_image_features(*args, **kwargs):
             sizes = kwargs.get("image_sizes", args[1] if len(args) > 1 else None)
-            self._last_sizes = None if sizes is None else torch.as_tensor(sizes).detach().cpu()
-            return original(*args, **kwargs)
+            out = original(*args, **kwargs)
+            record = on_record()  # created by the tower's pre-hook inside the call
+            if record is not None and sizes is not None:
+                record.raw["image_sizes"] = torch.as_tensor(sizes).detach().cpu()
+            return out
 
         handles.append(InstanceAttributeHook(self.base, "get_image_features", get_image_features))
         return handles
@@ -114,8 +116,8 @@ class LlavaNextAdapter(ClipTowerMixin, Adapter):
 
     def image_layouts(self, call, record):
         sizes = call.get("image_sizes")
-        if sizes is None:
-            sizes = getattr(self, "_last_sizes", None)
+        if sizes is None and record is not None:
+            sizes = record.raw.get("image_sizes")
         if sizes is None:
             raise ValueError("llava_next: `image_sizes` is required to prune LLaVA-NeXT images")
         layouts = []

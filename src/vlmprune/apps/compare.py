@@ -73,8 +73,7 @@ def main(args) -> int:
     )
 
     methods, size = _methods(args)  # argument errors before anything is loaded
-    if not args.prompt.strip():
-        raise UsageError("--prompt", "is empty; give the question the text-aware methods see")
+    options.check_prompt(args.prompt)
     out = options.out_file(args.out, "compare", "compare.png", args.force)
     image, image_desc = load_image(args.image)
     loaded = models.load(args.model, device=args.device, dtype=args.dtype)

@@ -2,7 +2,9 @@
 
 The methods run exactly as on a user's model: ``with method(model): model.generate(...)`` on the
 stock classes, with inputs from the stock processors, batched (left padding); the answer is
-scored by the task. Tasks come from plugins (:mod:`vlmprune.apps.plugins`); the bundled testbed
+scored by the task. The vision tower runs once per batch (``vlmprune.session.capture_vision``,
+every side signal captured by the same hooks) and serves every method and budget: selections and
+answers are those of separate runs (``tests/test_capture.py``). Tasks come from plugins (:mod:`vlmprune.apps.plugins`); the bundled testbed
 registers ``testbed`` (offline scenes and one-word answers, two trained checkpoints).
 Writes ``eval.json``, ``eval.csv`` and ``eval.png``.
 """
@@ -56,16 +58,18 @@ def _first_word(text: str) -> str:
     return w[0].strip(".,!?").lower() if w else ""
 
 
-def _generate(model, enc, method_name, kw):
+def _generate(model, capture, method_name, kw):
+    """One answer token per question: the unpruned model, or ``method_name`` through its session
+    on the batch's one vision-tower run (``capture``; the same selections as a full run)."""
     import torch
 
     import vlmprune
 
     with torch.no_grad():
         if method_name == "full":
-            return model.generate(**enc, max_new_tokens=1, do_sample=False), []
-        with vlmprune.get_method(method_name, **kw)(model) as session:
-            out = model.generate(**enc, max_new_tokens=1, do_sample=False)
+            return model.generate(**capture.inputs, max_new_tokens=1, do_sample=False), []
+        with vlmprune.get_method(method_name, **kw)(model, vision=capture) as session:
+            out = model.generate(**capture.inputs, max_new_tokens=1, do_sample=False)
         return out, [int(s.kept.numel()) for s in session.selections]
 
 
@@ -74,6 +78,8 @@ def evaluate_model(
 ):
     """Per-config per-category correct counts. Returns (rows, errors, meta)."""
     import torch
+
+    from vlmprune.session import capture_vision
 
     items = task.items(family, samples, seed)
     configs = [("full", None)] + [(m, b) for m in methods for b in budgets]
@@ -95,6 +101,7 @@ def evaluate_model(
         for it in chunk:
             total[it.category] += 1
         n_in = enc["input_ids"].shape[1]
+        capture = capture_vision(model, enc)  # the vision tower runs once per batch, for every config
         for c in configs:
             if bar is not None:
                 bar.update(1)
@@ -102,7 +109,7 @@ def evaluate_model(
                 continue
             kw = task.budget_kwargs(family, c[1], seed, c[0]) if c[0] != "full" else {}
             try:
-                out, counts = _generate(model, enc, c[0], kw)
+                out, counts = _generate(model, capture, c[0], kw)
             except Exception as err:  # record and go on: one broken method must not hide the others
                 errors[c] = f"{type(err).__name__}: {err}"
                 print(f"[{name}] {c[0]}@{c[1]} failed: {errors[c]}", file=sys.stderr)

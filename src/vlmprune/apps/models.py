@@ -18,6 +18,7 @@ from vlmprune.adapters.loading import load_pretrained
 from vlmprune.apps import zoo
 from vlmprune.apps.errors import UsageError
 from vlmprune.apps.plugins import registry
+from vlmprune.core.errors import UnsupportedModelError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 
@@ -133,7 +134,10 @@ def load(spec: str, device: str = "auto", dtype: str = "auto", attn: str = "sdpa
         model, proc, desc = plugin[0](device, torch_dtype, attn)
         return Loaded(model, proc, adapter_class(model.config), desc, False, None, device, torch_dtype)
     _check_checkpoint(spec)
-    pre = load_pretrained(spec, dtype=torch_dtype, device=device, attn=attn)
+    try:
+        pre = load_pretrained(spec, dtype=torch_dtype, device=device, attn=attn)
+    except UnsupportedModelError as err:
+        raise UsageError("--model", str(err)) from None
     return Loaded(
         pre.model, pre.processor, pre.adapter, describe(spec), False, pre.chat_template, device, torch_dtype
     )

@@ -34,6 +34,8 @@ class Parser(argparse.ArgumentParser):
         m = re.match(r"argument ([^:]+): (.*)", message, re.S)
         if m:
             message = f"{m.group(1).split('/')[-1]}: {m.group(2)}"
+        elif message.startswith("unrecognized arguments: "):
+            message = f"{message.split(': ', 1)[1]}: unrecognized argument (see --help)"
         fail(self.prog, message.replace("\n", " "))
 
 
@@ -132,6 +134,21 @@ def add_out(parser, what: str) -> None:
     parser.add_argument("--force", action="store_true", help="overwrite existing output files")
 
 
+def check_prompt(prompt: str) -> str:
+    """A ``UsageError`` naming ``--prompt`` for an empty prompt or one holding an image placeholder
+    of any family (the tools add the image themselves)."""
+    from vlmprune.adapters import families
+
+    if not prompt.strip():
+        raise UsageError("--prompt", "is empty; ask a question about the image")
+    for cls in families():
+        if cls.image_token and cls.image_token in prompt:
+            raise UsageError(
+                "--prompt", f"must not contain the image placeholder {cls.image_token}: the image is added"
+            )
+    return prompt
+
+
 def check_methods(names: list[str] | None) -> list[str]:
     """The method names, all registered (``UsageError`` naming ``--methods`` otherwise)."""
     import vlmprune
@@ -166,18 +183,18 @@ def out_dir(out: str | None, command: str, files: list[str], force: bool) -> Pat
     return path
 
 
-def out_file(out: str | None, command: str, default_name: str, force: bool) -> Path:
-    """The image file a command writes: ``out`` (must end in .png/.jpg), or a fresh one under
-    ``./vlmprune-out/``; an existing file is a ``UsageError`` unless ``force``."""
+def out_file(out: str | None, command: str, default_name: str, force: bool, argument: str = "--out") -> Path:
+    """The image file a command writes: ``out`` (must end in .png/.jpg/.webp), or a fresh one under
+    ``./vlmprune-out/``; an existing file is a ``UsageError`` naming ``argument`` unless ``force``."""
     if out is None:
         return out_dir(None, command, [], False) / default_name
     path = Path(out)
     if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
-        raise UsageError("--out", f"{out!r} needs an image extension (.png, .jpg, .webp)")
+        raise UsageError(argument, f"{out!r} needs an image extension (.png, .jpg, .webp)")
     if path.is_dir():
-        raise UsageError("--out", f"{out!r} is a directory; give an image file name")
+        raise UsageError(argument, f"{out!r} is a directory; give an image file name")
     if path.exists() and not force:
-        raise UsageError("--out", f"{out} exists; pass --force to overwrite, or choose another --out")
+        raise UsageError(argument, f"{out} exists; pass --force to overwrite, or choose another {argument}")
     return path
 
 

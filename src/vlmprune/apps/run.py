@@ -138,16 +138,11 @@ def run(args) -> dict:
     """Everything ``vlmprune run`` reports, as a dict (the ``--json`` output)."""
     from vlmprune.core.flops import FlopsReport
 
-    if not args.prompt.strip():
-        raise UsageError("--prompt", "is empty; ask a question about the image")
+    options.check_prompt(args.prompt)
     method, size = make_method(args)  # bad arguments fail before loading
-    viz = options.out_file(args.viz, "run", "run.png", args.force) if args.viz else None
+    viz = options.out_file(args.viz, "run", "run.png", args.force, "--viz") if args.viz else None
     image, image_desc = load_image(args.image)
     loaded = models.load(args.model, device=args.device, dtype=args.dtype)
-    if loaded.adapter.image_token in args.prompt:
-        raise UsageError(
-            "--prompt", f"must not contain the image placeholder {loaded.adapter.image_token}: it is added"
-        )
     inputs = models.prompt_inputs(loaded, [image], [args.prompt])
     full_answer, _ = answer(loaded, inputs, None, args.max_new_tokens)
     pruned_answer, selections = answer(loaded, inputs, method, args.max_new_tokens)

@@ -106,20 +106,21 @@ class Method:
         raise NotImplementedError(f"{type(self).__name__} has no in-LLM stage")
 
     # -- applying ---------------------------------------------------------------------------
-    def __call__(self, model, saliency: str = "auto"):
+    def __call__(self, model, saliency: str = "auto", vision=None):
         """``with method(model) as session: ...`` prunes every forward/generate call inside the
         block; ``session.selections`` records the last call.
 
         ``saliency`` picks the vision saliency signal: ``"auto"`` (the family's default),
-        ``"cls_attention"``, ``"attention_received"``, ``"feature_norm"``.
+        ``"cls_attention"``, ``"attention_received"``, ``"feature_norm"``. ``vision``: a
+        ``vlmprune.session.capture_vision`` result, to reuse one vision-tower run across methods.
         """
         if not _APPLY:  # pragma: no cover - importing vlmprune registers the session
             raise RuntimeError("no session engine is registered: import vlmprune")
-        return _APPLY[0](self, model, saliency=saliency)
+        return _APPLY[0](self, model, saliency=saliency, vision=vision)
 
     @property
     def last_selection(self) -> list[Selection]:
-        """The selections of the last call of this method's last session (alias of
+        """The selections of the latest call under this method's latest ``with`` block (alias of
         ``session.selections``): one per image, in batch order."""
         return [] if self._session is None else self._session.selections
 

@@ -35,8 +35,10 @@ def select(attention: torch.Tensor, budget: int) -> torch.Tensor:
 @register
 @dataclass
 class FastV(ScoringMethod):
-    """FastV (arXiv 2403.06764): at decoder layer ``layer``, keep the image tokens the last prompt
-    token attends to most (see the module docstring)."""
+    """FastV (arXiv 2403.06764): keep the image tokens the last prompt token attends to most, from decoder layer 2 on.
+
+    ``layer`` (default 2) is the decoder layer at whose input the tokens are dropped (see the
+    module docstring)."""
 
     layer: int = 2
 

@@ -395,7 +395,9 @@ def select(
 @register
 @dataclass
 class SPPruner(Method):
-    """SPpruner (arXiv 2605.20950, reconstructed from the abstract only; see the module docstring).
+    """SPpruner (arXiv 2605.20950, a reconstruction from the abstract): subject tokens plus scanned context tokens.
+
+    See the module docstring for every choice that is ours.
 
     Keeps ``round(rho K)`` subject (focus) tokens chosen by the soft union of saliency and text
     relevance, and summarises the rest in ``K - round(rho K)`` context tokens, one per contiguous

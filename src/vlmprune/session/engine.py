@@ -56,10 +56,15 @@ class PruningSession(InLLMStage):
     """Context manager returned by ``method(model)``; ``selections`` holds one
     :class:`~vlmprune.core.types.Selection` per image of the last call (batch order)."""
 
-    def __init__(self, method: Method, model, saliency: str = "auto"):
+    def __init__(self, method: Method, model, saliency: str = "auto", vision=None):
         self.method = method
         self.model = model
+        if vision is not None and saliency == "auto":
+            saliency = vision.saliency
         self.adapter = get_adapter(model, saliency)
+        if vision is not None and vision.saliency != self.adapter.saliency:
+            raise ValueError(f"`saliency`={saliency!r} differs from the capture's {vision.saliency!r}")
+        self.vision = vision
         policy = method.positions or self.adapter.default_positions
         if policy == "compact" and not self.adapter.supports_compact:
             raise ValueError(
@@ -78,7 +83,7 @@ class PruningSession(InLLMStage):
             self.needs.discard("saliency")
         self.selections: list[Selection] = []
         self._handles: list = []
-        self._record: VisionRecord | None = None
+        self._record: VisionRecord | None = None if vision is None else vision.record
         self._call: dict = {}
         self._state: _PrefillState | None = None
         self._phase: str | None = None
@@ -92,7 +97,9 @@ class PruningSession(InLLMStage):
         try:
             hook = self._handles.append
             hook(self.model.register_forward_pre_hook(self._on_model, with_kwargs=True))
-            hook(self.adapter.vision_module().register_forward_pre_hook(self._new_record))
+            hook(
+                self.adapter.vision_module().register_forward_pre_hook(self._new_record)
+            )  # a tower run in the block
             self._handles += self.adapter.vision_hooks(lambda: self._record, self.needs)
             hook(self.adapter.base.register_forward_pre_hook(self._on_base, with_kwargs=True))
             hook(
@@ -117,7 +124,8 @@ class PruningSession(InLLMStage):
         for h in self._handles:
             h.remove()
         self._handles.clear()
-        self._record, self._state, self._call, self._phase = None, None, {}, None
+        self._record = None if self.vision is None else self.vision.record
+        self._state, self._call, self._phase = None, {}, None
         if getattr(self.model, "_vlmprune_session", None) is self:
             del self.model._vlmprune_session
 

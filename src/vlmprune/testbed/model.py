@@ -60,8 +60,8 @@ QWEN_TEMPLATE = (
     "<|im_start|>{{ message['role'] }}\n"
     "{% for c in parts %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% endif %}{% endfor %}"
     "{% for c in parts %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}<|im_end|>\n"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}<|im_start|>assistant\n{%- endif -%}"
+    "{% endfor -%}"
+    "{%- if add_generation_prompt -%}<|im_start|>assistant\n{% endif -%}"
 )
 
 # d: decoder width; the vision tower is CLIP-like (LLaVA) or Qwen2.5-VL-like (windowed)

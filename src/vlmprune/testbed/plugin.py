@@ -43,7 +43,7 @@ def register(registry) -> None:
     from vlmprune.testbed.task import TestbedTask
 
     registry.add_model("testbed-llava", _model("llava"), "the trained testbed LLaVA (./testbed/llava)")
-    registry.add_model("testbed", _model("llava"), "testbed-llava")
     registry.add_model("testbed-qwen", _model("qwen"), "the trained testbed Qwen2.5-VL (./testbed/qwen)")
+    registry.add_model("testbed", _model("llava"), "testbed-llava")
     registry.add_image_source("testbed", _scene, "N (a held-out testbed scene)")
     registry.add_task("testbed", TestbedTask())

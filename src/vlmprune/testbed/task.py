@@ -73,13 +73,25 @@ class TestbedTask:
     chance = Q.CHANCE
     full_tokens = 576
     budgets = (192, 128, 64, 32)
-    samples = 1000
+    samples = 300
 
     def models(self, spec: str | None):
         """``[(name, loader)]``; ``loader()`` -> (model, processor, family). ``spec``: None or
         ``testbed`` (testbed-llava, plus testbed-qwen if present), ``testbed-llava``,
-        ``testbed-qwen``, ``tiny`` / ``tiny-qwen`` (untrained tiny models: a smoke test), or a
-        testbed checkpoint directory."""
+        ``testbed-qwen``, a built-in random model of the tools (``tiny-llava``, ...: a smoke test
+        of the pipeline), ``tiny`` / ``tiny-qwen`` (untrained testbed-sized models), or a testbed
+        checkpoint directory."""
+        from vlmprune.apps import zoo
+
+        if spec in zoo.builtin_names():
+
+            def load_builtin(spec=spec):
+                from vlmprune.apps import models
+
+                loaded = models.load(spec, device="cpu", dtype="float32")
+                return loaded.model, loaded.processor, "qwen" if loaded.family.startswith("qwen") else "llava"
+
+            return [(f"{spec} (random weights)", load_builtin)]
         if spec in ("tiny", "tiny-qwen"):
             fam = "llava" if spec == "tiny" else "qwen"
 

@@ -2,7 +2,7 @@
 
     python -m vlmprune.testbed.train --family llava --out testbed/llava --minutes 240 --resume
 
-Recipe (issue 5's levers):
+Recipe:
 
 1. **Vision pretraining** (``--vision-steps``): the vision tower alone, on dense per-patch labels
    from the generator (object colour / shape / size class / object-centre flag of each 14-px patch,
