@@ -93,3 +93,66 @@ def layer_key_mask(model, layer: int, dropped: torch.Tensor):
     finally:
         for h in handles:
             h.remove()
+
+
+LM_OWN = {"inputs_embeds", "attention_mask", "position_ids", "past_key_values", "use_cache", "input_ids"}
+
+
+def stock_side_inputs(model, inputs) -> dict:
+    """The stock language model's per-position side inputs for these inputs (any tensor kwarg of
+    its prefill call beyond embeddings, mask, positions and cache, e.g. DeepStack's
+    ``visual_pos_masks`` (B, L) and ``deepstack_visual_embeds``), or {} for families without."""
+    got = {}
+
+    def grab(module, args, kwargs):
+        got.update({k: v for k, v in kwargs.items() if k not in LM_OWN and v is not None})
+
+    h = model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        h.remove()
+    return {k: v for k, v in got.items() if torch.is_tensor(v) or isinstance(v, (list, tuple))}
+
+
+def restrict_side_inputs(side: dict, keep: torch.Tensor) -> dict:
+    """``side`` restricted to the kept positions (``keep`` (B, L)), left packed like
+    :func:`left_pack`: a (B, L) bool position mask is packed; tensors listed beside it with one row
+    per True position of that mask (row-major) keep the rows of kept positions."""
+    out = {}
+    masks = {
+        k: v
+        for k, v in side.items()
+        if torch.is_tensor(v) and v.dtype == torch.bool and v.shape == keep.shape
+    }
+    for name, mask in masks.items():
+        packed, valid = left_pack(mask, keep)
+        out[name] = packed & valid
+        order = torch.nonzero(mask.reshape(-1)).flatten()  # visual positions, row-major
+        kept_rows = keep.reshape(-1)[order]  # (n,) which rows survive, in row-major order
+        for other, value in side.items():
+            if other in masks:
+                continue
+            if isinstance(value, (list, tuple)) and all(int(t.shape[0]) == order.numel() for t in value):
+                out[other] = [t[kept_rows] for t in value]
+    return out
+
+
+@contextlib.contextmanager
+def feed_side_inputs(model, side: dict):
+    """The stock language model additionally gets ``side`` at its prefill call (a call without a
+    filled cache): the stock model fed exactly those per-position inputs too."""
+
+    def add(module, args, kwargs):
+        cache = kwargs.get("past_key_values")
+        if side and (cache is None or cache.get_seq_length() == 0):
+            kwargs.update(side)
+            return args, kwargs
+        return None
+
+    h = model.model.language_model.register_forward_pre_hook(add, with_kwargs=True)
+    try:
+        yield
+    finally:
+        h.remove()

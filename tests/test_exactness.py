@@ -4,10 +4,13 @@ import pytest
 import torch
 from conftest import batch_inputs, cached_model
 from reference import (
+    feed_side_inputs,
     layer_key_mask,
     left_pack,
+    restrict_side_inputs,
     stock_embeds,
     stock_positions,
+    stock_side_inputs,
 )
 
 import vlmprune
@@ -134,7 +137,8 @@ def test_equals_stock_fed_kept_tokens(family, name, policy):
     if policy == "original":
         pos = stock_positions(model, inputs)
         kw["position_ids"] = left_pack(pos, keep, dim=2 if pos.dim() == 3 else 1)[0]
-    with torch.no_grad():
+    side = restrict_side_inputs(stock_side_inputs(model, inputs), keep)  # e.g. DeepStack rows
+    with torch.no_grad(), feed_side_inputs(model, side):
         ref_logits = model(**kw).logits
         ref_new = model.generate(**kw, max_new_tokens=NEW, do_sample=False)
     torch.testing.assert_close(got_logits[valid], ref_logits[valid], atol=ATOL, rtol=ATOL)

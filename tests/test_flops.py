@@ -37,7 +37,7 @@ def vision_shape(config):
     return adapter_class(config).vision_shape(config)
 
 
-ARCHS = ["llava-1.5-7b", "llava-next-7b", "qwen2-vl-7b", "qwen2.5-vl-7b"]
+ARCHS = ["llava-1.5-7b", "llava-next-7b", "qwen2-vl-7b", "qwen2.5-vl-7b", "qwen3-vl-8b"]
 
 
 def _per_module(fc: FlopCounterMode) -> dict[str, int]:
@@ -282,6 +282,8 @@ def test_vision_flops_qwen_matches_flop_counter():
         ("qwen2.5-vl-7b", (1, 12, 12)),
         ("qwen2.5-vl-7b", (2, 8, 12)),
         ("qwen2-vl-7b", (1, 12, 12)),
+        ("qwen3-vl-8b", (1, 12, 12)),
+        ("qwen3-vl-8b", (2, 8, 12)),
     ):
         model = build_model(name, tiny=True, attn_implementation="eager")
         vshape = vision_shape(model.config)
@@ -327,6 +329,7 @@ def test_configs_load_offline_into_stock_classes(monkeypatch):
         "llava-next-7b": transformers.LlavaNextConfig,
         "qwen2-vl-7b": transformers.Qwen2VLConfig,
         "qwen2.5-vl-7b": transformers.Qwen2_5_VLConfig,
+        "qwen3-vl-8b": transformers.Qwen3VLConfig,
     }
     for name in ARCHS:
         cfg = load_config(name)
@@ -355,7 +358,8 @@ def test_real_size_parameter_counts():
     """Instantiated on the meta device (test only; build_model never uses it), the real-size configs
     give the published parameter totals of the checkpoints' safetensors: llava-hf/llava-1.5-7b-hf
     7,063,427,072; Qwen/Qwen2.5-VL-7B-Instruct 8,292,166,656; Qwen/Qwen2-VL-7B-Instruct
-    8,291,375,616. LLaVA-NeXT-7B = LLaVA-1.5-7B + the 4096-wide image_newline vector."""
+    8,291,375,616; Qwen/Qwen3-VL-8B-Instruct 8,767,123,696 (8.77B as its model card states). LLaVA-NeXT-7B =
+    LLaVA-1.5-7B + the 4096-wide image_newline vector."""
     from vlmprune.apps.archs import model_class
 
     published = {
@@ -363,6 +367,7 @@ def test_real_size_parameter_counts():
         "llava-next-7b": 7_063_427_072 + 4096,
         "qwen2.5-vl-7b": 8_292_166_656,
         "qwen2-vl-7b": 8_291_375_616,
+        "qwen3-vl-8b": 8_767_123_696,
     }
     for name, count in published.items():
         with torch.device("meta"):
@@ -403,9 +408,10 @@ def test_tiny_variants_forward():
                 ]
             )
             types = (ids == cfg.image_token_id).long()
+            v = cfg.vision_config
             out = model(
                 input_ids=ids,
-                pixel_values=torch.randn(16, 1176),
+                pixel_values=torch.randn(16, v.in_channels * v.temporal_patch_size * v.patch_size**2),
                 image_grid_thw=torch.tensor([[1, 4, 4]]),
                 mm_token_type_ids=types,
             )

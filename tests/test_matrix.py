@@ -12,7 +12,15 @@ A new method gets these invariants for free by registering itself:
 import pytest
 import torch
 from conftest import batch_inputs, cached_model
-from reference import layer_key_mask, left_pack, stock_embeds, stock_positions
+from reference import (
+    LM_OWN,
+    feed_side_inputs,
+    layer_key_mask,
+    left_pack,
+    restrict_side_inputs,
+    stock_embeds,
+    stock_side_inputs,
+)
 from test_exactness import kept_mask
 
 import vlmprune
@@ -27,9 +35,9 @@ def capture_llm_input(model):
     got = {}
 
     def grab(module, args, kwargs):
-        got.setdefault("calls", []).append(
-            {k: kwargs.get(k) for k in ("inputs_embeds", "attention_mask", "position_ids")}
-        )
+        call = {k: kwargs.get(k) for k in ("inputs_embeds", "attention_mask", "position_ids")}
+        call["side"] = {k: v for k, v in kwargs.items() if k not in LM_OWN and v is not None}
+        got.setdefault("calls", []).append(call)
 
     return got, model.model.language_model.register_forward_pre_hook(grab, with_kwargs=True)
 
@@ -86,7 +94,14 @@ def test_kept_tokens_are_what_the_llm_sees(name, family):
         kw = {"inputs_embeds": fed, "attention_mask": prefill["attention_mask"]}
         if prefill["position_ids"] is not None:
             kw["position_ids"] = prefill["position_ids"]
-        with torch.no_grad():
+        side = restrict_side_inputs(stock_side_inputs(model, inputs), keep)  # e.g. DeepStack rows
+        assert set(side) == set(prefill["side"])  # the kept tokens' own side inputs, in order
+        for name, value in side.items():
+            got_value = prefill["side"][name]
+            values = value if isinstance(value, list) else [value]
+            got_values = got_value if isinstance(got_value, list) else [got_value]
+            assert all(torch.equal(a, b) for a, b in zip(values, got_values)), name
+        with torch.no_grad(), feed_side_inputs(model, side):
             ref_logits = model(**kw).logits
             ref_new = model.generate(**kw, max_new_tokens=NEW, do_sample=False)
         torch.testing.assert_close(out_logits[real], ref_logits[real], atol=1e-4, rtol=1e-4)
@@ -100,7 +115,6 @@ def test_kept_tokens_are_what_the_llm_sees(name, family):
         real = valid & left_pack(inputs["attention_mask"], keep)[0].bool()
         torch.testing.assert_close(out_logits[real], ref_at_kept[real], atol=1e-4, rtol=1e-4)
         assert torch.equal(out_gen, ref_gen)
-    assert stock_positions is not None
 
 
 @pytest.mark.parametrize("name", METHODS)

@@ -8,7 +8,14 @@ from vlmprune.adapters import get_adapter
 from vlmprune.adapters.base import decoder_last_token_attention as last_token_attention
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_next"])
+def signal_families(signal: str) -> list[str]:
+    """Registered families whose default saliency is ``signal``."""
+    from vlmprune.adapters import families
+
+    return [c.family for c in families() if c.default_saliency == signal]
+
+
+@pytest.mark.parametrize("family", signal_families("cls_attention"))
 def test_cls_attention_equals_eager(family):
     model, proc = cached_model(family, "eager")
     adapter = get_adapter(model)
@@ -30,8 +37,8 @@ def test_cls_attention_equals_eager(family):
     assert adapter.saliency_layer == model.config.vision_config.num_hidden_layers - 2  # feature layer -2
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
-def test_qwen_attention_received_equals_eager(family):
+@pytest.mark.parametrize("family", signal_families("attention_received"))
+def test_attention_received_equals_eager(family):
     model, proc = cached_model(family, "eager")
     adapter = get_adapter(model)
     inputs = batch_inputs(family, proc)

@@ -22,6 +22,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_res
 
 import vlmprune
 from vlmprune import testing
+from vlmprune.adapters import family as family_class
 from vlmprune.apps.cli import entry
 from vlmprune.apps.viz import (
     DROP_GREY,
@@ -37,12 +38,15 @@ skimage_data = pytest.importorskip("skimage.data")
 
 MEAN = np.array([0.48145466, 0.4578275, 0.40821073])
 STD = np.array([0.26862954, 0.26130258, 0.27577711])
-BUILD = {
-    "llava": dict(image_size=336),
-    "llava_next": dict(image_size=112),
-    "qwen2_5_vl": dict(max_pixels=336 * 336),
-    "qwen2_vl": dict(max_pixels=336 * 336),
-}
+FAMILIES = list(testing.FAMILIES)
+
+
+def kind(family: str) -> str:
+    """How the family's processor lays out pixels: one CLIP crop, anyres crops, or merged patches."""
+    config = model_of(family)[0].config
+    if getattr(config.vision_config, "spatial_merge_size", None):
+        return "merged"
+    return "anyres" if getattr(config, "image_grid_pinpoints", None) else "crop"
 
 
 def photo(name: str = "chelsea") -> Image.Image:
@@ -51,7 +55,7 @@ def photo(name: str = "chelsea") -> Image.Image:
 
 @lru_cache(maxsize=8)
 def model_of(family: str):
-    return testing.tiny_model(family, **BUILD[family])
+    return testing.tiny_model(family, **family_class(family).demo_size)
 
 
 def run_method(family: str, name: str, image: Image.Image, **kw):
@@ -103,10 +107,10 @@ def processor_patches(family: str, proc, image: Image.Image, cfg: dict) -> list[
     p = cfg["patch_size"]
     out = proc.image_processor(image, return_tensors="np")
     pv = out["pixel_values"]
-    if family == "llava":
+    if kind(family) == "crop":
         a = _denorm(pv[0])
         return _grid_patches(a, a.shape[0] // p, a.shape[1] // p, p)
-    if family == "llava_next":
+    if kind(family) == "anyres":
         tiles = pv[0]  # (crops, 3, s, s): base, then the tiles in raster order
         g = cfg["vision_image_size"] // p
         pats = _grid_patches(_denorm(tiles[0]), g, g, p)
@@ -146,7 +150,7 @@ def _mae(image: Image.Image, boxes: np.ndarray, patches, shift=(0.0, 0.0)) -> fl
     return float(np.mean(errs))
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_pad", "llava_next", "qwen2_vl"])
+@pytest.mark.parametrize("family", FAMILIES + ["llava_pad"])
 def test_boxes_match_processor_pixels(family):
     fam = "llava" if family == "llava_pad" else family
     model, proc = model_of(fam)
@@ -261,7 +265,7 @@ def check_render(out: Image.Image, shown: Image.Image, geo, sel, dim: float = 0.
     return counts
 
 
-@pytest.mark.parametrize("family", ["llava", "llava_next", "qwen2_5_vl", "qwen2_vl"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_render_each_layout(family):
     model, proc = model_of(family)
     image = photo("chelsea")

@@ -18,6 +18,7 @@ from vlmprune.adapters.llava import LlavaAdapter
 from vlmprune.adapters.llava_next import LlavaNextAdapter
 from vlmprune.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
 from vlmprune.adapters.qwen2_vl import Qwen2VLAdapter
+from vlmprune.adapters.qwen3_vl import Qwen3VLAdapter
 
 __all__ = [
     "Adapter",
@@ -25,6 +26,7 @@ __all__ = [
     "LlavaNextAdapter",
     "Qwen2VLAdapter",
     "Qwen2_5_VLAdapter",
+    "Qwen3VLAdapter",
     "TokenGeometry",
     "adapter_class",
     "families",

@@ -223,6 +223,19 @@ class Adapter:
         raise NotImplementedError
 
     # -- the language model ----------------------------------------------------------------------
+    def lm_hooks(self) -> list:
+        """Hooks a family's language model needs beyond the session's (removable handles)."""
+        return []
+
+    def shorten_lm_inputs(self, kwargs: dict, index: torch.Tensor, valid: torch.Tensor) -> None:
+        """Shorten the language model's per-token side inputs in ``kwargs`` (beyond
+        ``inputs_embeds``, the mask and the positions) to the kept positions: ``index`` (B, L')
+        gathers them from the (B, L) call, ``valid`` (B, L') marks real positions."""
+
+    def on_layer_prune(self, index: torch.Tensor | None, valid: torch.Tensor | None) -> None:
+        """The in-LLM stage dropped tokens at its layer: ``index`` (B, L'') gathers the surviving
+        positions of the (B, L') sequence (None: a new call starts)."""
+
     def last_token_attention(self, layer: int, hidden, position_embeddings, mask2d):
         """``(attention (B, L), keys (B, L, Dk))`` of decoder layer ``layer`` for the last position,
         from the layer's input (see :func:`decoder_last_token_attention`)."""

@@ -257,11 +257,17 @@ class QwenVisionMixin:
         return {attr: tok.convert_tokens_to_ids(token) for token, attr in cls.special_tokens.items()}
 
     @classmethod
-    def tiny_processor(cls, tok, max_pixels: int = 168 * 168, chat_template: str | None = None):
+    def tiny_processor(
+        cls, tok, max_pixels: int = 168 * 168, patch_size: int = 14, chat_template: str | None = None
+    ):
         from transformers import Qwen2VLImageProcessorPil
 
         ip = Qwen2VLImageProcessorPil(
-            min_pixels=56 * 56, max_pixels=max_pixels, patch_size=14, merge_size=2, temporal_patch_size=2
+            min_pixels=56 * 56,
+            max_pixels=max_pixels,
+            patch_size=patch_size,
+            merge_size=2,
+            temporal_patch_size=2,
         )
         return QwenImageProcessor(ip, tok, chat_template=chat_template)
 
@@ -277,7 +283,9 @@ class QwenVisionMixin:
     @classmethod
     def processor_size(cls, config, image_size=None) -> dict:
         w, h = image_size
-        return {"max_pixels": w * h}
+        if config is None:
+            return {"max_pixels": w * h}
+        return {"max_pixels": w * h, "patch_size": int(config.vision_config.patch_size)}
 
     @classmethod
     def vision_grids(cls, config, inputs) -> dict:

@@ -84,3 +84,7 @@ def format_reduction_table(rows: list[dict] | None = None) -> str:
 def print_reduction_table() -> None:
     """Print the reduction table under both conventions."""
     print(format_reduction_table())
+
+
+if __name__ == "__main__":
+    print_reduction_table()

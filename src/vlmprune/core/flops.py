@@ -248,7 +248,8 @@ class VisionShape:
     ``spatial_merge_size`` (``m x m`` patches per output token) and, when windowed,
     ``window_size`` in pixels and ``fullatt_block_indexes`` (None: every block full attention).
     The connector is a two-matrix MLP on each output token: ``connector_hidden`` wide, with
-    ``connector_out`` (the LLM width) outputs; its input is ``hidden * m²`` wide. The family
+    ``connector_out`` (the LLM width) outputs; its input is ``hidden * m²`` wide; ``connectors``
+    such MLPs run on the same patches (e.g. DeepStack's extra mergers). The family
     adapters build it from a model config (``vlmprune.adapters.family(name).vision_shape``).
     """
 
@@ -267,6 +268,7 @@ class VisionShape:
     fullatt_block_indexes: tuple[int, ...] | None = None
     connector_hidden: int | None = None
     connector_out: int | None = None
+    connectors: int = 1
     feature_layer: int | None = None
 
     @property
@@ -368,7 +370,7 @@ def _grid_flops(vshape: VisionShape, grid, layers: int, include_connector: bool)
         total += 4 * n * D * D + 2 * sq * D + mlp_mats * n * D * vshape.intermediate
     if include_connector and vshape.connector_out is not None:
         c_in, c_mid = D * mg * mg, vshape.connector_hidden or vshape.connector_out
-        total += (patches // (mg * mg)) * (c_in * c_mid + c_mid * vshape.connector_out)
+        total += vshape.connectors * (patches // (mg * mg)) * (c_in * c_mid + c_mid * vshape.connector_out)
     return total
 
 

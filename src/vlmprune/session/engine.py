@@ -107,6 +107,7 @@ class PruningSession(InLLMStage):
                     self._on_language_model, with_kwargs=True
                 )
             )
+            self._handles += self.adapter.lm_hooks()
             if self.layer is not None:
                 self._install_layer_hooks()
         except BaseException:
@@ -274,6 +275,8 @@ class PruningSession(InLLMStage):
 
         index, valid = compact_index(keep)  # (B, L')
         new_mask = gather_seq(mask2d, index, 1) * valid.to(mask2d.dtype)
+        self.adapter.on_layer_prune(None, None)
+        self.adapter.shorten_lm_inputs(kwargs, index, valid)
         new_pos, shift = self._positions(kwargs.get("position_ids"), index, mask2d, new_mask)
         # where each surviving image token now sits: old position -> new position
         old_to_new = torch.full((bsz, length), -1, dtype=torch.long, device=device)

@@ -110,6 +110,7 @@ class InLLMStage:
                 sel.selection_ms + ms,
             )  # fmt: skip
         index, valid = compact_index(keep)
+        self.adapter.on_layer_prune(index, valid)
         new_hidden = gather_seq(hidden, index, 1)
         # without explicit position ids the LLM builds them (and cos/sin) with batch 1: broadcast first
         cos, sin = (t.expand(bsz, *t.shape[1:]) for t in kwargs["position_embeddings"])
