@@ -156,3 +156,63 @@ def feed_side_inputs(model, side: dict):
         yield
     finally:
         h.remove()
+
+
+def _run_layers(model, idx, h, pos, mask2d, cache):
+    """Stock decoder layers ``idx`` of the language model on ``h`` (B, q, D) at positions ``pos``
+    ((B, q), (3, B, q) or (4, B, q) with the text row first), the 2-D ``mask2d`` (B, past + q)
+    and the stock hybrid ``cache``, each layer with the stock mask of its kind."""
+    from transformers.masking_utils import create_causal_mask, create_recurrent_attention_mask
+
+    lm = model.model.language_model
+    cfg = lm.config
+    types = cfg.layer_types
+    text_pos, rope_pos = (pos[0], pos[1:]) if pos.dim() == 3 and pos.shape[0] == 4 else (None, pos)
+    full = next(i for i in idx if types[i] == "full_attention")
+    kw = {"config": cfg, "inputs_embeds": h, "attention_mask": mask2d, "past_key_values": cache}
+    masks = {
+        "full_attention": create_causal_mask(**kw, position_ids=text_pos, layer_idx=full),
+        "linear_attention": create_recurrent_attention_mask(**kw),
+    }
+    pe = lm.rotary_emb(h, rope_pos)
+    for i in idx:
+        h = lm.layers[i](
+            h,
+            position_embeddings=pe,
+            attention_mask=masks[types[i]],
+            position_ids=text_pos,
+            past_key_values=cache,
+        )
+    return h
+
+
+def two_stage_stock(model, inputs, keep: torch.Tensor, layer: int, new: int):
+    """The stated in-LLM reference for hybrid decoders, run by hand on the stock modules and the
+    stock hybrid cache: decoder layers ``< layer`` on the whole prompt, layers ``>= layer`` on only
+    the kept positions (``keep`` (B, L), left packed, original positions), then ``new`` greedy
+    steps through both stages. Returns ``(logits (B, L', V) of the kept positions, tokens (B, new))``."""
+    from transformers import DynamicCache
+
+    lm = model.model.language_model
+    n = lm.config.num_hidden_layers
+    head, tail = range(layer), range(layer, n)
+    cache = DynamicCache(config=lm.config)
+    pos = stock_positions(model, inputs)
+    mask = inputs["attention_mask"]
+    with torch.no_grad():
+        h = _run_layers(model, head, stock_embeds(model, inputs), pos, mask, cache)
+        h, valid = left_pack(h, keep)
+        kmask = left_pack(mask, keep)[0] * valid
+        h = _run_layers(model, tail, h, left_pack(pos, keep, dim=2 if pos.dim() == 3 else 1)[0], kmask, cache)
+        out = model.lm_head(lm.norm(h))
+        nxt = pos[..., -1:] + 1  # the next position of each row, on every axis
+        tokens = [out[:, -1].argmax(-1)]
+        for _ in range(new - 1):
+            e = lm.embed_tokens(tokens[-1][:, None])  # (B, 1, D)
+            ones = torch.ones_like(mask[:, :1])
+            mask, kmask = torch.cat((mask, ones), 1), torch.cat((kmask, ones), 1)
+            e = _run_layers(model, head, e, nxt, mask, cache)
+            e = _run_layers(model, tail, e, nxt, kmask, cache)
+            tokens.append(model.lm_head(lm.norm(e))[:, -1].argmax(-1))
+            nxt = nxt + 1
+    return out, torch.stack(tokens, 1)

@@ -37,7 +37,7 @@ def vision_shape(config):
     return adapter_class(config).vision_shape(config)
 
 
-ARCHS = ["llava-1.5-7b", "llava-next-7b", "qwen2-vl-7b", "qwen2.5-vl-7b", "qwen3-vl-8b"]
+ARCHS = ["llava-1.5-7b", "llava-next-7b", "qwen2-vl-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3.5-9b"]
 
 
 def _per_module(fc: FlopCounterMode) -> dict[str, int]:
@@ -330,6 +330,7 @@ def test_configs_load_offline_into_stock_classes(monkeypatch):
         "qwen2-vl-7b": transformers.Qwen2VLConfig,
         "qwen2.5-vl-7b": transformers.Qwen2_5_VLConfig,
         "qwen3-vl-8b": transformers.Qwen3VLConfig,
+        "qwen3.5-9b": transformers.Qwen3_5Config,
     }
     for name in ARCHS:
         cfg = load_config(name)
@@ -373,6 +374,31 @@ def test_real_size_parameter_counts():
         with torch.device("meta"):
             model = model_class(name)(load_config(name))
         assert sum(p.numel() for p in model.parameters()) == count, name
+
+
+def test_qwen3_5_parameter_count_and_linear_layers():
+    """Qwen/Qwen3.5-9B's checkpoint holds 9.653B parameters, its multi-token-prediction layer
+    included, which the stock class does not build: one gated softmax-attention decoder layer
+    (q+gate 4096x8192, k and v 4096x1024, o 4096x4096, SwiGLU 3x4096x12288, two norms, q/k norms),
+    the 8192->4096 fusion projection and two input norms, 243,286,528 in all."""
+    from vlmprune.adapters import family
+    from vlmprune.apps.archs import model_class
+    from vlmprune.core.flops import linear_layer_flops
+
+    config = load_config("qwen3.5-9b")
+    with torch.device("meta"):
+        model = model_class("qwen3.5-9b")(config)
+    d = 4096
+    mtp = d * 8192 + 2 * d * 1024 + 4096 * d + 3 * d * 12288 + 2 * d + 2 * 256 + 2 * d * d + 2 * d
+    assert round((sum(p.numel() for p in model.parameters()) + mtp) / 1e6) == 9653
+    shape = family("qwen3_5").llm_shape(config)
+    assert shape.linear_layers == tuple(i for i in range(32) if i % 4 != 3) and shape.attn_gate
+    # a linear-attention layer is linear in n; a softmax layer is not
+    assert linear_layer_flops(2000, shape) == 2 * linear_layer_flops(1000, shape)
+    softmax_only = LLMShape.from_config(config)
+    # wider projections than the softmax layers', no n² term: dearer at 1k tokens, cheaper at 32k
+    assert prefill_flops(shape, [1000] * 32, "exact") > prefill_flops(softmax_only, [1000] * 32, "exact")
+    assert prefill_flops(shape, [32768] * 32, "exact") < prefill_flops(softmax_only, [32768] * 32, "exact")
 
 
 def test_tiny_variants_forward():

@@ -5,8 +5,8 @@ A new method gets these invariants for free by registering itself:
 - exactly min(K, N) sorted unique kept indices per image, in a batch with a two-image prompt;
 - the kept tokens really are the ones the LLM sees (pre-LLM: the LLM input equals the stock
   input at the kept positions, or merged features for merging methods; in-LLM: equals the stock
-  model with the dropped keys masked from layer K on), and generation equals the stock model fed
-  exactly that input.
+  model with the dropped keys masked from layer K on, or, for hybrid decoders, layers from K on
+  fed only the kept tokens), and generation equals the stock model fed exactly that input.
 """
 
 import pytest
@@ -20,10 +20,12 @@ from reference import (
     restrict_side_inputs,
     stock_embeds,
     stock_side_inputs,
+    two_stage_stock,
 )
 from test_exactness import kept_mask
 
 import vlmprune
+from vlmprune.adapters import get_adapter
 
 METHODS = vlmprune.list_methods()
 NEW = 3
@@ -108,6 +110,12 @@ def test_kept_tokens_are_what_the_llm_sees(name, family):
         assert torch.equal(out_gen[:, inputs["input_ids"].shape[1] :], ref_new[:, -NEW:])
     elif not method.pre_llm:
         keep = kept_mask(model, inputs, sels, in_llm=True)
+        if not get_adapter(model).masking_is_dropping:  # hybrid decoder: layers >= K see the kept tokens only
+            ref_at_kept, ref_new = two_stage_stock(model, inputs, keep, method.llm_layer, NEW)
+            real = left_pack(inputs["attention_mask"], keep)[0].bool()
+            torch.testing.assert_close(out_logits[real], ref_at_kept[real], atol=1e-4, rtol=1e-4)
+            assert torch.equal(out_gen[:, inputs["input_ids"].shape[1] :], ref_new)
+            return
         with layer_key_mask(model, method.llm_layer, ~keep), torch.no_grad():
             ref_logits = model(**inputs).logits
             ref_gen = model.generate(**inputs, max_new_tokens=NEW, do_sample=False)

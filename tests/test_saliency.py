@@ -93,14 +93,21 @@ def test_last_token_attention_equals_eager(family):
     def grab_lm(module, args, kwargs):
         grabbed_mask["m"] = kwargs.get("attention_mask")
 
+    weights = {}
+
+    def grab_weights(module, args, kwargs, output):
+        weights["w"] = output[1]  # eager attention's probabilities (B, H, L, L)
+
     h1 = lm.layers[1].register_forward_pre_hook(grab, with_kwargs=True)
     h2 = lm.register_forward_pre_hook(grab_lm, with_kwargs=True)
+    h3 = lm.layers[1].self_attn.register_forward_hook(grab_weights, with_kwargs=True)
     try:
         with torch.no_grad():
-            out = model(**inputs, output_attentions=True)
+            model(**inputs, output_attentions=True)
     finally:
         h1.remove()
         h2.remove()
-    eager = out.attentions[1][:, :, -1].mean(1)  # (B, H, L, L) -> (B, L)
+        h3.remove()
+    eager = weights["w"][:, :, -1].mean(1)  # (B, H, L, L) -> (B, L)
     got, _ = last_token_attention(lm.layers[1], grabbed["h"], grabbed["pe"], grabbed_mask["m"])
     torch.testing.assert_close(got, eager, atol=1e-5, rtol=1e-5)

@@ -18,6 +18,7 @@ from vlmprune.adapters.llava import LlavaAdapter
 from vlmprune.adapters.llava_next import LlavaNextAdapter
 from vlmprune.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
 from vlmprune.adapters.qwen2_vl import Qwen2VLAdapter
+from vlmprune.adapters.qwen3_5 import Qwen3_5Adapter
 from vlmprune.adapters.qwen3_vl import Qwen3VLAdapter
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "Qwen2VLAdapter",
     "Qwen2_5_VLAdapter",
     "Qwen3VLAdapter",
+    "Qwen3_5Adapter",
     "TokenGeometry",
     "adapter_class",
     "families",

@@ -119,6 +119,13 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of the first ``r = cos.shape[-1]`` dims of ``x`` (all of them, or a part)."""
+    r = cos.shape[-1]
+    rot = x[..., :r] * cos + _rotate_half(x[..., :r]) * sin
+    return rot if r == x.shape[-1] else torch.cat((rot, x[..., r:]), dim=-1)
+
+
 def _linear(lin, inp: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.linear(inp, lin.weight.float(), None if lin.bias is None else lin.bias.float())
 
@@ -129,7 +136,9 @@ def decoder_last_token_attention(
     """The last position's attention over the sequence at a Llama/Qwen2-style decoder layer.
 
     ``hidden`` (B, L, D) the layer's input; ``position_embeddings`` (cos, sin) each (B, L, hd);
-    ``mask2d`` (B, L) 1 for real tokens. Returns ``(attention, keys)``: attention (B, L) =
+    ``mask2d`` (B, L) 1 for real tokens. Handles q/k RMSNorm, a query projection that also
+    carries an output gate (per head: query, then gate) and partial rotary embeddings. Returns
+    ``(attention, keys)``: attention (B, L) =
     softmax over keys of the last query, mean over heads (what eager attention returns as
     ``attn_weights[:, :, -1]``, averaged), and keys (B, L, Hkv*hd) un-rotated key projections.
     Cost O(L D Dkv) for the keys, O(L D) for the query row.
@@ -138,14 +147,15 @@ def decoder_last_token_attention(
     x = layer.input_layernorm(hidden).float()
     bsz, length, _ = x.shape
     hd = attn.head_dim
-    q = _linear(attn.q_proj, x[:, -1:]).view(bsz, 1, -1, hd).transpose(1, 2)  # (B, H, 1, hd)
+    heads = attn.config.num_attention_heads
+    q = _linear(attn.q_proj, x[:, -1:]).view(bsz, 1, heads, -1)[..., :hd].transpose(1, 2)  # (B, H, 1, hd)
     k_flat = _linear(attn.k_proj, x)  # (B, L, Hkv*hd)
     k = k_flat.view(bsz, length, -1, hd).transpose(1, 2)  # (B, Hkv, L, hd)
     if getattr(attn, "q_norm", None) is not None:  # per-head RMSNorm of q and k before RoPE
         q, k = attn.q_norm(q), attn.k_norm(k)
-    cos, sin = (t.float().unsqueeze(1) for t in position_embeddings)  # (B, 1, L, hd)
-    q = q * cos[:, :, -1:] + _rotate_half(q) * sin[:, :, -1:]
-    k = k * cos + _rotate_half(k) * sin
+    cos, sin = (t.float().unsqueeze(1) for t in position_embeddings)  # (B, 1, L, r), r <= hd rotated dims
+    q = _rope(q, cos[:, :, -1:], sin[:, :, -1:])
+    k = _rope(k, cos, sin)
     groups = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(groups, dim=1)  # (B, H, L, hd)
     scores = (q @ k.transpose(-1, -2)) * attn.scaling  # (B, H, 1, L)
@@ -174,6 +184,9 @@ class Adapter:
     saliency_signals: ClassVar[tuple[str, ...]] = ("cls_attention", "feature_norm")
     #: what the support matrix prints as this family's saliency signal
     saliency_doc: ClassVar[str] = ""
+    #: masking a token out of every layer's attention equals dropping it (False for decoders with
+    #: recurrent layers, whose reference is the stock model fed only the kept tokens)
+    masking_is_dropping: ClassVar[bool] = True
 
     def __init__(self, model, saliency: str = "auto"):
         self.model = model
@@ -236,10 +249,18 @@ class Adapter:
         """The in-LLM stage dropped tokens at its layer: ``index`` (B, L'') gathers the surviving
         positions of the (B, L') sequence (None: a new call starts)."""
 
+    def check_llm_layer(self, layer: int) -> None:
+        """``ValueError`` naming ``layer`` when an in-LLM stage cannot prune at its input (it reads
+        the attention of decoder layer ``layer - 1``)."""
+
     def last_token_attention(self, layer: int, hidden, position_embeddings, mask2d):
         """``(attention (B, L), keys (B, L, Dk))`` of decoder layer ``layer`` for the last position,
         from the layer's input (see :func:`decoder_last_token_attention`)."""
         return decoder_last_token_attention(self.layers[layer], hidden, position_embeddings, mask2d)
+
+    def layer_kind(self, layer: int) -> str:
+        """The kind of decoder layer ``layer`` (layers of one kind share an attention mask)."""
+        return "attention"
 
     def layer_mask(self, hidden, mask2d, cache, layer: int):
         """The attention mask decoder layer ``layer`` expects for ``hidden`` (B, L', D) with the
@@ -259,6 +280,13 @@ class Adapter:
     def prompt(cls, question: str, n_images: int = 1) -> str:
         """A plain prompt with ``n_images`` placeholders (used when a checkpoint has no chat template)."""
         raise NotImplementedError
+
+    @classmethod
+    def llm_shape(cls, config):
+        """The language model's :class:`~vlmprune.core.flops.LLMShape` for ``config``."""
+        from vlmprune.core.flops import LLMShape
+
+        return LLMShape.from_config(config)
 
     @classmethod
     def vision_shape(cls, config):

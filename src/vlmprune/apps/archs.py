@@ -63,9 +63,10 @@ def tiny_variant(name: str):
     vocabulary) small enough for a CPU forward pass in well under a second."""
     info = arch_info(name)
     d = load_config(name).to_dict()
-    _owner(name).shrink_arch(d)
-    # Per-layer lists sized for the real depth are rebuilt from the new num_hidden_layers.
+    # Per-layer lists sized for the real depth are rebuilt from the new num_hidden_layers (or set
+    # by the family's shrink_arch).
     d["text_config"].pop("layer_types", None)
+    _owner(name).shrink_arch(d)
     for key in ("dtype", "torch_dtype"):
         d.pop(key, None)
         for sub in ("text_config", "vision_config"):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from vlmprune.adapters import families
 from vlmprune.apps.archs import load_config
-from vlmprune.core.flops import FlopsReport, LLMShape, equivalent_tokens, token_schedule, vision_flops
+from vlmprune.core.flops import FlopsReport, equivalent_tokens, token_schedule, vision_flops
 
 
 def _table():
@@ -24,7 +24,7 @@ def reduction_rows(text_tokens: int = DEFAULT_TEXT_TOKENS, fastv_layer: int = 2)
     rows = []
     for cls, (arch, label, full_visual, budgets, crops) in _table():
         config = load_config(arch)
-        shape = LLMShape.from_config(config)
+        shape = cls.llm_shape(config)
         vflops = vision_flops(cls.vision_shape(config), num_crops=crops)
         full = token_schedule(shape.num_layers, text_tokens, full_visual)
         for kept in budgets:

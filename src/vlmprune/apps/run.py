@@ -95,9 +95,10 @@ def flops_schedules(model_config, method, selections, input_ids, attention_mask,
     tokens per image and drops the separators from layer 0; an in-LLM stage keeps the selection's
     final count from ``method.llm_layer`` on.
     """
-    from vlmprune.core.flops import LLMShape, token_schedule
+    from vlmprune.adapters import adapter_class
+    from vlmprune.core.flops import token_schedule
 
-    shape = LLMShape.from_config(model_config)
+    shape = adapter_class(model_config).llm_shape(model_config)
     length = int(attention_mask[0].sum()) if attention_mask is not None else int(input_ids.shape[1])
     placeholders = int((input_ids[0] == image_token_id).sum())
     content = sum(int(s.num_tokens) for s in selections)

@@ -165,11 +165,11 @@ def bench_model(
     )
     small, proc = tiny_model(cls.family, attn=attn, **size)
     d = small.config.to_dict()
+    d["text_config"].pop("layer_types", None)  # sized for the tiny depth; the bench text sets its own or none
     d["text_config"] = _merge(
         d["text_config"], {**BENCH_TEXT, **(cls.bench_text() if hasattr(cls, "bench_text") else {})}
     )
     d["vision_config"] = {**d["vision_config"], **copy.deepcopy(cls.bench_vision())}
-    d["text_config"].pop("layer_types", None)  # rebuilt from num_hidden_layers
     for key in ("dtype", "torch_dtype"):
         for sub in (d, d["text_config"], d["vision_config"]):
             sub.pop(key, None)

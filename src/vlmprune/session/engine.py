@@ -48,7 +48,8 @@ class _PrefillState:
     decoded: int = 0  # tokens fed after the prompt so far
     cur_mask: torch.Tensor | None = None  # (B, L' + decoded) mask of the current call
     layer_prefix: torch.Tensor | None = None  # (B, L'') prompt mask for layers >= K
-    layer_override: dict = field(default_factory=dict)
+    layer_override: dict = field(default_factory=dict)  # kwargs of the layers >= K besides their mask
+    layer_masks: dict = field(default_factory=dict)  # the mask of each kind of layer >= K
     layer_input: tuple | None = None  # (hidden, position_embeddings) captured at layer K-1
 
 
@@ -76,6 +77,8 @@ class PruningSession(InLLMStage):
         n_layers = len(self.adapter.layers)
         if self.layer is not None and not 1 <= self.layer < n_layers:
             raise ValueError(f"`layer` must be in [1, {n_layers - 1}] for this model, got {self.layer}")
+        if self.layer is not None:
+            self.adapter.check_llm_layer(self.layer)
         flags = (("saliency", method.needs_saliency), ("keys", method.needs_keys))
         flags += (("pre_features", method.needs_pre_features),)
         self.needs = {name for name, flag in flags if flag}

@@ -9,6 +9,7 @@ needed), drops image tokens from the hidden states, rotary embeddings and mask, 
 
 from __future__ import annotations
 
+import functools
 import time
 
 import torch
@@ -29,7 +30,8 @@ class InLLMStage:
     def _install_layer_hooks(self) -> None:
         layers = self.adapter.layers
         hook = [(layers[self.layer - 1], self._on_layer_before), (layers[self.layer], self._on_prune_layer)]
-        hook += [(later, self._on_later_layer) for later in layers[self.layer + 1 :]]
+        later = range(self.layer + 1, len(layers))
+        hook += [(layers[i], functools.partial(self._on_later_layer, layer=i)) for i in later]
         for module, fn in hook:
             self._handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
 
@@ -52,10 +54,21 @@ class InLLMStage:
             mask2d = torch.cat(
                 [st.layer_prefix, st.cur_mask[:, st.new_len :].to(st.layer_prefix.dtype)], dim=1
             )
-            st.layer_override = {"attention_mask": self.adapter.layer_mask(hidden, mask2d, cache, self.layer)}
-            kwargs.update(st.layer_override)
+            st.layer_override = {}
+            st.layer_masks = self._masks_by_kind(hidden, mask2d, cache)
+            kwargs["attention_mask"] = st.layer_masks[self.adapter.layer_kind(self.layer)]
             return args, kwargs
         return self._prune_in_layer(hidden, args, kwargs, cache)
+
+    def _masks_by_kind(self, hidden, mask2d, cache) -> dict:
+        """The mask of each kind of decoder layer from the prune layer on (softmax attention,
+        linear attention, ...), for ``hidden`` (B, L'', D) and the 2-D mask ``mask2d``."""
+        masks = {}
+        for i in range(self.layer, len(self.adapter.layers)):
+            kind = self.adapter.layer_kind(i)
+            if kind not in masks:
+                masks[kind] = self.adapter.layer_mask(hidden, mask2d, cache, i)
+        return masks
 
     def _layer_tokens(self, hidden) -> list[LayerTokens]:
         """Each image's surviving tokens at the prune layer, with the signals of layer ``K-1``."""
@@ -118,18 +131,19 @@ class InLLMStage:
         if torch.is_tensor(kwargs.get("position_ids")):
             override["position_ids"] = gather_seq(kwargs["position_ids"].expand(bsz, -1), index, 1)
         st.layer_prefix = gather_seq(st.cur_mask, index, 1) * valid.to(st.cur_mask.dtype)
-        override["attention_mask"] = self.adapter.layer_mask(new_hidden, st.layer_prefix, cache, self.layer)
+        st.layer_masks = self._masks_by_kind(new_hidden, st.layer_prefix, cache)
         st.layer_override = override
         st.layer_input = None
-        kwargs.update(override)
+        kwargs.update(override, attention_mask=st.layer_masks[self.adapter.layer_kind(self.layer)])
         if args:
             args = (new_hidden, *args[1:])
         else:
             kwargs["hidden_states"] = new_hidden
         return args, kwargs
 
-    def _on_later_layer(self, module, args, kwargs):
+    def _on_later_layer(self, module, args, kwargs, layer: int):
         if not self._active():
             return None
-        kwargs.update(self._state.layer_override)
+        st = self._state
+        kwargs.update(st.layer_override, attention_mask=st.layer_masks[self.adapter.layer_kind(layer)])
         return args, kwargs

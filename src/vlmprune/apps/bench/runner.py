@@ -146,7 +146,7 @@ def prepare(settings: BenchSettings) -> Bench:
             f"{too_big[0]} keeps every one of the model's {n_tokens} visual tokens; give budgets below {n_tokens}",
         )
     gc = _gen_config(bm.model, 1 + max(0, settings.decode_tokens))
-    shape = LLMShape.from_config(bm.model.config)
+    shape = bm.adapter.llm_shape(bm.model.config)
     return Bench(settings, bm, device, inputs, shape, n_tokens, grid, configs, budgets, ratios, methods, gc)
 
 
