@@ -21,38 +21,54 @@ ATOL = 1e-4
 NEW = 4
 
 
-def content_positions(model, inputs):
-    """Per image: (row, sequence positions of its content tokens), via the adapter's layout."""
+def media_items(model, inputs):
+    """Per image or video, in batch order: (row, sequence positions of its content tokens, of all
+    its placeholders), via the adapter's layouts."""
     adapter = get_adapter(model)
-    call = {k: inputs.get(k) for k in ("input_ids", "image_sizes", "image_grid_thw")}
-    layouts = adapter.image_layouts(call, None)
+    call = {k: inputs.get(k) for k in ("input_ids", "image_sizes", "image_grid_thw", "video_grid_thw")}
     ids = inputs["input_ids"]
-    out, it = [], iter(layouts)
-    for b in range(ids.shape[0]):
-        pos = torch.nonzero(ids[b] == model.config.image_token_id).flatten()
-        off = 0
-        while off < pos.numel():
-            lay = next(it)
-            out.append((b, pos[off : off + lay.n_placeholders][lay.content]))
-            off += lay.n_placeholders
-    return out
+    out = []
+    for kind, token in adapter.media_tokens().items():
+        if not (ids == token).any():
+            continue
+        it = iter(adapter.media_layouts(kind, call, None))
+        for b in range(ids.shape[0]):
+            pos = torch.nonzero(ids[b] == token).flatten()
+            off = 0
+            while off < pos.numel():
+                lay = next(it)
+                run = pos[off : off + lay.n_placeholders]
+                out.append((b, run[lay.content], run))
+                off += lay.n_placeholders
+    return sorted(out, key=lambda item: (item[0], int(item[2][0])))
+
+
+def content_positions(model, inputs):
+    """Per image or video: (row, sequence positions of its content tokens)."""
+    return [(row, pos) for row, pos, _ in media_items(model, inputs)]
+
+
+def media_mask(model, ids):
+    """(B, L) True at every image or video placeholder the adapter prunes."""
+    return torch.isin(ids, torch.tensor(list(get_adapter(model).media_tokens().values())))
 
 
 def kept_mask(model, inputs, selections, in_llm=False):
     """(B, L) True where a token survives. Pre-LLM: text + kept content tokens (LLaVA-NeXT newlines
     are dropped); in-LLM: everything except the dropped content tokens."""
     ids = inputs["input_ids"]
-    keep = ids != model.config.image_token_id
+    items = media_items(model, inputs)
     if in_llm:
-        keep = torch.ones_like(keep)
-        for (row, pos), sel in zip(content_positions(model, inputs), selections):
+        keep = torch.ones_like(ids, dtype=torch.bool)
+        for (row, pos, _), sel in zip(items, selections):
             dropped = torch.ones(pos.numel(), dtype=torch.bool)
             dropped[sel.kept] = False
             keep[row, pos[dropped]] = False
         return keep
-    for (row, pos), sel in zip(content_positions(model, inputs), selections):
+    keep = ~media_mask(model, ids)
+    for (row, pos, run), sel in zip(items, selections):
         if sel.kept.numel() == sel.num_tokens:
-            keep[row] |= ids[row] == model.config.image_token_id
+            keep[row, run] = True
         keep[row, pos[sel.kept]] = True
     return keep
 
@@ -115,7 +131,28 @@ def test_equals_stock_fed_kept_tokens(family, name, policy):
         with pytest.raises(ValueError, match="positions"):
             vlmprune.get_method(name, budget=5, positions=policy)(model)
         return
-    inputs = batch_inputs(family, proc)
+    check_fed_kept(model, batch_inputs(family, proc), name, policy)
+
+
+@pytest.mark.parametrize("name", ["random", "pool", "temporal"])
+def test_video_equals_stock_fed_kept_tokens(video_family, name):
+    """Videos (a budget per video, frames as regions) next to an image, original positions."""
+    model, proc = cached_model(video_family)
+    check_fed_kept(model, batch_inputs(video_family, proc, "video"), name, "original")
+
+
+def test_video_keep_all_equals_stock(video_family):
+    model, proc = cached_model(video_family)
+    inputs = batch_inputs(video_family, proc, "video")
+    ref_logits, ref_gen = logits(model, inputs), gen(model, inputs)
+    method = vlmprune.get_method("temporal", budget=10_000)
+    with method(model):
+        torch.testing.assert_close(logits(model, inputs), ref_logits, atol=ATOL, rtol=ATOL)
+        assert torch.equal(gen(model, inputs), ref_gen)
+    assert [s.num_tokens for s in method.last_selection] == [48, 9, 48]
+
+
+def check_fed_kept(model, inputs, name, policy):
     method = vlmprune.get_method(name, budget=5, positions=policy)
     with method(model):
         got_logits = logits(model, inputs)

@@ -22,7 +22,7 @@ from reference import (
     stock_side_inputs,
     two_stage_stock,
 )
-from test_exactness import kept_mask
+from test_exactness import kept_mask, media_mask
 
 import vlmprune
 from vlmprune.adapters import get_adapter
@@ -61,7 +61,18 @@ def test_keep_all_equals_stock(name, family):
 @pytest.mark.parametrize("name", METHODS)
 def test_kept_tokens_are_what_the_llm_sees(name, family):
     model, proc = cached_model(family)
-    inputs = batch_inputs(family, proc)
+    check_kept_tokens(name, model, batch_inputs(family, proc), 3)  # a one-image prompt, a two-image one
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_video_kept_tokens_are_what_the_llm_sees(name, video_family):
+    """The same on videos (a budget per video, each frame a region): a video and an image in one
+    prompt, a video alone in the other."""
+    model, proc = cached_model(video_family)
+    check_kept_tokens(name, model, batch_inputs(video_family, proc, "video"), 3)
+
+
+def check_kept_tokens(name, model, inputs, items):
     method = vlmprune.get_method(name, budget=BUDGET)
     with torch.no_grad():
         with method(model):
@@ -72,7 +83,7 @@ def test_kept_tokens_are_what_the_llm_sees(name, family):
             finally:
                 handle.remove()
     sels = method.last_selection
-    assert len(sels) == 3  # one single-image prompt, one two-image prompt
+    assert len(sels) == items
     for s in sels:
         assert s.kept.numel() == min(BUDGET, s.num_tokens)
         assert (
@@ -88,7 +99,7 @@ def test_kept_tokens_are_what_the_llm_sees(name, family):
         fed = prefill["inputs_embeds"]
         assert fed.shape == packed.shape
         real = valid & prefill["attention_mask"].bool()
-        text = real & ~left_pack(inputs["input_ids"] == model.config.image_token_id, keep)[0]
+        text = real & ~left_pack(media_mask(model, inputs["input_ids"]), keep)[0]
         torch.testing.assert_close(fed[text], packed[text], atol=0, rtol=0)  # text untouched
         if not method.merges:
             torch.testing.assert_close(fed[real], packed[real], atol=0, rtol=0)

@@ -23,6 +23,7 @@ __all__ = [
     "FAMILIES",
     "build_tokenizer",
     "make_inputs",
+    "video_inputs",
     "prompt_for",
     "random_image",
     "tiny_model",
@@ -38,3 +39,26 @@ def prompt_for(name: str, question: str, n_images: int = 1) -> str:
 def make_inputs(name: str, processor, questions, images):
     """Batch inputs (left padded) for ``questions`` (list of str) with ``images`` (list of list of PIL)."""
     return tiny_inputs(name, processor, questions, images)
+
+
+def video_inputs(name: str, processor, frames: int = 4, patches: tuple[int, int] = (8, 12), seed: int = 0):
+    """A left-padded batch for family ``name`` (one whose adapter prunes videos): a video and an
+    image with a question, and a video alone with a longer one. The videos are random pixels of
+    ``frames`` frames, ``patches`` (h, w) vision patches each, laid out as the stock video processor
+    lays them out (``pixel_values_videos`` rows of C x temporal x patch x patch values,
+    ``video_grid_thw``)."""
+    import torch
+
+    cls = family(name)
+    ip = processor.image_processor
+    t, (h, w) = frames // ip.temporal_patch_size, patches
+    per_frame = (h // ip.merge_size) * (w // ip.merge_size)
+    video = cls.video_placeholder(t, per_frame)
+    prompts = [video + cls.tiny_prompt("What happens in the video?", 1)]
+    prompts.append(video + cls.tiny_prompt("Describe the video in detail please, what moves and where?", 0))
+    out = processor(text=prompts, images=[random_image(1)], return_tensors="pt", padding=True)
+    g = torch.Generator().manual_seed(seed)
+    width = 3 * ip.temporal_patch_size * ip.patch_size**2
+    out["pixel_values_videos"] = torch.randn(2 * t * h * w, width, generator=g)
+    out["video_grid_thw"] = torch.tensor([[t, h, w]] * 2)
+    return out

@@ -46,13 +46,26 @@ class ImageLayout:
     content: torch.Tensor
     regions: list[Region]
     grid: tuple[int, ...]
+    kind: str = "image"  # "image" or "video" (a video's regions are its frames)
 
 
 @dataclass
 class VisionRecord:
-    """What the vision hooks captured during one run of the vision tower (all images of a call)."""
+    """What the vision hooks captured in one call: a dict per run of the vision tower (a family
+    that encodes images and videos separately runs it twice: images first). ``raw`` is the current
+    run's dict; ``used`` is set once a prefill has read the record."""
 
-    raw: dict = field(default_factory=dict)
+    runs: list = field(default_factory=list)
+    used: bool = False
+
+    @property
+    def raw(self) -> dict:
+        if not self.runs:
+            self.runs.append({})
+        return self.runs[-1]
+
+    def new_run(self) -> None:
+        self.runs.append({})
 
 
 @dataclass
@@ -187,6 +200,8 @@ class Adapter:
     #: masking a token out of every layer's attention equals dropping it (False for decoders with
     #: recurrent layers, whose reference is the stock model fed only the kept tokens)
     masking_is_dropping: ClassVar[bool] = True
+    #: videos are pruned too (:meth:`media_tokens` has "video"); each frame is a region
+    prunes_video: ClassVar[bool] = False
 
     def __init__(self, model, saliency: str = "auto"):
         self.model = model
@@ -226,6 +241,17 @@ class Adapter:
         return rest
 
     # -- layout -------------------------------------------------------------------------------
+    def media_tokens(self) -> dict[str, int]:
+        """The placeholder token id of each kind of media this family prunes (``{"image": id}``,
+        and ``"video"`` where videos are supported); other placeholders pass through untouched."""
+        return {"image": self.image_token_id}
+
+    def media_layouts(self, kind: str, call: dict, record: VisionRecord | None) -> list[ImageLayout]:
+        """Layouts of every item of ``kind`` ("image", "video") in the call, in batch order."""
+        if kind != "image":
+            raise ValueError(f"{self.family}: cannot prune {kind}s")
+        return self.image_layouts(call, record)
+
     def image_layouts(self, call: dict, record: VisionRecord | None) -> list[ImageLayout]:
         """Layouts of every image of the call in batch order (the order features are scattered)."""
         raise NotImplementedError

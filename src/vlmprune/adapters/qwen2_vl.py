@@ -93,7 +93,9 @@ class QwenImageProcessor:
         enc = self.tokenizer(texts, return_tensors=return_tensors, padding=padding)
         out.update(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
         image_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
-        out["mm_token_type_ids"] = (enc["input_ids"] == image_id).to(torch.int32)
+        video_id = self.tokenizer.convert_tokens_to_ids("<|video_pad|>")
+        ids = enc["input_ids"]
+        out["mm_token_type_ids"] = ((ids == image_id).int() + 2 * (ids == video_id).int()).to(torch.int32)
         return BatchFeature(out)
 
     def _expand(self, text: str, counts) -> str:
@@ -120,6 +122,8 @@ class QwenVisionMixin:
         "<|vision_end|>": "vision_end_token_id",
     }
     tiny_special = QWEN_SPECIAL
+    prunes_video = True
+    video_timestamps = False  # Qwen3-style prompts put a timestamp and its own markers around each frame
     default_positions = "original"
     supports_compact = False
     default_saliency = "attention_received"
@@ -178,22 +182,51 @@ class QwenVisionMixin:
             return per_group
         return per_group[torch.argsort(window.to(per_group.device))]
 
-    def image_layouts(self, call, record):
-        grid = call.get("image_grid_thw")
-        if grid is None and record is not None:  # generate() passes mm_encoder_outputs without the grid
-            grid = record.raw.get("grid_thw")
+    def media_tokens(self) -> dict[str, int]:
+        return {"image": self.image_token_id, "video": int(self.config.video_token_id)}
+
+    def media_layouts(self, kind, call, record):
+        if kind == "image":
+            return self.image_layouts(call, record)
+        return self.video_layouts(call, record)
+
+    @staticmethod
+    def _run(record, kind: str) -> dict:
+        """The tower run of ``kind``: the model encodes a call's images first, then its videos."""
+        if record is None or not record.runs:
+            return {}
+        return record.runs[-1] if kind == "video" else record.runs[0]
+
+    def _grid(self, call, record, kind: str):
+        grid = call.get(f"{kind}_grid_thw")
+        if grid is None:  # generate() passes mm_encoder_outputs without the grid
+            grid = self._run(record, kind).get("grid_thw")
         if grid is None:
-            raise ValueError(f"{self.family}: `image_grid_thw` is required to prune images")
+            raise ValueError(f"{self.family}: `{kind}_grid_thw` is required to prune {kind}s")
+        return torch.as_tensor(grid).tolist()
+
+    def image_layouts(self, call, record):
         m = self.config.vision_config.spatial_merge_size
         layouts = []
-        for t, h, w in torch.as_tensor(grid).tolist():
+        for t, h, w in self._grid(call, record, "image"):
             n = t * (h // m) * (w // m)
             region = Region(torch.arange(n), (t * h // m, w // m))
             layouts.append(ImageLayout(n, torch.arange(n), [region], (t, h // m, w // m)))
         return layouts
 
+    def video_layouts(self, call, record):
+        """One layout per video: ``t`` frames (temporal patches) of ``h/m x w/m`` merged tokens, in
+        the tower's frame-major raster order; each frame is a region."""
+        m = self.config.vision_config.spatial_merge_size
+        layouts = []
+        for t, h, w in self._grid(call, record, "video"):
+            per = (h // m) * (w // m)
+            frames = [Region(torch.arange(i * per, (i + 1) * per), (h // m, w // m)) for i in range(t)]
+            layouts.append(ImageLayout(t * per, torch.arange(t * per), frames, (t, h // m, w // m), "video"))
+        return layouts
+
     def image_signals(self, record, index, layout):
-        raw = record.raw if record is not None else {}
+        raw = self._run(record, layout.kind)
         grid = raw.get("grid_thw")
         if grid is None:
             return {}
@@ -239,6 +272,18 @@ class QwenVisionMixin:
         return (
             "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
             f"{img}{question}<|im_end|>\n<|im_start|>assistant\n"
+        )
+
+    @classmethod
+    def video_placeholder(cls, frames: int, per_frame: int, fps: float = 2.0) -> str:
+        """The placeholder text of a video of ``frames`` temporal patches of ``per_frame`` tokens
+        (expanded: one ``<|video_pad|>`` per token), as the stock processor writes it."""
+        if not cls.video_timestamps:
+            return "<|vision_start|>" + "<|video_pad|>" * (frames * per_frame) + "<|vision_end|>"
+        step = 2 / fps  # a temporal patch spans two frames
+        return "".join(
+            f"<{i * step:.1f} seconds><|vision_start|>" + "<|video_pad|>" * per_frame + "<|vision_end|>"
+            for i in range(frames)
         )
 
     @classmethod

@@ -33,6 +33,7 @@ class Qwen3_5Adapter(QwenVisionMixin, Adapter):
     archs = ("qwen3.5-9b",)
     tiny_name = "tiny-qwen3.5"
     saliency_doc = "attention received in the last vision block (no CLS, no windows), or `feature_norm`"
+    video_timestamps = True
     masking_is_dropping = False
 
     # -- the language model ----------------------------------------------------------------------

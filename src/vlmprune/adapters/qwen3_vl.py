@@ -38,6 +38,7 @@ class Qwen3VLAdapter(QwenVisionMixin, Adapter):
     archs = ("qwen3-vl-8b",)
     tiny_name = "tiny-qwen3-vl"
     saliency_doc = "attention received in the last vision block (no CLS, no windows), or `feature_norm`"
+    video_timestamps = True
 
     def lm_hooks(self) -> list:
         self._layer_index, self._layer_rows = None, None

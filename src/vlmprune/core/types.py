@@ -36,7 +36,8 @@ class ImageTokens:
     (N, Dv) the same tokens before the connector; ``saliency`` (N,) vision-encoder saliency
     (``methods.md``, "Saliency signals"); ``keys`` (N, Dv) head-averaged keys of the saliency
     layer (towers with a CLS token only); ``text`` (M, D) LLM input embeddings of the user's text.
-    ``seed`` is the image's index in the call (seeded methods offset their seed by it).
+    ``seed`` is the image's index in the call (seeded methods offset their seed by it). ``kind``
+    is "image" or "video" (one budget per video; its regions are its frames).
     """
 
     features: torch.Tensor
@@ -48,6 +49,7 @@ class ImageTokens:
     keys: torch.Tensor | None = None
     text: torch.Tensor | None = None
     seed: int = 0
+    kind: str = "image"  # "video": ``regions`` are its frames, in time order
 
     @property
     def num_tokens(self) -> int:

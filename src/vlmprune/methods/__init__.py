@@ -8,9 +8,10 @@ from vlmprune.methods.pool import Pool
 from vlmprune.methods.promprune import PromPrune
 from vlmprune.methods.random import RandomPrune
 from vlmprune.methods.sppruner import SPPruner
+from vlmprune.methods.temporal import TemporalPrune
 from vlmprune.methods.visionzip import VisionZip
 from vlmprune.methods.vispruner import VisPruner
 
 __all__ = ["FastV", "Pool", "RandomPrune"]
 __all__ += ["CDPruner", "DART", "DivPrune", "VisionZip", "VisPruner"]
-__all__ += ["PromPrune", "SPPruner"]
+__all__ += ["PromPrune", "SPPruner", "TemporalPrune"]

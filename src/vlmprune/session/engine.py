@@ -143,11 +143,15 @@ class PruningSession(InLLMStage):
         return None
 
     def _new_record(self, module, args):
-        self._record = VisionRecord()
+        """A run of the vision tower: the first of a call starts a new record; a second one in the
+        same call (a family encoding videos after images) adds a run to it."""
+        if self._record is None or self._record.used:
+            self._record = VisionRecord()
+        self._record.new_run()
 
     def _on_base(self, module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
-        self._call = {k: kwargs.get(k) for k in ("image_sizes", "image_grid_thw")}
+        self._call = {k: kwargs.get(k) for k in ("image_sizes", "image_grid_thw", "video_grid_thw")}
         self._call["input_ids"] = input_ids
         st, cache = self._state, kwargs.get("past_key_values")
         if st is None or cache is None or kwargs.get("attention_mask") is not None or input_ids is None:
@@ -172,11 +176,10 @@ class PruningSession(InLLMStage):
         if past == 0:
             self._state = None
             ids = self._call.get("input_ids")
-            if (
-                ids is None
-                or tuple(ids.shape) != tuple(embeds.shape[:2])
-                or not (ids == self.adapter.image_token_id).any()
-            ):
+            if self._record is not None and self._record is not getattr(self.vision, "record", None):
+                self._record.used = True  # the next run of the tower belongs to a new call
+            media = torch.tensor(list(self.adapter.media_tokens().values()))
+            if ids is None or tuple(ids.shape) != tuple(embeds.shape[:2]) or not torch.isin(ids, media).any():
                 self.selections = []
                 return None
             return args, self._prefill(ids, embeds, kwargs)
@@ -213,6 +216,7 @@ class PruningSession(InLLMStage):
             keys=signals.get("keys"),
             text=text,
             seed=index,
+            kind=layout.kind,
         )
 
     def _select(self, embeds, mask2d, is_image, spans, layouts, vision_index):
@@ -270,10 +274,7 @@ class PruningSession(InLLMStage):
                 "vlmprune needs a 2-D attention mask (static/compiled caches that pre-build 4-D masks are not supported)"
             )
         mask2d = mask if mask is not None else torch.ones(bsz, length, dtype=torch.long, device=device)
-        layouts = self.adapter.image_layouts(self._call, self._record)
-        spans, vision_index = assign_spans(ids, layouts, self.adapter.image_token_id)
-        layouts = [layouts[j] for j in vision_index]
-        is_image = ids == self.adapter.image_token_id
+        spans, layouts, vision_index, is_image = self._media_spans(ids)
         keep, embeds, images = self._select(embeds, mask2d, is_image, spans, layouts, vision_index)
 
         index, valid = compact_index(keep)  # (B, L')
@@ -294,6 +295,21 @@ class PruningSession(InLLMStage):
         kwargs["attention_mask"] = new_mask
         kwargs["position_ids"] = new_pos
         return kwargs
+
+    def _media_spans(self, ids):
+        """Every image and video of the call: ``(spans, layouts, index within its kind, is_media
+        (B, L))``, in batch order (row, then position)."""
+        spans, layouts, index = [], [], []
+        kinds = {kind: tid for kind, tid in self.adapter.media_tokens().items() if (ids == tid).any()}
+        for kind, tid in kinds.items():
+            lays = self.adapter.media_layouts(kind, self._call, self._record)
+            got, which = assign_spans(ids, lays, tid)
+            spans += got
+            layouts += [lays[j] for j in which]
+            index += which
+        order = sorted(range(len(spans)), key=lambda i: (spans[i][0], int(spans[i][1][0])))
+        is_media = torch.isin(ids, torch.tensor(list(kinds.values()), device=ids.device))
+        return [spans[i] for i in order], [layouts[i] for i in order], [index[i] for i in order], is_media
 
     def _positions(self, pos, index, mask2d, new_mask):
         """Position ids of the shortened prompt and the (B,) shift of its last position."""
