@@ -443,3 +443,16 @@ def test_tiny_variants_forward():
             )
         assert out.logits.shape == (1, ids.shape[1], vocab), name
         assert torch.isfinite(out.logits).all(), name
+
+
+def test_every_family_counts_its_vision_tower():
+    """Each family describes the images of its processor's inputs for the vision FLOPs."""
+    from vlmprune.testing import FAMILIES, make_inputs, random_image, tiny_model
+
+    for name in FAMILIES:
+        model, proc = tiny_model(name)
+        inputs = make_inputs(name, proc, ["What is shown?"], [[random_image(0)]])
+        cls = adapter_class(model.config)
+        assert vision_flops(cls.vision_shape(model.config), **cls.vision_grids(model.config, inputs)) > 0, (
+            name
+        )

@@ -151,3 +151,14 @@ def test_errors_and_method():
         CDPruner(budget=7, theta=0.3).select_image(sized(CDPruner(budget=7, theta=0.3), image)).indices,
         cdpruner.select(feats, None, 7, 0.3),
     )
+
+
+@pytest.mark.parametrize("n,d,k", [(576, 256, 192), (100, 8, 40), (50, 3, 30), (64, 64, 63)])
+def test_fixed_step_dpp_equals_row_by_row(n, d, k):
+    """The launch-bound-free DPP (residual kernel, fixed steps) picks what the one-Cholesky-row-
+    per-step loop picks, also where the kernel's rank runs out (d < k) and the fill rule applies."""
+    for seed in range(5):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(n, d, generator=g)
+        q = cdpruner.relevance(x, torch.randn(4, d, generator=g))
+        assert torch.equal(cdpruner.greedy_dpp(x, q, k), cdpruner.greedy_dpp_exact(x, q, k))

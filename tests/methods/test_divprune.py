@@ -151,3 +151,15 @@ def test_registered():
     assert isinstance(get_method("divprune", budget=3), DivPrune)
     with pytest.raises(ValueError, match="budget"):
         DivPrune(budget=0)
+
+
+@pytest.mark.parametrize("n,d,k", [(576, 64, 64), (200, 8, 150), (30, 2, 29)])
+def test_dense_and_rowwise_paths_agree(n, d, k):
+    """Up to 4096 tokens the distances are built once (three operations per step); above, one row
+    per step: the same picks."""
+    import torch.nn.functional as F
+
+    for seed in range(4):
+        x = torch.randn(2, n, d, generator=torch.Generator().manual_seed(seed))
+        f = F.normalize(x, dim=-1, eps=1e-6)
+        assert torch.equal(divprune.select_batched(x, k), torch.sort(divprune._rowwise(f, k), dim=1).values)

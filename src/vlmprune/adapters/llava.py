@@ -163,6 +163,12 @@ class ClipTowerMixin:
     tiny_prompt = prompt
 
     @classmethod
+    def vision_grids(cls, config, inputs) -> dict:
+        """Crops the tower encodes: (B, C, H, W) single crops or (B, crops, C, H, W) anyres."""
+        pv = inputs["pixel_values"]
+        return {"num_crops": int(pv.shape[0] * (pv.shape[1] if pv.dim() == 5 else 1))}
+
+    @classmethod
     def vision_shape(cls, config) -> VisionShape:
         return clip_vision_shape(config)
 
@@ -315,8 +321,3 @@ class LlavaAdapter(ClipTowerMixin, Adapter):
     def processor_size(cls, config, image_size=None) -> dict:
         """Tiny-processor arguments reproducing ``config``'s input size."""
         return {"image_size": int(config.vision_config.image_size)}
-
-    @classmethod
-    def vision_grids(cls, config, inputs) -> dict:
-        pv = inputs["pixel_values"]
-        return {"num_crops": int(pv.shape[0] * (pv.shape[1] if pv.dim() == 5 else 1))}

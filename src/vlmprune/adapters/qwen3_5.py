@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from vlmprune.adapters.base import Adapter, register_adapter
 from vlmprune.adapters.qwen2_vl import QwenVisionMixin
+from vlmprune.adapters.qwen3_vl import qwen3_vision_shape
 from vlmprune.core.flops import LinearAttentionShape, LLMShape, VisionShape
 
 LINEAR = "linear_attention"
@@ -77,19 +78,7 @@ class Qwen3_5Adapter(QwenVisionMixin, Adapter):
 
     @classmethod
     def vision_shape(cls, config) -> VisionShape:
-        v = config.vision_config
-        return VisionShape(
-            num_layers=int(v.depth),
-            hidden=int(v.hidden_size),
-            intermediate=int(v.intermediate_size),
-            num_heads=int(v.num_heads),
-            patch_size=int(v.patch_size),
-            in_channels=int(v.in_channels),
-            temporal_patch_size=int(v.temporal_patch_size),
-            spatial_merge_size=int(v.spatial_merge_size),
-            connector_hidden=int(v.hidden_size) * int(v.spatial_merge_size) ** 2,
-            connector_out=int(v.out_hidden_size),
-        )
+        return qwen3_vision_shape(config)  # Qwen3-VL's tower without DeepStack
 
     @classmethod
     def tiny_text(cls) -> dict:

@@ -28,6 +28,25 @@ def visual_rows(masks: torch.Tensor, index: torch.Tensor, valid: torch.Tensor):
     return kept, rank.gather(1, index)[kept]  # (B, L'), (n',)
 
 
+def qwen3_vision_shape(config) -> VisionShape:
+    """The Qwen3-VL-style tower (full attention, learned position grid, 2x2 merger, one more
+    merger per DeepStack layer, if any)."""
+    v = config.vision_config
+    return VisionShape(
+        num_layers=int(v.depth),
+        hidden=int(v.hidden_size),
+        intermediate=int(v.intermediate_size),
+        num_heads=int(v.num_heads),
+        patch_size=int(v.patch_size),
+        in_channels=int(v.in_channels),
+        temporal_patch_size=int(v.temporal_patch_size),
+        spatial_merge_size=int(v.spatial_merge_size),
+        connector_hidden=int(v.hidden_size) * int(v.spatial_merge_size) ** 2,
+        connector_out=int(v.out_hidden_size),
+        connectors=1 + len(getattr(v, "deepstack_visual_indexes", None) or ()),
+    )
+
+
 @register_adapter
 class Qwen3VLAdapter(QwenVisionMixin, Adapter):
     family = "qwen3_vl"
@@ -69,20 +88,7 @@ class Qwen3VLAdapter(QwenVisionMixin, Adapter):
     # -- the family, for tools -------------------------------------------------------------------
     @classmethod
     def vision_shape(cls, config) -> VisionShape:
-        v = config.vision_config
-        return VisionShape(
-            num_layers=int(v.depth),
-            hidden=int(v.hidden_size),
-            intermediate=int(v.intermediate_size),
-            num_heads=int(v.num_heads),
-            patch_size=int(v.patch_size),
-            in_channels=int(v.in_channels),
-            temporal_patch_size=int(v.temporal_patch_size),
-            spatial_merge_size=int(v.spatial_merge_size),
-            connector_hidden=int(v.hidden_size) * int(v.spatial_merge_size) ** 2,
-            connector_out=int(v.out_hidden_size),
-            connectors=1 + len(v.deepstack_visual_indexes),
-        )
+        return qwen3_vision_shape(config)
 
     @classmethod
     def tiny_text(cls) -> dict:

@@ -41,6 +41,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from vlmprune.core.greedy import dpp_steps
 from vlmprune.core.method import Method
 from vlmprune.core.ops import ranked
 from vlmprune.core.registry import register
@@ -61,9 +62,8 @@ def relevance(features: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor
     t = F.normalize(text.float().to(features.device), dim=-1, eps=1e-6)
     rel = (f @ t.T).mean(dim=1)  # (N, D) @ (D, M) -> (N, M) -> (N,)
     lo, hi = rel.min(), rel.max()
-    if float(hi - lo) <= 1e-6:
-        return ones
-    return (rel - lo) / (hi - lo)
+    flat = (hi - lo) <= 1e-6  # no host sync: the test stays on the device
+    return torch.where(flat, ones, (rel - lo) / torch.where(flat, ones[0], hi - lo))
 
 
 def quality(rel: torch.Tensor, theta: float | None = None) -> torch.Tensor:
@@ -75,7 +75,11 @@ def quality(rel: torch.Tensor, theta: float | None = None) -> torch.Tensor:
 
 
 def greedy_dpp(features: torch.Tensor, quality: torch.Tensor, budget: int) -> torch.Tensor:
-    """Greedy MAP of the DPP with kernel ``diag(quality) cos(features) diag(quality)``.
+    """Greedy MAP of the DPP with kernel ``diag(quality) cos(features) diag(quality)``: the fast
+    path (:func:`vlmprune.core.greedy.dpp_steps`, a constant five operations per step, one host
+    sync per call to check the pivots; a second where the kernel's rank runs out before ``budget``
+    picks, to apply the fill rule). :func:`greedy_dpp_exact` is the same selection one Cholesky row
+    per step (the reference the tests compare with).
 
     Args:
         features: (N, D) token features (normalised here).
@@ -85,6 +89,28 @@ def greedy_dpp(features: torch.Tensor, quality: torch.Tensor, budget: int) -> to
     Returns:
         (min(budget, N),) indices in **selection order** (not sorted).
     """
+    n = features.shape[0]
+    k = min(int(budget), n)
+    if k == 0:
+        return torch.empty(0, dtype=torch.long, device=features.device)
+    f = F.normalize(features.float(), dim=-1, eps=1e-6)  # (N, D)
+    q = quality.float().to(features.device)  # (N,)
+    kernel = (q[:, None] * (f @ f.T) * q[None, :]).unsqueeze(0)  # (N, D) @ (D, N) -> (1, N, N) L
+    diag = q * q * (f * f).sum(dim=1)  # (N,) the exact diag(L): q² (0 for an all-zero token)
+    kernel.diagonal(dim1=1, dim2=2).copy_(diag)
+    picks, pivots = dpp_steps(kernel, k)  # (1, K), (1, K)
+    ok = pivots[0] > RANK_EPS * diag.max()  # (K,)
+    if bool(ok.all()):  # host sync 1
+        return picks[0]
+    # the rank ran out at step t: the first t picks stand, the rest go to the highest quality
+    t = int(ok.int().cumprod(0).sum())  # host sync 2
+    chosen = torch.zeros(n, dtype=torch.bool, device=q.device).index_fill_(0, picks[0, :t], True)
+    return torch.cat([picks[0, :t], ranked(q.masked_fill(chosen, float("-inf")))[: k - t]])
+
+
+def greedy_dpp_exact(features: torch.Tensor, quality: torch.Tensor, budget: int) -> torch.Tensor:
+    """The greedy DPP one Cholesky row per step, with the rank-exhaustion rule of the module
+    docstring (used when the kernel's rank runs out before ``budget`` picks)."""
     n = features.shape[0]
     device = features.device
     k = min(int(budget), n)

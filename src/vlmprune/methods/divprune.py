@@ -14,8 +14,10 @@ of the projector outputs:
    ``argmax_{c not in S} min_{s in S} d(c, s)``,
 
 until ``K`` tokens are kept. Ties go to the lowest index at every step. The computation is in
-float32 whatever the input dtype, and never builds the ``N x N`` matrix at once (nearest
-neighbours in row blocks, then one distance row per step), so its memory is ``O(N * D)``.
+float32 whatever the input dtype. Up to 4096 tokens the ``N x N`` distances are built once and each
+greedy step is three tensor operations (:func:`vlmprune.core.greedy.max_min_steps`: no host sync,
+a constant launch count per step on a GPU); above that, nearest neighbours in row blocks and one
+distance row per step keep the memory at ``O(N * D)``.
 
 DivPrune is naturally global: on a multi-crop image it runs once over all ``N`` content tokens
 of the image (every crop together), not per region; on a merged-patch tower over the merged tokens.
@@ -29,11 +31,13 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from vlmprune.core.greedy import max_min_steps
 from vlmprune.core.method import Method
 from vlmprune.core.registry import register
 from vlmprune.core.types import ImageTokens, Kept
 
 _BLOCK = 1024  # rows per block of the nearest-neighbour pass
+DENSE_MAX = 4096  # up to this many tokens the N x N distances are built once (64 MiB in float32)
 
 
 def _nearest_neighbour_distance(f: torch.Tensor) -> torch.Tensor:
@@ -72,10 +76,25 @@ def select_batched(features: torch.Tensor, budget: int) -> torch.Tensor:
         return torch.empty(b, 0, dtype=torch.long, device=device)
 
     f = F.normalize(features.float(), dim=-1, eps=1e-6)  # (B, N, D) unit rows (zero rows stay 0)
+    if n <= DENSE_MAX:
+        dist = torch.baddbmm(
+            torch.ones(1, device=device), f, f.transpose(1, 2), alpha=-1.0
+        )  # (B, N, N) 1 - cos
+        diag = dist.diagonal(dim1=1, dim2=2)
+        diag.fill_(float("inf"))
+        first = dist.amin(dim=2).argmax(dim=1)  # (B,) farthest from its nearest neighbour
+        diag.fill_(float("-inf"))  # a picked token's running minimum becomes -inf
+        return torch.sort(max_min_steps(dist, first, k), dim=1).values
+    return torch.sort(_rowwise(f, k), dim=1).values
+
+
+def _rowwise(f: torch.Tensor, k: int) -> torch.Tensor:
+    """The same greedy in O(N D) memory for large N: one distance row per step."""
+    b, n, _ = f.shape
+    device = f.device
     batch = torch.arange(b, device=device)
     picks = torch.empty(b, k, dtype=torch.long, device=device)
     chosen = torch.zeros(b, n, dtype=torch.bool, device=device)
-
     pick = _nearest_neighbour_distance(f).argmax(dim=1)  # (B,) first maximum: lowest index on ties
     min_dist = torch.full((b, n), float("inf"), device=device)
     for step in range(k):
@@ -86,7 +105,7 @@ def select_batched(features: torch.Tensor, budget: int) -> torch.Tensor:
         chosen[batch, pick] = True
         row = 1.0 - (f @ f[batch, pick].unsqueeze(2)).squeeze(2)  # (B, N, D) @ (B, D, 1) -> (B, N)
         min_dist = torch.minimum(min_dist, row)
-    return torch.sort(picks, dim=1).values
+    return picks
 
 
 def select(features: torch.Tensor, budget: int) -> torch.Tensor:

@@ -36,8 +36,11 @@ Differences from the released code (all deliberate, see ``methods.md``):
   below the rank of the tokens, e.g. 4096-d tokens at K <= 576); ``r`` is computed in float32 whatever
   the input dtype.
 - Batched: all images (crops) with the same token count are selected together with tensor ops
-  (one Gram matrix per image serves both the entropy and the DPP kernel); only the ``K`` greedy
-  steps are a Python loop.
+  (one Gram matrix per image serves both the entropy and the DPP kernel). The greedy DPP runs a
+  fixed ``K`` steps of five tensor operations each (:func:`vlmprune.core.greedy.dpp_steps`; steps
+  past an image's ``T_cov`` are discarded on the device) with one host sync per call, which checks
+  that no accepted pivot was at the rank floor; if one was, the selection is redone one Cholesky
+  row per step with the floor rule above (the same picks wherever both apply).
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from vlmprune.core.greedy import dpp_steps
 from vlmprune.core.method import Method
 from vlmprune.core.ops import ranked
 from vlmprune.core.registry import register
@@ -58,7 +62,6 @@ from vlmprune.core.types import ImageTokens, Kept
 ENTROPY_EPS = 1e-8  # row normalisation eps of the entropy features
 KERNEL_EPS = 1e-6  # row normalisation eps of the DPP features
 RANK_EPS = 1e-5  # d² at or below this counts as 0 (float32 rounding noise once the kernel's rank is spent)
-_GRAM_BLOCK = 192  # row block of the symmetric Gram product (only the upper blocks are computed)
 
 
 # -- parameters ----------------------------------------------------------------------------------
@@ -83,24 +86,8 @@ def _check_budget(budget: int) -> int:
 
 # -- building blocks -----------------------------------------------------------------------------
 def _gram(a: torch.Tensor) -> torch.Tensor:
-    """(B, N, D) -> (B, N, N) ``a aᵀ``.
-
-    Above 384 rows only the row blocks on and right of the diagonal are computed and mirrored (a
-    third fewer flops at N = 576, three 192-row blocks); every entry is still one float32 dot
-    product over D.
-    """
-    n = a.shape[1]
-    if n <= 2 * _GRAM_BLOCK:
-        return torch.bmm(a, a.transpose(1, 2))
-    out = a.new_empty(a.shape[0], n, n)
-    starts = list(range(0, n, _GRAM_BLOCK))
-    for i0 in starts:
-        i1 = min(i0 + _GRAM_BLOCK, n)
-        # (B, n_i, D) @ (B, D, N - i0) -> (B, n_i, N - i0): the row block right of the diagonal
-        blk = torch.bmm(a[:, i0:i1], a[:, i0:].transpose(1, 2))
-        out[:, i0:i1, i0:] = blk
-        out[:, i1:, i0:i1] = blk[:, :, i1 - i0 :].transpose(1, 2)
-    return out
+    """(B, N, D) -> (B, N, N) ``a aᵀ``, one batched GEMM (one launch on a GPU)."""
+    return torch.bmm(a, a.transpose(1, 2))
 
 
 def _cosine_gram(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -122,7 +109,7 @@ def _double_centre(s: torch.Tensor) -> torch.Tensor:
     ``fc_i . fc_j = s_ij - m_i - m_j + mean(m)`` with ``m_i = f_i . mean(F)`` the row means of ``s``.
     """
     m = s.mean(dim=2)  # (B, N, N) -> (B, N)
-    return (s - m.unsqueeze(2)).sub_(m.unsqueeze(1) - m.mean(dim=1)[:, None, None])
+    return (s - m.unsqueeze(2)).sub_(m.unsqueeze(1) - m.mean(dim=1).view(-1, 1, 1))
 
 
 def _centred_gram_small_d(x: torch.Tensor) -> torch.Tensor:
@@ -221,19 +208,19 @@ def _select_rows(
     kr_max: float,
     mu: float,
     tau: float,
+    steps: int,
 ) -> torch.Tensor:
     """The batched core on images that all need a selection (``0 < K_b < N``).
 
     Args:
         x: (B, N, D) float32 features (read only). r: (B, N) normalised saliency.
-        k: (B,) long budgets.
+        k: (B,) long budgets; ``steps`` their maximum (a Python int: no host sync).
 
     Returns:
         (B, N) bool mask of the kept tokens (exactly ``K_b`` per row).
     """
     b, n, d = x.shape
     device = x.device
-    ar = torch.arange(b, device=device)
 
     # One Gram matrix per image gives both the spectral entropy (double-centred, N <= D) and the
     # DPP's cosine kernel; the tokens themselves are read only by that GEMM.
@@ -244,8 +231,7 @@ def _select_rows(
 
     # eps 1e-6 rows = eps 1e-8 rows * scale; scale is exactly 1 for every row of norm >= 1e-6
     scale = norm.clamp_min(ENTROPY_EPS) / norm.clamp_min(KERNEL_EPS)  # (B, N)
-    if not bool((scale == 1.0).all()):
-        kernel = kernel * scale.unsqueeze(2) * scale.unsqueeze(1)
+    kernel = kernel * scale.unsqueeze(2) * scale.unsqueeze(1)  # exact where scale == 1
     # exact diagonal of the kernel: 1 for every token of norm >= 1e-6, less for tinier ones, 0 for zero
     d2 = (norm / norm.clamp_min(KERNEL_EPS)).square()  # (B, N)
 
@@ -255,21 +241,37 @@ def _select_rows(
     rank.scatter_(1, order, torch.arange(n, device=device).expand(b, n))
     salient = rank < t_sal.unsqueeze(1)  # (B, N)
 
-    # Stage 2: greedy DPP MAP on the other tokens, all images at once. d² is -inf for a stage-1
-    # or picked token; an available token's d² <= RANK_EPS becomes ``floor`` = 0 (a tie).
+    # Stage 2: greedy DPP MAP on the other tokens, all images at once, K_max steps whatever T_cov
+    # (no host sync; steps past an image's T_cov are discarded). d² is -inf for a stage-1 token.
+    d2 = d2.masked_fill(d2 <= RANK_EPS, 0.0).masked_fill_(salient, float("-inf"))  # (B, N)
+    if steps == 0:
+        return salient
+    # the remaining token least like any salient one: argmin_j max_{s in S_sal} L[j, s]
+    overlap = kernel.masked_fill(~salient.unsqueeze(1), float("-inf")).amax(dim=2)  # (B, N, N) -> (B, N)
+    seed = overlap.masked_fill_(salient, float("inf")).argmin(dim=1)  # (B,)
+    seed = torch.where(t_sal > 0, seed, d2.argmax(dim=1))
+    residual = kernel.clone()
+    residual.diagonal(dim1=1, dim2=2).copy_(d2)
+    picks, pivots = dpp_steps(residual, steps, first=seed)  # (B, S), (B, S)
+    valid = torch.arange(steps, device=device) < t_cov.unsqueeze(1)  # (B, S): step i < T_cov
+    if not bool((valid <= (pivots > RANK_EPS)).all()):  # the one host sync: the kernel's rank ran out
+        return _coverage_exact(kernel, d2, salient, t_cov, seed)
+    hits = torch.zeros(b, n, dtype=torch.int32, device=device).scatter_add_(1, picks, valid.int())  # (B, N)
+    return salient | (hits > 0)
+
+
+def _coverage_exact(kernel, d2, salient, t_cov, seed) -> torch.Tensor:
+    """Stage 2 one Cholesky row per step with the rank-floor rule (a ``d²`` at or below ``1e-5``
+    counts as 0: the lowest remaining index wins), for inputs whose kernel rank runs out."""
+    b, n = d2.shape
+    device = d2.device
+    ar = torch.arange(b, device=device)
     t_max = int(t_cov.max())
     floor = torch.zeros(b, n, device=device).masked_fill_(salient, float("-inf"))  # (B, N)
-    d2 = d2.masked_fill(d2 <= RANK_EPS, 0.0).masked_fill_(salient, float("-inf"))  # (B, N)
-    c = x.new_zeros(b, max(t_max, 1), n)  # Cholesky rows c_i, (B, T, N)
+    c = kernel.new_zeros(b, max(t_max, 1), n)  # Cholesky rows c_i, (B, T, N)
     picks: list[torch.Tensor] = []
-    seed = None
-    if t_max > 0 and bool((t_sal > 0).any()):
-        # the remaining token least like any salient one: argmin_j max_{s in S_sal} L[j, s]
-        overlap = kernel.masked_fill(~salient.unsqueeze(1), float("-inf")).amax(dim=2)  # (B, N, N) -> (B, N)
-        seed = overlap.masked_fill_(salient, float("inf")).argmin(dim=1)  # (B,)
-        seed = torch.where(t_sal > 0, seed, d2.argmax(dim=1))
     for i in range(t_max):
-        j = seed if i == 0 and seed is not None else d2.argmax(dim=1)  # (B,) lowest index on ties
+        j = seed if i == 0 else d2.argmax(dim=1)  # (B,) lowest index on ties
         picks.append(j)
         row = kernel[ar, j].unsqueeze(1)  # (B, 1, N) L[j]
         if i > 0:
@@ -281,7 +283,6 @@ def _select_rows(
         d2[ar, j] = float("-inf")
         d2 = torch.addcmul(d2, e, e, value=-1.0)  # d² - e²; -inf stays -inf
         d2 = torch.where(d2 > RANK_EPS, d2, floor)  # max(d², 0) with the rank floor; excluded stay -inf
-
     kept = salient.clone()
     if t_max > 0:
         chosen = torch.stack(picks, dim=1)  # (B, T)
@@ -318,17 +319,19 @@ def select_rows(
     device = x.device
     r = _normalise_saliency(saliency, b, n, device)
     # K >= N keeps every token, K = 0 none; the rest are selected together
-    out = [torch.arange(k, device=device) for k in ks]
     todo = [i for i, k in enumerate(ks) if 0 < k < n]
+    out = [None if i in todo else torch.arange(k, device=device) for i, k in enumerate(ks)]
     if todo:
         if len(todo) < b:
             idx = torch.tensor(todo, device=device)
             x, r = x[idx], r[idx]  # (B', N, D), (B', N)
         k_t = torch.tensor([ks[i] for i in todo], dtype=torch.long, device=device)
-        kept = _select_rows(x.float(), r, k_t, kr_min, kr_max, mu, tau)  # (B', N) bool
-        cols = kept.nonzero(as_tuple=True)[1]  # row-major: sorted within each row
-        for i, part in zip(todo, torch.split(cols, [ks[i] for i in todo])):
-            out[i] = part
+        steps = max(ks[i] for i in todo)
+        kept = _select_rows(x.float(), r, k_t, kr_min, kr_max, mu, tau, steps)  # (B', N) bool
+        # kept indices first, each row in ascending order (a stable sort: no host sync)
+        cols = torch.sort((~kept).to(torch.uint8), dim=1, stable=True).indices  # (B', N)
+        for row, i in enumerate(todo):
+            out[i] = cols[row, : ks[i]]
     return out
 
 
@@ -436,10 +439,14 @@ class PromPrune(Method):
             groups.setdefault((unit.num_tokens, f.shape[1], f.device), []).append(u)
         out: list[Kept | None] = [None] * len(units)
         for (n, _, device), members in groups.items():
-            sal = torch.zeros(len(members), n, dtype=torch.float32, device=device)  # (B, N)
-            for row, u in enumerate(members):
-                if units[u].saliency is not None:
-                    sal[row] = units[u].saliency.to(device)
+            given = [units[u].saliency for u in members]
+            if all(a is not None for a in given):
+                sal = torch.stack(given).to(device=device, dtype=torch.float32)  # B x (N,) -> (B, N)
+            else:
+                sal = torch.zeros(len(members), n, dtype=torch.float32, device=device)  # (B, N)
+                for row, a in enumerate(given):
+                    if a is not None:
+                        sal[row] = a.to(device)
             feats = _stack([units[u].features for u in members])  # (B, N, D)
             budgets = [units[u].budget for u in members]
             rows = select_rows(feats, sal, budgets, self.kr_min, self.kr_max, self.mu, self.tau)

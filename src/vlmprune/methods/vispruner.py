@@ -56,14 +56,14 @@ def remove_duplicates(pre_features: torch.Tensor, keep: int, drop_per_round: int
     f = F.normalize(pre_features.float(), dim=-1, eps=1e-6)
     sim = f @ f.T  # (R, Dv) @ (Dv, R) -> (R, R) cosine
     cur = torch.arange(r, device=device)
-    while cur.numel() > keep:
+    size = r  # survivors, tracked in Python: every shape below is known without a host sync
+    while size > keep:
         a, b = cur[0::2], cur[1::2]
-        drop = min(drop_per_round, cur.numel() - keep, a.numel())
-        score = sim.index_select(0, a).index_select(1, b).max(dim=1).values  # (|A|, |B|) -> (|A|,)
-        order = ranked(score)
-        survive = torch.ones(a.numel(), dtype=torch.bool, device=device)
-        survive[order[:drop]] = False
-        cur = torch.sort(torch.cat([a[survive], b])).values
+        drop = min(drop_per_round, size - keep, (size + 1) // 2)
+        score = sim.index_select(0, a).index_select(1, b).amax(dim=1)  # (|A|, |B|) -> (|A|,)
+        order = ranked(score)  # (|A|,) most duplicated first
+        cur = torch.sort(torch.cat([a.index_select(0, order[drop:]), b])).values  # survivors, raster order
+        size -= drop
     return cur
 
 

@@ -1,0 +1,119 @@
+"""Greedy selection loops with a constant, small number of tensor operations per step.
+
+On a GPU every tensor operation is a kernel launch and every ``.item()`` stalls the stream, so a
+greedy loop that dispatches a dozen operations per step costs more than the prefill it saves.
+These loops dispatch three to five operations per step, on device tensors only, with no host
+sync inside the loop and a step count fixed by the caller (never by the data):
+
+- :func:`max_min_steps`: greedy max-min diversity on a distance matrix (DivPrune);
+- :func:`dpp_steps`: greedy MAP of a DPP by pivoted Cholesky on the residual kernel (CDPruner,
+  PromPrune's coverage stage).
+
+Both work on a whole batch ``(B, N, N)`` at once and return picks in selection order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _flat_index(j: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
+    """(B,) per-row indices -> indices into the (B*N, ...) flattening (``base`` = row * N)."""
+    return j if base is None else j + base
+
+
+def _bases(b: int, n: int, device) -> torch.Tensor | None:
+    return None if b == 1 else torch.arange(b, device=device) * n
+
+
+def max_min_steps(dist: torch.Tensor, first: torch.Tensor, steps: int) -> torch.Tensor:
+    """Greedy max-min diversity: ``first`` (B,), then ``steps - 1`` times the index whose smallest
+    distance to the picked ones is largest (ties: lowest index).
+
+    ``dist`` (B, N, N) symmetric distances whose diagonal is ``-inf`` (a picked index is then never
+    picked again: its running minimum becomes ``-inf``). Returns (B, steps) in selection order.
+    Per step: ``argmax``, one row gather, ``minimum`` (plus one add for B > 1).
+    """
+    b, n, _ = dist.shape
+    if b == 1:  # one image: (1,)-shaped picks index rows directly
+        rows1, pick = dist[0], first
+        picks, low = [pick], rows1.index_select(0, pick)  # (1, N) distance to the picked set
+        for _ in range(steps - 1):
+            pick = low.argmax(dim=1)  # (1,)
+            picks.append(pick)
+            low = torch.minimum(low, rows1.index_select(0, pick))
+        return torch.cat(picks)[None]
+    rows = dist.reshape(b * n, n)  # (B, N, N) -> (B*N, N)
+    base = _bases(b, n, dist.device)
+    pick = first
+    picks = [pick]
+    low = rows.index_select(0, _flat_index(pick, base))  # (B, N) distance to the picked set
+    for _ in range(steps - 1):
+        pick = low.argmax(dim=1)  # (B,) first maximum: lowest index on ties
+        picks.append(pick)
+        low = torch.minimum(low, rows.index_select(0, _flat_index(pick, base)))
+    return torch.stack(picks, dim=1)
+
+
+def dpp_steps(
+    kernel: torch.Tensor, steps: int, first: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy MAP of the DPP with kernel ``L``: each step picks the largest residual diagonal
+    ``d²_j = L_jj - Σ_t c_t[j]²`` (ties: lowest index) and removes it from the residual kernel,
+    ``R <- R - R[:, j] R[j, :] / R_jj`` (pivoted Cholesky; Chen et al. 2018's incremental update
+    in matrix form).
+
+    ``kernel`` (B, N, N) symmetric, **overwritten** with the residual; set a diagonal entry to
+    ``-inf`` beforehand to exclude that index. ``first`` (B,) forces the first pick. Returns
+    ``(picks (B, steps), pivots (B, steps))``: picks in selection order and the ``d²`` each was
+    picked at. Once every remaining ``d²`` is at rounding level (the kernel's rank is spent) the
+    picks are meaningless: callers check ``pivots`` once after the loop and fall back to an exact
+    rule. A picked index needs no mask: its residual diagonal drops to rounding level, below every
+    pivot a caller accepts. Per step: ``max``, two row gathers, one division, one batched
+    rank-1 update (plus one add and one view for B > 1).
+    """
+    b, n, _ = kernel.shape
+    if b == 1:
+        picks, pivots = _dpp_steps_one(kernel[0], steps, first)
+        return picks[None], pivots[None]
+    col = kernel.view(b * n, n, 1)  # row j as a column (the kernel is symmetric)
+    row = kernel.view(b * n, 1, n)
+    diag = kernel.diagonal(dim1=1, dim2=2)  # (B, N) view: follows the updates
+    base = _bases(b, n, kernel.device)
+    picks, pivots = [], []
+    for step in range(steps):
+        if step == 0 and first is not None:
+            j = first
+            d2 = diag.gather(1, j[:, None]).view(b)
+        else:
+            d2, j = diag.max(dim=1)  # (B,), (B,)
+        picks.append(j)
+        pivots.append(d2)
+        idx = _flat_index(j, base)
+        scale = d2 if b == 1 else d2.view(b, 1, 1)
+        kernel.baddbmm_(col.index_select(0, idx), row.index_select(0, idx) / scale, alpha=-1.0)
+    if not picks:
+        empty = torch.empty(b, 0, device=kernel.device)
+        return empty.long(), empty
+    return torch.stack(picks, dim=1), torch.stack(pivots, dim=1)
+
+
+def _dpp_steps_one(kernel: torch.Tensor, steps: int, first: torch.Tensor | None):
+    """:func:`dpp_steps` on one (N, N) kernel (``first`` (1,) or None): five operations per step
+    (``max``, row and column ``j``, one division, one rank-1 update)."""
+    diag = kernel.diagonal()  # (N,) view: follows the updates
+    picks, pivots = [], []
+    for step in range(steps):
+        if step == 0 and first is not None:
+            j = first
+            d2 = diag.index_select(0, j)
+        else:
+            d2, j = diag.max(dim=0, keepdim=True)  # (1,), (1,)
+        picks.append(j)
+        pivots.append(d2)
+        r = kernel.index_select(0, j)  # (1, N) row j
+        kernel.addcmul_(kernel.index_select(1, j), r / d2, value=-1.0)  # R - c r / d²: (N, 1) x (1, N)
+    if not picks:
+        empty = torch.empty(0, device=kernel.device)
+        return empty.long(), empty
+    return torch.cat(picks), torch.cat(pivots)
