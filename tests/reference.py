@@ -95,7 +95,15 @@ def layer_key_mask(model, layer: int, dropped: torch.Tensor):
             h.remove()
 
 
-LM_OWN = {"inputs_embeds", "attention_mask", "position_ids", "past_key_values", "use_cache", "input_ids"}
+LM_OWN = {
+    "inputs_embeds",
+    "attention_mask",
+    "position_ids",
+    "past_key_values",
+    "use_cache",
+    "input_ids",
+    "logits_to_keep",
+}
 
 
 def stock_side_inputs(model, inputs) -> dict:

@@ -37,7 +37,15 @@ def vision_shape(config):
     return adapter_class(config).vision_shape(config)
 
 
-ARCHS = ["llava-1.5-7b", "llava-next-7b", "qwen2-vl-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3.5-9b"]
+ARCHS = [
+    "llava-1.5-7b",
+    "llava-next-7b",
+    "llava-onevision-7b",
+    "qwen2-vl-7b",
+    "qwen2.5-vl-7b",
+    "qwen3-vl-8b",
+    "qwen3.5-9b",
+]
 
 
 def _per_module(fc: FlopCounterMode) -> dict[str, int]:
@@ -327,6 +335,7 @@ def test_configs_load_offline_into_stock_classes(monkeypatch):
     expected_cls = {
         "llava-1.5-7b": transformers.LlavaConfig,
         "llava-next-7b": transformers.LlavaNextConfig,
+        "llava-onevision-7b": transformers.LlavaOnevisionConfig,
         "qwen2-vl-7b": transformers.Qwen2VLConfig,
         "qwen2.5-vl-7b": transformers.Qwen2_5_VLConfig,
         "qwen3-vl-8b": transformers.Qwen3VLConfig,
@@ -370,6 +379,9 @@ def test_real_size_parameter_counts():
         "qwen2-vl-7b": 8_291_375_616,
         "qwen3-vl-8b": 8_767_123_696,
     }
+    with torch.device("meta"):  # llava-hf/llava-onevision-qwen2-7b-ov-hf: 8.03B on its model card
+        ov = model_class("llava-onevision-7b")(load_config("llava-onevision-7b"))
+    assert round(sum(p.numel() for p in ov.parameters()) / 1e7) == 803
     for name, count in published.items():
         with torch.device("meta"):
             model = model_class(name)(load_config(name))
@@ -423,6 +435,11 @@ def test_tiny_variants_forward():
             ).pooler_output
             n_img = sum(f.shape[0] for f in feats)
             assert n_img == 16 + 64 + 8  # base crop + unpadded 8x8 grid of 4 tiles + 8 row newlines
+            ids = torch.tensor([[1, 5, 6] + [cfg.image_token_id] * n_img + [7, 8]])
+            out = model(input_ids=ids, pixel_values=pixels, image_sizes=sizes)
+        elif cfg.model_type == "llava_onevision":
+            pixels, sizes = torch.randn(1, 2, 3, 56, 56), torch.tensor([[56, 56]])
+            n_img = 16 + 4 * (4 + 1)  # base view + one tile's 4x4 grid with a newline per row
             ids = torch.tensor([[1, 5, 6] + [cfg.image_token_id] * n_img + [7, 8]])
             out = model(input_ids=ids, pixel_values=pixels, image_sizes=sizes)
         else:

@@ -42,6 +42,19 @@ def test_attention_received_equals_eager(family):
     model, proc = cached_model(family, "eager")
     adapter = get_adapter(model)
     inputs = batch_inputs(family, proc)
+    if not hasattr(model.model, "visual"):  # a tower run per crop (SigLIP): its eager attentions
+        record = {}
+        hooks = adapter.vision_hooks(lambda: type("R", (), {"raw": record})(), {"saliency"})
+        pixels = inputs["pixel_values"].flatten(0, 1)  # (images, crops, C, H, W) -> crops
+        try:
+            with torch.no_grad():
+                out = model.model.vision_tower(pixels, output_attentions=True)
+        finally:
+            for h in hooks:
+                h.remove()
+        eager = out.attentions[adapter.saliency_layer].mean(dim=(1, 2))  # (V, H, N, N) -> (V, N)
+        torch.testing.assert_close(record["saliency"][0], eager, atol=1e-5, rtol=1e-5)
+        return
     block = adapter._full_attention_block()
     attn = model.model.visual.blocks[block].attn
     captured = {}

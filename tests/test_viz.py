@@ -9,6 +9,7 @@ token must not).
 from __future__ import annotations
 
 import json
+import math
 from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
@@ -90,6 +91,8 @@ def config_of(model) -> dict:
         cfg["vision_image_size"] = int(v.image_size)
     if getattr(model.config, "image_grid_pinpoints", None):
         cfg["image_grid_pinpoints"] = [tuple(p) for p in model.config.image_grid_pinpoints]
+    if getattr(model.config, "vision_aspect_ratio", None):
+        cfg["anyres_max"] = int(model.config.vision_aspect_ratio.removeprefix("anyres_max_"))
     return cfg
 
 
@@ -118,11 +121,25 @@ def processor_patches(family: str, proc, image: Image.Image, cfg: dict) -> list[
         bh, bw = select_best_resolution((h, w), cfg["image_grid_pinpoints"])
         per_row = bw // cfg["vision_image_size"]
         rows, cols = unpad_slices(((bh // cfg["vision_image_size"]) * g, per_row * g), (h, w))
-        for r in range(rows.start, rows.stop):
-            for c in range(cols.start, cols.stop):
-                a = _denorm(tiles[1 + (r // g) * per_row + c // g])
-                pats.append(a[(r % g) * p : (r % g + 1) * p, (c % g) * p : (c % g + 1) * p])
-        return pats
+        canvas = np.concatenate(
+            [
+                np.concatenate([_denorm(tiles[1 + tr * per_row + tc]) for tc in range(per_row)], 1)
+                for tr in range(bh // cfg["vision_image_size"])
+            ]
+        )  # the tiles stitched: (bh, bw, 3) processor pixels
+        kept = canvas[rows.start * p : rows.stop * p, cols.start * p : cols.stop * p]
+        n_r, n_c = rows.stop - rows.start, cols.stop - cols.start
+        if "anyres_max" in cfg:  # LLaVA-OneVision shrinks a grid of more than M tiles' tokens
+            ratio = math.sqrt(n_r * n_c / (cfg["anyres_max"] * g * g))
+            if ratio > 1.1:
+                n_r, n_c = int(n_r // ratio), int(n_c // ratio)
+                kept = np.asarray(
+                    Image.fromarray(kept.clip(0, 255).astype(np.uint8)).resize(
+                        (n_c * p, n_r * p), Image.BILINEAR
+                    ),
+                    np.float64,
+                )
+        return pats + _grid_patches(kept, n_r, n_c, p)
     # Qwen: rows of pixel_values are (t, h/m, w/m, m, m) patches of (C, tp, p, p)
     t, gh, gw = (int(v) for v in out["image_grid_thw"][0])
     m = cfg["merge_size"]

@@ -16,6 +16,7 @@ from vlmprune.adapters.base import (
 )
 from vlmprune.adapters.llava import LlavaAdapter
 from vlmprune.adapters.llava_next import LlavaNextAdapter
+from vlmprune.adapters.llava_onevision import LlavaOnevisionAdapter
 from vlmprune.adapters.qwen2_5_vl import Qwen2_5_VLAdapter
 from vlmprune.adapters.qwen2_vl import Qwen2VLAdapter
 from vlmprune.adapters.qwen3_5 import Qwen3_5Adapter
@@ -25,6 +26,7 @@ __all__ = [
     "Adapter",
     "LlavaAdapter",
     "LlavaNextAdapter",
+    "LlavaOnevisionAdapter",
     "Qwen2VLAdapter",
     "Qwen2_5_VLAdapter",
     "Qwen3VLAdapter",
