@@ -38,6 +38,7 @@ def vision_shape(config):
 
 
 ARCHS = [
+    "internvl3-8b",
     "llava-1.5-7b",
     "llava-next-7b",
     "llava-onevision-7b",
@@ -334,6 +335,7 @@ def test_configs_load_offline_into_stock_classes(monkeypatch):
     assert list_archs() == sorted(ARCHS)
     expected_cls = {
         "llava-1.5-7b": transformers.LlavaConfig,
+        "internvl3-8b": transformers.InternVLConfig,
         "llava-next-7b": transformers.LlavaNextConfig,
         "llava-onevision-7b": transformers.LlavaOnevisionConfig,
         "qwen2-vl-7b": transformers.Qwen2VLConfig,
@@ -437,6 +439,9 @@ def test_tiny_variants_forward():
             assert n_img == 16 + 64 + 8  # base crop + unpadded 8x8 grid of 4 tiles + 8 row newlines
             ids = torch.tensor([[1, 5, 6] + [cfg.image_token_id] * n_img + [7, 8]])
             out = model(input_ids=ids, pixel_values=pixels, image_sizes=sizes)
+        elif cfg.model_type == "internvl":  # one 56-px tile: 4x4 patches, pixel-shuffled to 2x2 tokens
+            ids = torch.tensor([[1, 5, 6] + [cfg.image_token_id] * 4 + [7, 8]])
+            out = model(input_ids=ids, pixel_values=torch.randn(1, 3, 56, 56))
         elif cfg.model_type == "llava_onevision":
             pixels, sizes = torch.randn(1, 2, 3, 56, 56), torch.tensor([[56, 56]])
             n_img = 16 + 4 * (4 + 1)  # base view + one tile's 4x4 grid with a newline per row

@@ -33,8 +33,15 @@ def test_cls_attention_equals_eager(family):
         for h in hooks:
             h.remove()
     eager = out.attentions[adapter.saliency_layer][:, :, 0].mean(1)  # (V, H, T, T) -> (V, T)
+    ratio = getattr(model.config, "downsample_ratio", None)
+    if ratio is not None:  # InternVL: CLS dropped, summed over each 2x2 group of the pixel shuffle
+        v, side = eager.shape[0], int((eager.shape[1] - 1) ** 0.5)
+        grid = eager[:, 1:].reshape(v, side, side, 1)
+        eager = model.model.pixel_shuffle(grid, scale_factor=ratio).sum(-1).reshape(v, -1)
     torch.testing.assert_close(record["saliency"][0], eager, atol=1e-5, rtol=1e-5)
-    assert adapter.saliency_layer == model.config.vision_config.num_hidden_layers - 2  # feature layer -2
+    layers = model.config.vision_config.num_hidden_layers
+    feature = model.config.vision_feature_layer  # hidden_states index: the layer before it produced it
+    assert adapter.saliency_layer == (feature if feature >= 0 else feature + layers + 1) - 1
 
 
 @pytest.mark.parametrize("family", signal_families("attention_received"))

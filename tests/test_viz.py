@@ -47,6 +47,8 @@ def kind(family: str) -> str:
     config = model_of(family)[0].config
     if getattr(config.vision_config, "spatial_merge_size", None):
         return "merged"
+    if getattr(config, "downsample_ratio", None):
+        return "tiles"
     return "anyres" if getattr(config, "image_grid_pinpoints", None) else "crop"
 
 
@@ -86,9 +88,10 @@ def unpad_slices(feature_hw, original_hw):
 def config_of(model) -> dict:
     """The numbers the reference patch extraction needs, from the model config."""
     v = model.config.vision_config
-    cfg = {"patch_size": int(v.patch_size), "merge_size": int(getattr(v, "spatial_merge_size", 1))}
+    first = lambda x: int(x[0]) if isinstance(x, (list, tuple)) else int(x)  # noqa: E731 (InternViT: [h, w])
+    cfg = {"patch_size": first(v.patch_size), "merge_size": int(getattr(v, "spatial_merge_size", 1))}
     if hasattr(v, "image_size"):
-        cfg["vision_image_size"] = int(v.image_size)
+        cfg["vision_image_size"] = first(v.image_size)
     if getattr(model.config, "image_grid_pinpoints", None):
         cfg["image_grid_pinpoints"] = [tuple(p) for p in model.config.image_grid_pinpoints]
     if getattr(model.config, "vision_aspect_ratio", None):
@@ -113,6 +116,9 @@ def processor_patches(family: str, proc, image: Image.Image, cfg: dict) -> list[
     if kind(family) == "crop":
         a = _denorm(pv[0])
         return _grid_patches(a, a.shape[0] // p, a.shape[1] // p, p)
+    if kind(family) == "tiles":  # InternVL: tiles then a thumbnail, each token a 2x2 patch group
+        g = cfg["vision_image_size"] // (2 * p)
+        return [pat for tile in pv for pat in _grid_patches(_denorm(tile), g, g, 2 * p)]
     if kind(family) == "anyres":
         tiles = pv[0]  # (crops, 3, s, s): base, then the tiles in raster order
         g = cfg["vision_image_size"] // p
@@ -163,7 +169,7 @@ def _mae(image: Image.Image, boxes: np.ndarray, patches, shift=(0.0, 0.0)) -> fl
             continue
         ref = np.asarray(image.resize((pat.shape[1], pat.shape[0]), Image.BILINEAR, box=b), np.float64)
         errs.append(np.abs(ref - pat).mean())
-    assert len(errs) > 20
+    assert len(errs) >= 8
     return float(np.mean(errs))
 
 
@@ -184,11 +190,14 @@ def test_boxes_match_processor_pixels(family):
             geo = token_geometry(model, proc, image.size)
             patches = processor_patches(fam, proc, image, cfg)
             assert len(patches) == geo.num_tokens
-            right = _mae(image, geo.boxes, patches)
-            assert right < 3.0, (name, image.size, right)  # resampling noise only (0..255 scale)
-            if image.size[0] != image.size[1] or family != "llava":  # square llava: no shift room in x
-                assert _mae(image, geo.boxes, patches, (1.0, 0.0)) > 4 * right
-            assert _mae(image, geo.boxes, patches, (0.0, 1.0)) > 4 * right
+            for view in np.unique(geo.view):  # each view (base, tiles, thumbnail, ...) on its own
+                sel = geo.view == view
+                boxes, pats = geo.boxes[sel], [pat for pat, s in zip(patches, sel) if s]
+                right = _mae(image, boxes, pats)
+                assert right < 3.0, (name, image.size, view, right)  # resampling noise only (0..255)
+                if image.size[0] != image.size[1] or family != "llava":  # square llava: no x shift room
+                    assert _mae(image, boxes, pats, (1.0, 0.0)) > 4 * right
+                assert _mae(image, boxes, pats, (0.0, 1.0)) > 4 * right
 
 
 def test_llava_next_token_order_matches_pack_image_features():

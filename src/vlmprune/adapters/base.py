@@ -110,6 +110,70 @@ def single_view(boxes: np.ndarray, grid: tuple[int, int], image_size, descriptio
     )
 
 
+@dataclass(kw_only=True)
+class ImagesOnlyProcessor:
+    """Base of the processors that need no torchvision: the stock PIL image processor, then the
+    placeholder expansion the stock processor does. The stock processors of the newer families
+    cannot be built without torchvision (their video processors). A family sets ``image_token``
+    and implements :meth:`encode`; :meth:`placeholder` wraps a run of placeholders."""
+
+    image_processor: object
+    tokenizer: object
+    chat_template: str | None = None
+    image_token: ClassVar[str] = ""
+
+    def encode(self, images: list) -> tuple[dict, list[int]]:
+        """The image processor's tensors for ``images`` and each image's placeholder count."""
+        raise NotImplementedError
+
+    def placeholder(self, count: int) -> str:
+        return self.image_token * count
+
+    def finish(self, out: dict) -> None:
+        """Add family-specific keys to the outputs (after tokenisation)."""
+
+    def __call__(self, text, images=None, return_tensors="pt", padding=True, **_):
+        from transformers import BatchFeature
+
+        texts = [text] if isinstance(text, str) else list(text)
+        out = {}
+        if images is not None:
+            flat = images if isinstance(images, (list, tuple)) else [images]
+            flat = [im for group in flat for im in (group if isinstance(group, (list, tuple)) else [group])]
+            tensors, counts = self.encode(flat)
+            out.update(tensors)
+            it = iter(counts)
+            texts = [self._expand(t, it) for t in texts]
+        enc = self.tokenizer(texts, return_tensors=return_tensors, padding=padding)
+        out.update(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+        self.finish(out)
+        return BatchFeature(out)
+
+    def _expand(self, text: str, counts) -> str:
+        parts = text.split(self.image_token)
+        return parts[0] + "".join(self.placeholder(next(counts)) + p for p in parts[1:])
+
+    def batch_decode(self, *a, **k):
+        return self.tokenizer.batch_decode(*a, **k)
+
+    def apply_chat_template(self, messages, **kwargs):
+        return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, **kwargs)
+
+    def save_pretrained(self, path) -> None:
+        self.image_processor.save_pretrained(path)
+        self.tokenizer.save_pretrained(path)
+
+
+def projector_input_hook(projector: torch.nn.Module, on_record) -> object:
+    """Record the connector's input (the pre-connector features, (V, N, Dv) per tower run) under
+    ``"pre_features"``; returns the handle."""
+
+    def grab_pre(module, args):
+        on_record().raw.setdefault("pre_features", []).append(args[0].detach())
+
+    return projector.register_forward_pre_hook(grab_pre)
+
+
 class InstanceAttributeHook:
     """A removable handle that shadows one attribute of one module instance (never the class).
 

@@ -17,6 +17,7 @@ from vlmprune.adapters.base import (
     ImageLayout,
     VisionRecord,
     edges_to_boxes,
+    projector_input_hook,
     register_adapter,
     single_view,
 )
@@ -48,21 +49,26 @@ def cls_attention(attn, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return probs.mean(1)[:, 0], k.mean(1)  # (V, T), (V, T, hd)
 
 
-def clip_vision_shape(config) -> VisionShape:
-    """FLOPs shape of a CLIP tower with its LLaVA projector (hidden -> d -> d per patch token)."""
+def clip_vision_shape(config, cls_token: bool = True, connector_out: int | None = None) -> VisionShape:
+    """FLOPs shape of a ViT tower (CLIP, SigLIP, InternViT: ``image_size`` and ``patch_size`` ints or
+    ``[h, w]``) with its projector (hidden -> d -> ``connector_out``, d by default, per patch)."""
     vision = config.vision_config
     d = int(config.get_text_config().hidden_size)
+
+    def first(x):
+        return int(x[0]) if isinstance(x, (list, tuple)) else int(x)
+
     return VisionShape(
         num_layers=int(vision.num_hidden_layers),
         hidden=int(vision.hidden_size),
         intermediate=int(vision.intermediate_size),
         num_heads=int(vision.num_attention_heads),
-        patch_size=int(vision.patch_size),
+        patch_size=first(vision.patch_size),
         in_channels=int(getattr(vision, "num_channels", 3)),
-        image_size=int(vision.image_size),
-        cls_token=True,
+        image_size=first(vision.image_size),
+        cls_token=cls_token,
         connector_hidden=d,
-        connector_out=d,
+        connector_out=d if connector_out is None else connector_out,
         feature_layer=getattr(config, "vision_feature_layer", None),
     )
 
@@ -145,11 +151,7 @@ class ClipTowerMixin:
 
             handles.append(attn.register_forward_pre_hook(grab_cls, with_kwargs=True))
         if "pre_features" in needs:
-
-            def grab_pre(module, args):
-                on_record().raw.setdefault("pre_features", []).append(args[0].detach())
-
-            handles.append(self.base.multi_modal_projector.register_forward_pre_hook(grab_pre))
+            handles.append(projector_input_hook(self.base.multi_modal_projector, on_record))
         return handles
 
     def _views(self, record: VisionRecord, key: str):

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -28,11 +29,14 @@ import torch
 from vlmprune.adapters.base import (
     Adapter,
     ImageLayout,
+    ImagesOnlyProcessor,
     InstanceAttributeHook,
     TokenGeometry,
     edges_to_boxes,
+    projector_input_hook,
     register_adapter,
 )
+from vlmprune.adapters.llava import clip_vision_shape
 from vlmprune.core.errors import UnsupportedModelError
 from vlmprune.core.flops import VisionShape
 from vlmprune.core.types import Region
@@ -70,57 +74,26 @@ def _grid_tokens(image_size, pinpoints, tile: int, side: int, aspect: str) -> tu
     return int(rows), int(cols)
 
 
-@dataclass
-class OnevisionImageProcessor:
-    """A LLaVA-OneVision processor for images that needs no torchvision: the stock PIL image
-    processor plus the placeholder expansion the stock processor does (``<image>`` repeated once per
-    token: base view, high-resolution grid, newlines). The stock ``LlavaOnevisionProcessor``
-    cannot be built without torchvision (its video processor)."""
+@dataclass(kw_only=True)
+class OnevisionImageProcessor(ImagesOnlyProcessor):
+    """A LLaVA-OneVision processor for images without torchvision: the stock PIL image processor,
+    then ``<image>`` once per token (base view, high-resolution grid, newlines), as the stock one."""
 
-    image_processor: object
-    tokenizer: object
     pinpoints: list
     side: int  # tokens per tile side
     patch: int  # pixels per token side
     aspect: str = "anyres_max_9"
-    image_token: str = "<image>"
-    chat_template: str | None = None
+    image_token: ClassVar[str] = "<image>"
 
     def count(self, image_size) -> int:
         """Placeholders of one image of ``image_size`` (H, W)."""
-        tile = int(self.side * self.patch)
-        rows, cols = _grid_tokens(image_size, self.pinpoints, tile, self.side, self.aspect)
+        rows, cols = _grid_tokens(image_size, self.pinpoints, self.side * self.patch, self.side, self.aspect)
         return self.side * self.side + rows * (cols + 1)
 
-    def __call__(self, text, images=None, return_tensors="pt", padding=True, **_):
-        from transformers import BatchFeature
-
-        texts = [text] if isinstance(text, str) else list(text)
-        out = {}
-        if images is not None:
-            flat = images if isinstance(images, (list, tuple)) else [images]
-            flat = [im for group in flat for im in (group if isinstance(group, (list, tuple)) else [group])]
-            img = self.image_processor(flat, return_tensors="pt")
-            out.update(pixel_values=img["pixel_values"], image_sizes=img["image_sizes"])
-            counts = iter(self.count(size) for size in img["image_sizes"].tolist())
-            texts = [self._expand(t, counts) for t in texts]
-        enc = self.tokenizer(texts, return_tensors=return_tensors, padding=padding)
-        out.update(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
-        return BatchFeature(out)
-
-    def _expand(self, text: str, counts) -> str:
-        parts = text.split(self.image_token)
-        return parts[0] + "".join(self.image_token * next(counts) + p for p in parts[1:])
-
-    def batch_decode(self, *a, **k):
-        return self.tokenizer.batch_decode(*a, **k)
-
-    def apply_chat_template(self, messages, **kwargs):
-        return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, **kwargs)
-
-    def save_pretrained(self, path) -> None:
-        self.image_processor.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
+    def encode(self, images):
+        img = self.image_processor(images, return_tensors="pt")
+        counts = [self.count(size) for size in img["image_sizes"].tolist()]
+        return {"pixel_values": img["pixel_values"], "image_sizes": img["image_sizes"]}, counts
 
 
 @register_adapter
@@ -180,11 +153,7 @@ class LlavaOnevisionAdapter(Adapter):
 
             handles.append(attn.register_forward_pre_hook(grab_received, with_kwargs=True))
         if "pre_features" in needs:
-
-            def grab_pre(module, args):
-                on_record().raw.setdefault("pre_features", []).append(args[0].detach())
-
-            handles.append(self.base.multi_modal_projector.register_forward_pre_hook(grab_pre))
+            handles.append(projector_input_hook(self.base.multi_modal_projector, on_record))
         original = self.base.get_image_features  # generate() passes mm_encoder_outputs without sizes
 
         @functools.wraps(original)  # generate() inspects this signature to route pixel_values
@@ -249,9 +218,13 @@ class LlavaOnevisionAdapter(Adapter):
 
     # -- geometry ------------------------------------------------------------------------------
     def token_geometry(self, image_size, processor, selection=None) -> TokenGeometry:
-        """Base view: the image squashed to the tower's square; high-resolution grid: rows x cols
-        cells over the image (unpadding removes exactly the canvas padding; the shrink rescales
-        uniformly)."""
+        """Base view: the image squashed to the tower's square. High-resolution grid: the canvas
+        rows and columns the model keeps after unpadding (found by unpadding an index map with the
+        model's own ``unpad_image``), split evenly into the (possibly shrunk) grid, mapped back
+        through the processor's resize-and-paste onto the pinpoint canvas."""
+        from transformers.image_processing_utils import get_patch_output_size, select_best_resolution
+        from transformers.models.llava_onevision.modeling_llava_onevision import unpad_image
+
         width, height = image_size
         layout = self._layout((height, width))
         g = self.side
@@ -259,11 +232,19 @@ class LlavaOnevisionAdapter(Adapter):
         boxes, grids = [base], [(g, g)]
         if len(layout.regions) > 1:
             rows, cols = layout.regions[1].grid
-            boxes.append(
-                edges_to_boxes(
-                    np.arange(cols + 1) * width / cols, np.arange(rows + 1) * height / rows, width, height
-                )
+            pins = [tuple(p) for p in self.config.image_grid_pinpoints]
+            best_h, best_w = select_best_resolution((height, width), pins)
+            new_h, new_w = get_patch_output_size(
+                np.zeros((height, width, 1), np.uint8), (best_h, best_w), "channels_last"
             )
+            cell = self.config.vision_config.image_size / g  # canvas px per feature cell
+            fh, fw = round(best_h / cell), round(best_w / cell)
+            index = torch.arange(fh * fw, dtype=torch.float64).view(1, fh, fw)
+            kept = unpad_image(index, torch.tensor([height, width]))[0]  # the cells the model keeps
+            r0, c0 = int(kept[0, 0]) // fw, int(kept[0, 0]) % fw
+            y = (r0 + np.arange(rows + 1) * kept.shape[0] / rows) * cell - (best_h - new_h) // 2
+            x = (c0 + np.arange(cols + 1) * kept.shape[1] / cols) * cell - (best_w - new_w) // 2
+            boxes.append(edges_to_boxes(x * width / new_w, y * height / new_h, width, height))
             grids.append((rows, cols))
         view = np.concatenate([np.full(len(b), i, np.int64) for i, b in enumerate(boxes)])
         text = f"{self.label}: base view {g}x{g} tokens (image squashed to the tower's square)"
@@ -286,21 +267,7 @@ class LlavaOnevisionAdapter(Adapter):
 
     @classmethod
     def vision_shape(cls, config) -> VisionShape:
-        v = config.vision_config
-        d = int(config.get_text_config().hidden_size)
-        return VisionShape(
-            num_layers=int(v.num_hidden_layers),
-            hidden=int(v.hidden_size),
-            intermediate=int(v.intermediate_size),
-            num_heads=int(v.num_attention_heads),
-            patch_size=int(v.patch_size),
-            in_channels=int(getattr(v, "num_channels", 3)),
-            image_size=int(v.image_size),
-            cls_token=False,
-            connector_hidden=d,
-            connector_out=d,
-            feature_layer=config.vision_feature_layer,
-        )
+        return clip_vision_shape(config, cls_token=False)  # SigLIP: no CLS
 
     @classmethod
     def vision_grids(cls, config, inputs) -> dict:
@@ -351,7 +318,13 @@ class LlavaOnevisionAdapter(Adapter):
         pins = pinpoints or [[s, 2 * s], [2 * s, s], [2 * s, 2 * s]]
         ip = LlavaOnevisionImageProcessorPil(size={"height": s, "width": s}, image_grid_pinpoints=pins)
         return OnevisionImageProcessor(
-            ip, tok, pins, s // 14, 14, "anyres_max_2", chat_template=chat_template
+            image_processor=ip,
+            tokenizer=tok,
+            pinpoints=pins,
+            side=s // 14,
+            patch=14,
+            aspect="anyres_max_2",
+            chat_template=chat_template,
         )
 
     @classmethod
@@ -366,7 +339,15 @@ class LlavaOnevisionAdapter(Adapter):
         side, patch = int(v.image_size) // int(v.patch_size), int(v.patch_size)
         pins = [list(p) for p in config.image_grid_pinpoints]
         aspect = config.vision_aspect_ratio
-        return OnevisionImageProcessor(ip, tokenizer, pins, side, patch, aspect, chat_template=chat_template)
+        return OnevisionImageProcessor(
+            image_processor=ip,
+            tokenizer=tokenizer,
+            pinpoints=pins,
+            side=side,
+            patch=patch,
+            aspect=aspect,
+            chat_template=chat_template,
+        )
 
     @classmethod
     def processor_size(cls, config, image_size=None) -> dict:

@@ -14,11 +14,19 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
-from vlmprune.adapters.base import Adapter, ImageLayout, edges_to_boxes, register_adapter, single_view
+from vlmprune.adapters.base import (
+    Adapter,
+    ImageLayout,
+    ImagesOnlyProcessor,
+    edges_to_boxes,
+    register_adapter,
+    single_view,
+)
 from vlmprune.core.flops import VisionShape
 from vlmprune.core.types import Region
 
@@ -65,52 +73,24 @@ def attention_received(attn, hidden, cu_seqlens, position_embeddings, chunk: int
     return out
 
 
-@dataclass
-class QwenImageProcessor:
-    """A Qwen processor for images that needs no torchvision: the stock PIL image processor plus
-    the placeholder expansion the stock processor does (``<|image_pad|>`` repeated once per merged
-    token), returning the same keys (``mm_token_type_ids`` included). The stock
-    ``Qwen2_5_VLProcessor`` cannot be constructed without torchvision (its video processor)."""
+@dataclass(kw_only=True)
+class QwenImageProcessor(ImagesOnlyProcessor):
+    """A Qwen processor for images without torchvision: the stock PIL image processor, then
+    ``<|image_pad|>`` once per merged token, with the stock keys (``mm_token_type_ids`` too)."""
 
-    image_processor: object
-    tokenizer: object
     merge_size: int = 2
-    image_token: str = "<|image_pad|>"
-    chat_template: str | None = None
+    image_token: ClassVar[str] = "<|image_pad|>"
 
-    def __call__(self, text, images=None, return_tensors="pt", padding=True, **_):
-        from transformers import BatchFeature
+    def encode(self, images):
+        img = self.image_processor(images, return_tensors="pt")
+        counts = (img["image_grid_thw"].prod(-1) // self.merge_size**2).tolist()
+        return {"pixel_values": img["pixel_values"], "image_grid_thw": img["image_grid_thw"]}, counts
 
-        texts = [text] if isinstance(text, str) else list(text)
-        out = {}
-        if images is not None:
-            flat = images if isinstance(images, (list, tuple)) else [images]
-            flat = [im for group in flat for im in (group if isinstance(group, (list, tuple)) else [group])]
-            img = self.image_processor(flat, return_tensors="pt")
-            out.update(pixel_values=img["pixel_values"], image_grid_thw=img["image_grid_thw"])
-            counts = iter((img["image_grid_thw"].prod(-1) // self.merge_size**2).tolist())
-            texts = [self._expand(t, counts) for t in texts]
-        enc = self.tokenizer(texts, return_tensors=return_tensors, padding=padding)
-        out.update(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"])
+    def finish(self, out: dict) -> None:
         image_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
         video_id = self.tokenizer.convert_tokens_to_ids("<|video_pad|>")
-        ids = enc["input_ids"]
+        ids = out["input_ids"]
         out["mm_token_type_ids"] = ((ids == image_id).int() + 2 * (ids == video_id).int()).to(torch.int32)
-        return BatchFeature(out)
-
-    def _expand(self, text: str, counts) -> str:
-        parts = text.split(self.image_token)
-        return parts[0] + "".join(self.image_token * next(counts) + p for p in parts[1:])
-
-    def batch_decode(self, *a, **k):
-        return self.tokenizer.batch_decode(*a, **k)
-
-    def apply_chat_template(self, messages, **kwargs):
-        return self.tokenizer.apply_chat_template(messages, chat_template=self.chat_template, **kwargs)
-
-    def save_pretrained(self, path) -> None:
-        self.image_processor.save_pretrained(path)
-        self.tokenizer.save_pretrained(path)
 
 
 class QwenVisionMixin:
@@ -314,7 +294,7 @@ class QwenVisionMixin:
             merge_size=2,
             temporal_patch_size=2,
         )
-        return QwenImageProcessor(ip, tok, chat_template=chat_template)
+        return QwenImageProcessor(image_processor=ip, tokenizer=tok, chat_template=chat_template)
 
     @classmethod
     def fallback_processor(cls, path, config, tokenizer, chat_template):
@@ -323,7 +303,9 @@ class QwenVisionMixin:
 
         ip = Qwen2VLImageProcessorPil.from_pretrained(path, local_files_only=True)
         merge = int(config.vision_config.spatial_merge_size)
-        return QwenImageProcessor(ip, tokenizer, merge_size=merge, chat_template=chat_template)
+        return QwenImageProcessor(
+            image_processor=ip, tokenizer=tokenizer, merge_size=merge, chat_template=chat_template
+        )
 
     @classmethod
     def processor_size(cls, config, image_size=None) -> dict:

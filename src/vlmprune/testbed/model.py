@@ -231,7 +231,9 @@ def build_qwen(size: str = "default", seed: int = 0, attn: str = "sdpa", rope_th
         merge_size=2,
         temporal_patch_size=2,
     )
-    return _finish(model, tok, tok.convert_tokens_to_ids("<|im_end|>")), QwenImageProcessor(ip, tok)
+    return _finish(model, tok, tok.convert_tokens_to_ids("<|im_end|>")), QwenImageProcessor(
+        image_processor=ip, tokenizer=tok
+    )
 
 
 def build(
