@@ -41,24 +41,15 @@ def make_inputs(name: str, processor, questions, images):
     return tiny_inputs(name, processor, questions, images)
 
 
-def video_inputs(name: str, processor, frames: int = 4, patches: tuple[int, int] = (8, 12), seed: int = 0):
+def video_inputs(name: str, processor, frames: int = 4, seed: int = 0):
     """A left-padded batch for family ``name`` (one whose adapter prunes videos): a video and an
     image with a question, and a video alone with a longer one. The videos are random pixels of
-    ``frames`` frames, ``patches`` (h, w) vision patches each, laid out as the stock video processor
-    lays them out (``pixel_values_videos`` rows of C x temporal x patch x patch values,
-    ``video_grid_thw``)."""
-    import torch
-
+    ``frames`` frames in the layout of the family's stock video processor (the adapter's
+    ``tiny_video``)."""
     cls = family(name)
-    ip = processor.image_processor
-    t, (h, w) = frames // ip.temporal_patch_size, patches
-    per_frame = (h // ip.merge_size) * (w // ip.merge_size)
-    video = cls.video_placeholder(t, per_frame)
+    video, tensors = cls.tiny_video(processor, videos=2, frames=frames, seed=seed)
     prompts = [video + cls.tiny_prompt("What happens in the video?", 1)]
     prompts.append(video + cls.tiny_prompt("Describe the video in detail please, what moves and where?", 0))
     out = processor(text=prompts, images=[random_image(1)], return_tensors="pt", padding=True)
-    g = torch.Generator().manual_seed(seed)
-    width = 3 * ip.temporal_patch_size * ip.patch_size**2
-    out["pixel_values_videos"] = torch.randn(2 * t * h * w, width, generator=g)
-    out["video_grid_thw"] = torch.tensor([[t, h, w]] * 2)
+    out.update(tensors)
     return out

@@ -164,6 +164,31 @@ class ImagesOnlyProcessor:
         self.tokenizer.save_pretrained(path)
 
 
+def placeholder_runs(ids: torch.Tensor, token: int, total: int | None = None) -> list[int]:
+    """Lengths of the runs of ``token`` in ``ids`` (B, L), row by row: one run per image or video
+    of families whose runs tell their size. ``generate(num_beams=r)`` repeats each row r times
+    after the encoder ran once per item: the rows are taken every r-th for the smallest such r
+    whose runs add up to ``total`` placeholders (the encoder's count, when known)."""
+    rows = []
+    for row in ids:
+        hit, lengths, n = (row == token).int().tolist() + [0], [], 0
+        for h in hit:
+            if h:
+                n += 1
+            elif n:
+                lengths.append(n)
+                n = 0
+        rows.append(lengths)
+    b = ids.shape[0]
+    for r in range(1, b + 1):
+        if b % r or (r > 1 and not torch.equal(ids, ids[::r].repeat_interleave(r, dim=0))):
+            continue
+        runs = [n for lengths in rows[::r] for n in lengths]
+        if total is None or sum(runs) == total:
+            return runs
+    return [n for lengths in rows for n in lengths]
+
+
 def projector_input_hook(projector: torch.nn.Module, on_record) -> object:
     """Record the connector's input (the pre-connector features, (V, N, Dv) per tower run) under
     ``"pre_features"``; returns the handle."""

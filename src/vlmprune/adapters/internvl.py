@@ -27,6 +27,7 @@ from vlmprune.adapters.base import (
     ImagesOnlyProcessor,
     TokenGeometry,
     edges_to_boxes,
+    placeholder_runs,
     projector_input_hook,
     register_adapter,
 )
@@ -82,22 +83,6 @@ class InternVLImageProcessor(ImagesOnlyProcessor):
 
     def placeholder(self, count: int) -> str:
         return f"<img>{self.image_token * count}</img>"
-
-
-def _runs(ids: torch.Tensor, token: int) -> list[list[int]]:
-    """Per row of ``ids`` (B, L), the lengths of its runs of ``token``."""
-    out = []
-    for row in ids:
-        hit = (row == token).int().tolist()
-        lengths, n = [], 0
-        for h in hit + [0]:
-            if h:
-                n += 1
-            elif n:
-                lengths.append(n)
-                n = 0
-        out.append(lengths)
-    return out
 
 
 @register_adapter
@@ -168,19 +153,9 @@ class InternVLAdapter(Adapter):
             raise ValueError("internvl: `input_ids` are required to prune images")
         run = record.runs[0] if record is not None and record.runs else {}
         seen = sum(int(t.shape[0]) for t in (run.get("saliency") or run.get("pre_features") or []))
-        rows = _runs(ids, self.image_token_id)
-        step = next(
-            (
-                r
-                for r in range(1, ids.shape[0] + 1)
-                if ids.shape[0] % r == 0
-                and (r == 1 or torch.equal(ids, ids[::r].repeat_interleave(r, dim=0)))
-                and (not seen or sum(sum(x) for x in rows[::r]) == seen * self.per_tile)
-            ),
-            1,
-        )  # generate(num_beams=r) repeats rows after the tower ran once per image
+        runs = placeholder_runs(ids, self.image_token_id, seen * self.per_tile if seen else None)
         layouts, self._tiles = [], []
-        for n in (n for lengths in rows[::step] for n in lengths):
+        for n in runs:
             tiles = n // self.per_tile
             regions = [
                 Region(torch.arange(i * self.per_tile, (i + 1) * self.per_tile), (self.side,) * 2)

@@ -33,6 +33,7 @@ from vlmprune.adapters.base import (
     InstanceAttributeHook,
     TokenGeometry,
     edges_to_boxes,
+    placeholder_runs,
     projector_input_hook,
     register_adapter,
 )
@@ -113,6 +114,7 @@ class LlavaOnevisionAdapter(Adapter):
     default_saliency = "attention_received"
     saliency_signals = ("attention_received", "feature_norm")
     saliency_doc = "attention received per patch in the SigLIP feature layer (no CLS), or `feature_norm`"
+    prunes_video = True
     demo_size = {"image_size": 112}
     bench_size = {"image_size": 168}
     bench_image = (336, 336)
@@ -165,9 +167,45 @@ class LlavaOnevisionAdapter(Adapter):
             return out
 
         handles.append(InstanceAttributeHook(self.base, "get_image_features", get_image_features))
+        original_video = self.base.get_video_features
+
+        @functools.wraps(original_video)
+        def get_video_features(*args, **kwargs):
+            pixels = kwargs.get("pixel_values_videos", args[0] if args else None)
+            out = original_video(*args, **kwargs)
+            if on_record() is not None and pixels is not None:
+                on_record().raw["video_frames"] = (int(pixels.shape[0]), int(pixels.shape[1]))
+            return out
+
+        handles.append(InstanceAttributeHook(self.base, "get_video_features", get_video_features))
         return handles
 
     # -- layout -------------------------------------------------------------------------------
+    def media_tokens(self) -> dict[str, int]:
+        return {"image": self.image_token_id, "video": int(self.config.video_token_id)}
+
+    def media_layouts(self, kind, call, record):
+        return self.image_layouts(call, record) if kind == "image" else self.video_layouts(call, record)
+
+    def video_layouts(self, call, record):
+        """One layout per video: ``F`` frames of ``p x p`` tokens (the tower's grid, pooled 2x2 by the
+        model), frame-major, then one newline; each frame is a region. ``F`` is read from the
+        video's placeholder run (``F p² + 1`` tokens)."""
+        ids = call.get("input_ids")
+        if ids is None:
+            raise ValueError("llava_onevision: `input_ids` are required to prune videos")
+        p = -(-self.side // 2)  # ceil: the model's pooling
+        per = p * p
+        run = record.runs[-1] if record is not None and record.runs else {}
+        known = run.get("video_frames")
+        total = known[0] * (known[1] * per + 1) if known else None
+        layouts = []
+        for n in placeholder_runs(ids, int(self.config.video_token_id), total):
+            frames = (n - 1) // per
+            regions = [Region(torch.arange(f * per, (f + 1) * per), (p, p)) for f in range(frames)]
+            layouts.append(ImageLayout(n, torch.arange(frames * per), regions, (frames, p, p), "video"))
+        return layouts
+
     def _num_crops(self, size) -> int:
         from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
@@ -202,7 +240,23 @@ class LlavaOnevisionAdapter(Adapter):
         self._sizes = [tuple(int(v) for v in size) for size in torch.as_tensor(sizes).cpu().tolist()]
         return [self._layout(size) for size in self._sizes]
 
+    def _video_signals(self, run, index, layout) -> dict:
+        """Video ``index``'s frames' signals, pooled 2x2 as the model pools the frames' features."""
+        frames = len(layout.regions)
+        out = {}
+        for key in ("saliency", "pre_features"):
+            if run.get(key):
+                per_frame = torch.cat(run[key])[index * frames : (index + 1) * frames]  # (F, N[, Dv])
+                values = per_frame.unsqueeze(-1) if key == "saliency" else per_frame
+                pooled = self.base.apply_pooling(values.float())  # (F, p*p, ch)
+                out[key] = pooled.reshape(-1) if key == "saliency" else pooled.reshape(-1, pooled.shape[-1])
+        return out
+
     def image_signals(self, record, index, layout):
+        if layout.kind == "video":
+            return self._video_signals(
+                record.runs[-1] if record is not None and record.runs else {}, index, layout
+            )
         start = sum(self._num_crops(size) for size in self._sizes[:index])
         n_crops = self._num_crops(self._sizes[index])
         out = {}
@@ -264,6 +318,17 @@ class LlavaOnevisionAdapter(Adapter):
     @classmethod
     def tiny_prompt(cls, question: str, n_images: int = 1) -> str:
         return "USER: " + "<image>\n" * n_images + f"{question} ASSISTANT:"
+
+    @classmethod
+    def tiny_video(cls, processor, videos: int, frames: int, seed: int = 0):
+        """``(placeholder text, tensors)`` of ``videos`` random videos of ``frames`` frames at the
+        tower's size: ``pixel_values_videos`` (videos, frames, 3, s, s), ``<video>`` once per pooled
+        token and once for the newline."""
+        s = processor.side * processor.patch
+        pooled = -(-processor.side // 2)
+        g = torch.Generator().manual_seed(seed)
+        tensors = {"pixel_values_videos": torch.randn(videos, frames, 3, s, s, generator=g)}
+        return "<video>" * (frames * pooled * pooled + 1), tensors
 
     @classmethod
     def vision_shape(cls, config) -> VisionShape:

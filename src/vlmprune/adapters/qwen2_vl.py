@@ -267,6 +267,22 @@ class QwenVisionMixin:
         )
 
     @classmethod
+    def tiny_video(cls, processor, videos: int, frames: int, seed: int = 0, patches=(8, 12)):
+        """``(placeholder text, tensors)`` of ``videos`` random videos of ``frames`` frames and
+        ``patches`` (h, w) vision patches, as the stock video processor lays them out
+        (``pixel_values_videos`` rows of C x temporal x patch x patch values, ``video_grid_thw``)."""
+        ip = processor.image_processor
+        t, (h, w) = frames // ip.temporal_patch_size, patches
+        per_frame = (h // ip.merge_size) * (w // ip.merge_size)
+        g = torch.Generator().manual_seed(seed)
+        width = 3 * ip.temporal_patch_size * ip.patch_size**2
+        tensors = {
+            "pixel_values_videos": torch.randn(videos * t * h * w, width, generator=g),
+            "video_grid_thw": torch.tensor([[t, h, w]] * videos),
+        }
+        return cls.video_placeholder(t, per_frame), tensors
+
+    @classmethod
     def tiny_prompt(cls, question: str, n_images: int = 1) -> str:
         img = "<|vision_start|><|image_pad|><|vision_end|>" * n_images
         return f"system You are a helpful assistant. user {img}{question} assistant"
