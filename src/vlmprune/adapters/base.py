@@ -164,6 +164,20 @@ class ImagesOnlyProcessor:
         self.tokenizer.save_pretrained(path)
 
 
+def feature_layer(config, strategy: str, family: str) -> int:
+    """The vision encoder layer whose output the connector reads (``vision_feature_layer`` counts
+    hidden states, the embeddings first), for a model that reads one layer with ``strategy``;
+    ``UnsupportedModelError`` naming both otherwise."""
+    layer = config.vision_feature_layer
+    if not isinstance(layer, int) or config.vision_feature_select_strategy != strategy:
+        raise UnsupportedModelError(
+            f"{family}: vision_feature_layer={layer!r} with strategy "
+            f"{config.vision_feature_select_strategy!r} is not supported (one layer, {strategy!r})"
+        )
+    n_states = config.vision_config.num_hidden_layers + 1  # hidden_states: embeddings + one per layer
+    return (layer if layer >= 0 else layer + n_states) - 1
+
+
 def placeholder_runs(ids: torch.Tensor, token: int, total: int | None = None) -> list[int]:
     """Lengths of the runs of ``token`` in ``ids`` (B, L), row by row: one run per image or video
     of families whose runs tell their size. ``generate(num_beams=r)`` repeats each row r times

@@ -27,12 +27,12 @@ from vlmprune.adapters.base import (
     ImagesOnlyProcessor,
     TokenGeometry,
     edges_to_boxes,
+    feature_layer,
     placeholder_runs,
     projector_input_hook,
     register_adapter,
 )
 from vlmprune.adapters.llava import clip_vision_shape
-from vlmprune.core.errors import UnsupportedModelError
 from vlmprune.core.flops import VisionShape
 from vlmprune.core.types import Region
 
@@ -108,14 +108,7 @@ class InternVLAdapter(Adapter):
     def __init__(self, model, saliency="auto"):
         super().__init__(model, saliency)
         cfg, vcfg = self.config, self.config.vision_config
-        layer = cfg.vision_feature_layer
-        if not isinstance(layer, int) or cfg.vision_feature_select_strategy != "default":
-            raise UnsupportedModelError(
-                f"{self.family}: vision_feature_layer={layer!r} with strategy "
-                f"{cfg.vision_feature_select_strategy!r} is not supported (one layer, 'default')"
-            )
-        n_states = vcfg.num_hidden_layers + 1  # hidden_states: embeddings + one per layer
-        self.saliency_layer = (layer if layer >= 0 else layer + n_states) - 1
+        self.saliency_layer = feature_layer(cfg, "default", self.family)
         self.patches = int(vcfg.image_size[0]) // int(vcfg.patch_size[0])  # per tile side
         self.side = int(self.patches * cfg.downsample_ratio)  # LLM tokens per tile side
         self.per_tile = self.side * self.side

@@ -33,6 +33,7 @@ from vlmprune.adapters.base import (
     InstanceAttributeHook,
     TokenGeometry,
     edges_to_boxes,
+    feature_layer,
     placeholder_runs,
     projector_input_hook,
     register_adapter,
@@ -127,14 +128,7 @@ class LlavaOnevisionAdapter(Adapter):
             raise UnsupportedModelError(
                 f"{self.family}: only SigLIP towers are supported, got {vcfg.model_type!r}"
             )
-        layer = cfg.vision_feature_layer
-        if not isinstance(layer, int) or cfg.vision_feature_select_strategy != "full":
-            raise UnsupportedModelError(
-                f"{self.family}: vision_feature_layer={layer!r} with strategy "
-                f"{cfg.vision_feature_select_strategy!r} is not supported (one layer, 'full')"
-            )
-        n_states = vcfg.num_hidden_layers + 1  # hidden_states: embeddings + one per layer
-        self.saliency_layer = (layer if layer >= 0 else layer + n_states) - 1
+        self.saliency_layer = feature_layer(cfg, "full", self.family)
         self.side = vcfg.image_size // vcfg.patch_size
 
     # -- vision capture ----------------------------------------------------------------------
