@@ -84,3 +84,29 @@ def test_greedy_steps_cost_a_constant():
             method.select_images([small])
         c64 = count(name, image)
         assert c64.ops - c32.ops <= 6 * 32, (name, c32.ops, c64.ops)
+
+
+def test_loops_capture_whole_and_pick_the_same():
+    """Opting in (`compile_loops`) takes each greedy loop whole (fullgraph: no host sync, no
+    data-dependent shape, which a CUDA graph needs); traced on the CPU, the picks equal the eager
+    loops' and the pivots agree to rounding. Switched off afterwards."""
+    from vlmprune.core import greedy
+
+    x = torch.nn.functional.normalize(
+        torch.randn(1, 200, 32, generator=torch.Generator().manual_seed(0)), dim=-1
+    )
+    kernel = x @ x.transpose(1, 2)  # (1, N, N)
+    dist = 1.0 - kernel
+    dist.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
+    first = torch.tensor([7])
+    eager = greedy.dpp_steps(kernel.clone(), 24), greedy.max_min_steps(dist, first, 24)
+    try:
+        greedy.compile_loops(devices=("cpu",), backend="eager")
+        got = greedy.dpp_steps(kernel.clone(), 24), greedy.max_min_steps(dist, first, 24)
+        assert len(greedy._COMPILED.cache) == 2  # both loops went through torch.compile
+    finally:
+        greedy.compile_loops(devices=())
+    assert torch.equal(got[0][0], eager[0][0]) and torch.equal(got[1], eager[1])
+    torch.testing.assert_close(got[0][1], eager[0][1], atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="devices"):
+        greedy.compile_loops(devices="cuda")

@@ -10,11 +10,52 @@ sync inside the loop and a step count fixed by the caller (never by the data):
   PromPrune's coverage stage).
 
 Both work on a whole batch ``(B, N, N)`` at once and return picks in selection order.
+
+Opt-in compilation (:func:`compile_loops`): the loops have no host sync and no data-dependent
+shape, so ``torch.compile(fullgraph=True)`` takes each whole; with ``mode="reduce-overhead"`` on
+CUDA the compiled loop is captured as a CUDA graph and replayed for each (B, N, K) it has seen, one
+launch instead of hundreds. Tensors on other devices keep the eager loops.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
+
+
+@dataclass
+class _Compiled:
+    devices: tuple[str, ...] = ()  # device types that take the compiled loops (none: opt-in)
+    options: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)
+
+
+_COMPILED = _Compiled()
+
+
+def compile_loops(devices=("cuda",), mode: str | None = "reduce-overhead", backend: str = "inductor") -> None:
+    """Run :func:`max_min_steps` and :func:`dpp_steps` through ``torch.compile(fullgraph=True)``
+    for tensors on ``devices`` (device types; ``()`` turns it off). ``mode="reduce-overhead"``
+    captures CUDA graphs; each new (B, N, K) compiles once. ``backend`` as ``torch.compile``'s
+    (``"eager"`` only traces: the test-suite uses it on the CPU to check that the loops capture
+    whole and pick what the eager loops pick)."""
+    if isinstance(devices, str) or not all(isinstance(d, str) for d in devices):
+        raise ValueError(f"`devices` must be a tuple of device types, got {devices!r}")
+    _COMPILED.devices = tuple(devices)
+    _COMPILED.options = {"fullgraph": True, "dynamic": False, "backend": backend}
+    if mode is not None and backend == "inductor":
+        _COMPILED.options["mode"] = mode
+    _COMPILED.cache.clear()
+
+
+def _maybe_compiled(fn, tensor: torch.Tensor):
+    """``fn`` compiled when ``tensor``'s device type opted in, else ``fn``."""
+    if tensor.device.type not in _COMPILED.devices:
+        return fn
+    if fn not in _COMPILED.cache:
+        _COMPILED.cache[fn] = torch.compile(fn, **_COMPILED.options)
+    return _COMPILED.cache[fn]
 
 
 def _flat_index(j: torch.Tensor, base: torch.Tensor | None) -> torch.Tensor:
@@ -34,6 +75,10 @@ def max_min_steps(dist: torch.Tensor, first: torch.Tensor, steps: int) -> torch.
     picked again: its running minimum becomes ``-inf``). Returns (B, steps) in selection order.
     Per step: ``argmax``, one row gather, ``minimum`` (plus one add for B > 1).
     """
+    return _maybe_compiled(_max_min_loop, dist)(dist, first, steps)
+
+
+def _max_min_loop(dist: torch.Tensor, first: torch.Tensor, steps: int) -> torch.Tensor:
     b, n, _ = dist.shape
     if b == 1:  # one image: (1,)-shaped picks index rows directly
         rows1, pick = dist[0], first
@@ -72,6 +117,10 @@ def dpp_steps(
     pivot a caller accepts. Per step: ``max``, two row gathers, one division, one batched
     rank-1 update (plus one add and one view for B > 1).
     """
+    return _maybe_compiled(_dpp_loop, kernel)(kernel, steps, first)
+
+
+def _dpp_loop(kernel: torch.Tensor, steps: int, first: torch.Tensor | None = None):
     b, n, _ = kernel.shape
     if b == 1:
         picks, pivots = _dpp_steps_one(kernel[0], steps, first)
