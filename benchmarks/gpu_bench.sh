@@ -45,8 +45,10 @@ if [ -n "$METHODS" ]; then
 fi
 
 run_selection() {
+    local compiled=()
+    if [ "$DEVICE" = cuda ]; then compiled=(--compiled); fi
     "$PY" benchmarks/selection_bench.py --device "$DEVICE" --repeats "$((REPEATS * 7))" --warmup "$WARMUP" \
-        --out "$OUT/selection.json"
+        --out "$OUT/selection.json" "${compiled[@]}"
 }
 run_llava15() {
     "$PY" -m vlmprune.apps.cli bench --model llava-1.5-7b --ratios 0.3334,0.2223,0.1112 "${common[@]}" --out "$OUT/llava-1.5-7b"

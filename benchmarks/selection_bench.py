@@ -41,7 +41,7 @@ def on_device(img, device: str):
     return dataclasses.replace(img, regions=regions, **moved)
 
 
-def bench(name: str, device: str, repeats: int, warmup: int, k: int) -> dict:
+def bench(name: str, device: str, repeats: int, warmup: int, k: int, count: bool = True) -> dict:
     img = on_device(llava_sized_image(), device)
     method = vlmprune.get_method(name, budget=k)
     img = dataclasses.replace(img, budget=method.keep_count(img.num_tokens))
@@ -55,6 +55,8 @@ def bench(name: str, device: str, repeats: int, warmup: int, k: int) -> dict:
             method.select_images([img])
             _sync(device)
             times.append((time.perf_counter() - t0) * 1e3)
+        if not count:  # a dispatch mode cannot run under torch.compile
+            return {"method": name, "ms": statistics.median(times), "repeats": repeats}
         with Counter() as c:
             method.select_images([img])
     return {
@@ -73,14 +75,25 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--budget", type=int, default=64)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--compiled", action="store_true", help="also time the opt-in compiled greedy loops")
     a = p.parse_args(argv)
     names = [n for n in vlmprune.list_methods() if vlmprune.get_method(n, budget=1).llm_layer is None]
     rows = [bench(n, a.device, a.repeats, a.warmup, a.budget) for n in names]
+    if a.compiled:  # the opt-in compiled loops (CUDA graphs on a GPU); warm-up includes compilation
+        from vlmprune.core.greedy import compile_loops
+
+        compile_loops(devices=(torch.device(a.device).type,))
+        for row in rows:
+            row["ms_compiled"] = bench(
+                row["method"], a.device, a.repeats, a.warmup + 2, a.budget, count=False
+            )["ms"]
+        compile_loops(devices=())
     dev = torch.cuda.get_device_name(0) if a.device.startswith("cuda") else "cpu"
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps({"device": dev, "N": 576, "D": 4096, "K": a.budget, "rows": rows}, indent=1))
     for r in rows:
-        print(f"{r['method']:10s} {r['ms']:8.3f} ms  {r['ops']:5d} ops  {r['syncs']} syncs")
+        extra = f"  compiled {r['ms_compiled']:8.3f} ms" if "ms_compiled" in r else ""
+        print(f"{r['method']:10s} {r['ms']:8.3f} ms  {r['ops']:5d} ops  {r['syncs']} syncs{extra}")
     return 0
 
 
