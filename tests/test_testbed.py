@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from vlmprune.adapters import families
 from vlmprune.testbed import model as M
 from vlmprune.testbed import questions as Q
 from vlmprune.testbed.scenes import COLOURS, SHAPES, make_scene
@@ -801,3 +802,16 @@ def test_committed_checkpoint_prompts_as_trained_and_answers_as_eval_does(family
     )
     right = sum(task.score(t, it) for t, it in zip(texts, items))
     assert right >= 7, (texts, [it.answer for it in items])  # eval scores these checkpoints at 84-86%
+
+
+@pytest.mark.parametrize("name", sorted(c.tiny_name for c in families()))
+def test_eval_runs_every_builtin_model(tmp_path, name):
+    """`vlmprune eval --model tiny-<family>` (a smoke test of the pipeline on a random model)
+    prompts each family with its own placeholders and answers every question."""
+    from vlmprune.apps.cli import entry
+
+    args = ["eval", "--model", name, "--methods", "random", "--budgets", "32", "--samples", "2"]
+    assert entry(args + ["--no-plot", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "eval.json").read_text())["rows"]
+    assert {r["method"] for r in rows} == {"full", "random"}
+    assert sum(r["n"] for r in rows if r["method"] == "random" and r["family"] == "overall") == 2

@@ -349,6 +349,10 @@ def load_processor(path):
 def prompt(family: str, question: str) -> str:
     if family == "llava":
         return f"USER: <image>\n{question} ASSISTANT:"
+    if family != "qwen":  # a built-in random model of another family: its plain prompt
+        from vlmprune.adapters import family as family_class
+
+        return family_class(family).tiny_prompt(question)
     return (
         f"<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>{question}<|im_end|>\n"
         "<|im_start|>assistant\n"
@@ -356,7 +360,7 @@ def prompt(family: str, question: str) -> str:
 
 
 def answer_text(family: str, answer: str) -> str:
-    return f" {answer}" if family == "llava" else answer
+    return answer if family == "qwen" else f" {answer}"
 
 
 def turn_text(family: str, question: str, first: bool) -> str:
@@ -375,9 +379,9 @@ def eos_token(family: str) -> str:
 def encode(family: str, processor, images, questions_):
     """Batch inputs for one question per image (left padded), through the stock processor."""
     prompts = [prompt(family, q) for q in questions_]
-    if family == "llava":
-        return processor(text=prompts, images=list(images), return_tensors="pt", padding=True)
-    return processor(text=prompts, images=list(images))
+    if family == "qwen":
+        return processor(text=prompts, images=list(images))
+    return processor(text=prompts, images=list(images), return_tensors="pt", padding=True)
 
 
 def answer_token_ids(tokenizer, family: str) -> dict[str, int]:

@@ -89,7 +89,10 @@ class TestbedTask:
                 from vlmprune.apps import models
 
                 loaded = models.load(spec, device="cpu", dtype="float32")
-                return loaded.model, loaded.processor, "qwen" if loaded.family.startswith("qwen") else "llava"
+                if loaded.family.startswith("qwen"):
+                    return loaded.model, loaded.processor, "qwen"
+                style = "llava" if loaded.adapter.image_token == "<image>" else loaded.family
+                return loaded.model, loaded.processor, style  # other families: their own plain prompt
 
             return [(f"{spec} (random weights)", load_builtin)]
         if spec in ("tiny", "tiny-qwen"):
