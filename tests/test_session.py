@@ -205,7 +205,7 @@ def test_unsupported_model():
         vlmprune.Pool(budget=4)(LlamaForCausalLM(cfg))
 
 
-@pytest.mark.parametrize("name", ["promprune", "fastv"])
+@pytest.mark.parametrize("name", ["promprune", "fastv", "random"])
 def test_beam_search_and_multiple_returns(family, name):
     """generate expands rows after the vision tower ran once per image: both must line up."""
     model, proc = cached_model(family)

@@ -64,8 +64,10 @@ class VisionRecord:
             self.runs.append({})
         return self.runs[-1]
 
-    def new_run(self) -> None:
-        self.runs.append({})
+    def new_run(self, pixels=None) -> None:
+        """Start a run; ``pixels`` (the tower's input) records ``encoded``, how many images, crops,
+        tiles or frames it holds (its first dimension)."""
+        self.runs.append({} if pixels is None else {"encoded": int(pixels.shape[0])})
 
 
 @dataclass

@@ -145,8 +145,8 @@ class InternVLAdapter(Adapter):
         if ids is None:
             raise ValueError("internvl: `input_ids` are required to prune images")
         run = record.runs[0] if record is not None and record.runs else {}
-        seen = sum(int(t.shape[0]) for t in (run.get("saliency") or run.get("pre_features") or []))
-        runs = placeholder_runs(ids, self.image_token_id, seen * self.per_tile if seen else None)
+        seen = run.get("encoded")  # tiles the tower saw (generate may repeat rows after it ran)
+        runs = placeholder_runs(ids, self.image_token_id, None if seen is None else seen * self.per_tile)
         layouts, self._tiles = [], []
         for n in runs:
             tiles = n // self.per_tile

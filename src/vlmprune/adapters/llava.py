@@ -273,11 +273,8 @@ class LlavaAdapter(ClipTowerMixin, Adapter):
         n = self.side * self.side
         ids = call["input_ids"]
         n_images = int((ids == self.image_token_id).sum()) // n
-        for key in ("saliency", "pre_features"):  # the tower's own count (generate may repeat rows)
-            views = self._views(record, key)
-            if views is not None:
-                n_images = int(views.shape[0])
-                break
+        if record is not None and "encoded" in record.raw:  # the tower's count (generate may repeat rows)
+            n_images = record.raw["encoded"]
         region = Region(torch.arange(n), (self.side, self.side))
         return [ImageLayout(n, torch.arange(n), [region], (self.side, self.side)) for _ in range(n_images)]
 

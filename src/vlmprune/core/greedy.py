@@ -139,8 +139,7 @@ def _dpp_loop(kernel: torch.Tensor, steps: int, first: torch.Tensor | None = Non
         picks.append(j)
         pivots.append(d2)
         idx = _flat_index(j, base)
-        scale = d2 if b == 1 else d2.view(b, 1, 1)
-        kernel.baddbmm_(col.index_select(0, idx), row.index_select(0, idx) / scale, alpha=-1.0)
+        kernel.baddbmm_(col.index_select(0, idx), row.index_select(0, idx) / d2.view(b, 1, 1), alpha=-1.0)
     if not picks:
         empty = torch.empty(b, 0, device=kernel.device)
         return empty.long(), empty

@@ -44,7 +44,12 @@ def capture_vision(model, inputs: dict, saliency: str = "auto") -> VisionCapture
     side signal; the returned :class:`VisionCapture` serves any number of ``method(model, vision=...)``."""
     adapter = get_adapter(model, saliency)
     record = VisionRecord()
-    handles = adapter.vision_hooks(lambda: record, set(ALL_SIGNALS))
+
+    def count(module, args, kwargs):
+        record.new_run(args[0] if args else next(iter(kwargs.values()), None))
+
+    handles = [adapter.vision_module().register_forward_pre_hook(count, with_kwargs=True)]
+    handles += adapter.vision_hooks(lambda: record, set(ALL_SIGNALS))
     try:
         with torch.no_grad():
             rest = adapter.encode_images(dict(inputs))

@@ -101,7 +101,7 @@ class PruningSession(InLLMStage):
             hook = self._handles.append
             hook(self.model.register_forward_pre_hook(self._on_model, with_kwargs=True))
             hook(
-                self.adapter.vision_module().register_forward_pre_hook(self._new_record)
+                self.adapter.vision_module().register_forward_pre_hook(self._new_record, with_kwargs=True)
             )  # a tower run in the block
             self._handles += self.adapter.vision_hooks(lambda: self._record, self.needs)
             hook(self.adapter.base.register_forward_pre_hook(self._on_base, with_kwargs=True))
@@ -142,12 +142,12 @@ class PruningSession(InLLMStage):
             )
         return None
 
-    def _new_record(self, module, args):
+    def _new_record(self, module, args, kwargs):
         """A run of the vision tower: the first of a call starts a new record; a second one in the
         same call (a family encoding videos after images) adds a run to it."""
         if self._record is None or self._record.used:
             self._record = VisionRecord()
-        self._record.new_run()
+        self._record.new_run(args[0] if args else next(iter(kwargs.values()), None))
 
     def _on_base(self, module, args, kwargs):
         input_ids = kwargs.get("input_ids", args[0] if args else None)
