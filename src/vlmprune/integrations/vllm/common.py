@@ -1,0 +1,224 @@
+"""The family-independent half of the plugin: the prompt processor's side and the model's side.
+
+The processor (API-server process) resolves each request's configuration, emits K placeholders
+per image instead of N (the count is fixed here, before the model runs) and attaches to each
+image its configuration (``vlmprune_spec``) and, for methods that read the prompt, the prompt's
+text token ids after that image (``vlmprune_text``). The model (worker process) runs the stock
+vision tower with the family's signal hooks, selects with the method's pure ``select`` and
+returns the K kept rows; families with M-RoPE append the kept tokens' original positions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from contextlib import contextmanager
+
+import torch
+
+from vlmprune.core.types import ImageTokens, Region
+from vlmprune.integrations.vllm.config import KEY, Spec, decode, encode_rows, merge, resolve
+
+SPEC_FIELD = "vlmprune_spec"
+TEXT_FIELD = "vlmprune_text"
+
+
+class PruningProcessor:
+    """Mixed in before a family's stock vLLM multimodal processor.
+
+    A family sets ``positions`` (the position policies it supports under vLLM) and implements
+    ``_vlmprune_media_ids`` (token ids that are not text: image and video placeholders) and
+    ``_vlmprune_num_images`` (images in an HF processor output).
+    """
+
+    positions: tuple[str, ...] = ("compact",)
+    _local = threading.local()
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._vlmprune_spec({})  # a bad server configuration fails here, at start-up
+
+    def _vlmprune_spec(self, hf_kwargs) -> Spec | None:
+        server = getattr(self.info.get_hf_config(), KEY, None)
+        return resolve(merge(server, (hf_kwargs or {}).get(KEY)), self.positions)
+
+    def _vlmprune_texts(self, prompt, n_images: int) -> list[torch.Tensor]:
+        """Per image: the prompt's text token ids after its placeholder (all of them when none)."""
+        ids = list(prompt) if not isinstance(prompt, str) else self.info.get_tokenizer().encode(prompt)
+        image, media = self._vlmprune_image_id(), set(self._vlmprune_media_ids())
+        marks = [i for i, t in enumerate(ids) if t == image]
+        text = [(i, t) for i, t in enumerate(ids) if t not in media]
+        out = []
+        for j in range(n_images):
+            start = marks[j] if j < len(marks) else -1
+            after = [t for i, t in text if i > start]
+            out.append(torch.tensor(after or [t for _, t in text], dtype=torch.long))
+        return out
+
+    # -- vLLM's processor hooks --------------------------------------------------------------
+    def _get_mm_hashes(self, inputs):
+        hashes = super()._get_mm_hashes(inputs)
+        spec = self._vlmprune_spec(inputs.hf_processor_mm_kwargs)
+        if spec is None or not spec.method.needs_text or "image" not in hashes:
+            return hashes
+        prompt = inputs.prompt if isinstance(inputs.prompt, str) else ",".join(map(str, inputs.prompt))
+        digest = hashlib.sha256(prompt.encode()).hexdigest()[:16]
+        out = dict(hashes)
+        out["image"] = [f"{h}-{digest}-{i}" for i, h in enumerate(hashes["image"])]  # text is per prompt
+        return out
+
+    def _cached_apply_hf_processor(self, inputs, timing_ctx):
+        self._local.prompt, self._local.missing = inputs.prompt, None
+        try:
+            return super()._cached_apply_hf_processor(inputs, timing_ctx)
+        finally:
+            self._local.prompt = self._local.missing = None
+
+    def _get_cache_missing_items(self, cache, mm_data_items, mm_hashes):
+        is_cached, missing = super()._get_cache_missing_items(cache, mm_data_items, mm_hashes)
+        self._local.missing = [i for i, hit in enumerate(is_cached.get("image", [])) if not hit]
+        return is_cached, missing
+
+    def _call_hf_processor(self, hf_data, hf_kwargs):
+        spec = self._vlmprune_spec(hf_kwargs)
+        out = super()._call_hf_processor(hf_data, {k: v for k, v in hf_kwargs.items() if k != KEY})
+        n = self._vlmprune_num_images(out)
+        if n == 0:
+            return out
+        missing = getattr(self._local, "missing", None)  # which of the request's images these are
+        index = list(missing)[:n] if missing else list(range(n))
+        out[SPEC_FIELD] = encode_rows(spec, index)  # (n_images, L)
+        prompt = getattr(self._local, "prompt", None)
+        if spec is not None and spec.method.needs_text and prompt is not None:
+            texts = self._vlmprune_texts(prompt, 1 + max(index))
+            out[TEXT_FIELD] = [texts[i] for i in index]
+        return out
+
+    def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
+        from vllm.multimodal.inputs import MultiModalFieldConfig
+
+        fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
+        fields[SPEC_FIELD] = MultiModalFieldConfig.batched("image", keep_on_cpu=True)
+        fields[TEXT_FIELD] = MultiModalFieldConfig.batched("image")
+        return fields
+
+    def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
+        """The stock updates, with each image's run of N placeholders cut to its kept count K."""
+        updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs))
+        for u, update in enumerate(updates):
+            if update.modality == "image":
+                updates[u] = _with_kept_count(update, out_mm_kwargs)
+        return updates
+
+
+def _with_kept_count(update, out_mm_kwargs):
+    from dataclasses import replace
+
+    stock = update.replacement
+
+    def kept(item_idx: int):
+        tokens = stock(item_idx) if callable(stock) else stock
+        item = out_mm_kwargs["image"][item_idx]
+        spec = decode(item[SPEC_FIELD].data) if SPEC_FIELD in item else None
+        if spec is None:
+            return tokens
+        return list(tokens)[: spec.keep_count(len(tokens))]  # one placeholder token repeated N times
+
+    return replace(update, replacement=kept)
+
+
+class PruningModel:
+    """Mixed in before a family's stock vLLM model class.
+
+    A family implements ``_vlmprune_capture(needs)`` (a context manager yielding a dict the
+    vision hooks fill), ``_vlmprune_images(kwargs, record, embeds)`` (per image: its layout and
+    signals) and may override ``_vlmprune_pack`` (what the LLM receives for the kept rows).
+    """
+
+    def embed_multimodal(self, **kwargs):
+        specs = kwargs.pop(SPEC_FIELD, None)
+        texts = kwargs.pop(TEXT_FIELD, None)
+        images = "pixel_values" in kwargs or "image_embeds" in kwargs
+        decoded = [decode(s) for s in specs] if (images and specs is not None) else []
+        needs = _needs(decoded)
+        with self._vlmprune_capture(needs) as record:
+            embeds = super().embed_multimodal(**kwargs)
+        if not images:
+            return embeds
+        infos = self._vlmprune_images(kwargs, record, embeds)
+        out = []
+        for i, (emb, info) in enumerate(zip(embeds, infos)):
+            spec = decoded[i] if i < len(decoded) else None
+            text = None if texts is None else texts[i]
+            out.append(self._vlmprune_select_one(emb, info, spec, text))
+        return tuple(out)
+
+    def _vlmprune_select_one(self, emb: torch.Tensor, info: dict, spec: Spec | None, text):
+        n = emb.shape[0]
+        if spec is None or spec.keep_count(n) >= n:
+            return self._vlmprune_pack(emb, torch.arange(n, device=emb.device), info)
+        method = spec.method
+        saliency = info.get("saliency")
+        if method.needs_saliency and (spec.saliency == "feature_norm" or saliency is None):
+            saliency = emb.float().norm(dim=-1)
+        text_embeds = None
+        if method.needs_text and text is not None:
+            ids = torch.as_tensor(text, device=emb.device).long().flatten()
+            text_embeds = self.get_language_model().embed_input_ids(ids)
+        tokens = ImageTokens(
+            features=emb,
+            budget=method.keep_count(n),
+            regions=info["regions"],
+            grid=info["grid"],
+            pre_features=info.get("pre_features"),
+            saliency=saliency,
+            keys=info.get("keys"),
+            text=text_embeds,
+            seed=spec.seed,
+        )
+        with torch.no_grad():
+            kept = method.select_images([tokens])[0]
+        idx = kept.indices.to(emb.device)
+        rows = emb[idx] if kept.features is None else kept.features.to(emb.dtype)
+        return self._vlmprune_pack(rows, idx, info)
+
+    def _vlmprune_pack(self, rows: torch.Tensor, idx: torch.Tensor, info: dict) -> torch.Tensor:
+        """The LLM's input rows for the kept tokens ``idx`` (sorted): ``rows`` themselves."""
+        return rows
+
+
+def _needs(specs) -> set[str]:
+    needs = set()
+    for spec in specs:
+        if spec is None:
+            continue
+        m = spec.method
+        if m.needs_saliency and spec.saliency != "feature_norm":
+            needs.add("saliency")
+        needs |= {k for k, flag in (("keys", m.needs_keys), ("pre_features", m.needs_pre_features)) if flag}
+    return needs
+
+
+def whole(n: int, grid: tuple[int, int]) -> list[Region]:
+    """One region over ``n`` raster tokens of ``grid``."""
+    return [Region(torch.arange(n), tuple(grid))]
+
+
+@contextmanager
+def hooks(handles: list):
+    """Remove ``handles`` on exit, whatever happens inside."""
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def head_sum(t: torch.Tensor, local_heads: int, total_heads: int) -> torch.Tensor:
+    """``t`` summed over this rank's heads -> the mean over every head (all-reduced when the heads
+    are split across tensor-parallel ranks)."""
+    if local_heads != total_heads:
+        from vllm.distributed import tensor_model_parallel_all_reduce
+
+        t = tensor_model_parallel_all_reduce(t.contiguous())
+    return t / total_heads

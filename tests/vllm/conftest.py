@@ -1,0 +1,27 @@
+"""The vLLM plugin tests, collected only where vLLM is installed (``make test-vllm`` builds that
+environment, ``.venv-vllm``)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+if importlib.util.find_spec("vllm") is None:
+    collect_ignore_glob = ["test_*.py"]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """``tiny_dir(family, stock_keys=False)``: a saved tiny checkpoint (made once per session)."""
+    from vllm_helpers import save_tiny
+
+    made = {}
+
+    def get(name: str, stock_keys: bool = False):
+        key = (name, stock_keys)
+        if key not in made:
+            made[key] = save_tiny(name, tmp_path_factory.mktemp(f"{name}-{int(stock_keys)}"), stock_keys)
+        return made[key]
+
+    return get

@@ -1,0 +1,64 @@
+"""Run one vLLM engine over a list of requests and write what it generated (a test helper).
+
+``python run_engine.py SPEC.json OUT.json``. SPEC: ``{"model": DIR, "engine": {LLM kwargs},
+"requests": [{"prompt": str, "images": [PNG paths], "vlmprune": dict | null}], "max_tokens": n}``.
+OUT: one ``{"tokens", "logprobs", "prompt_len", "cached"}`` per request, in order. All requests go
+to the engine in one ``generate`` call (continuous batching), after one warm request when
+``"repeat"`` asks to run them twice (the second pass hits the prefix cache).
+Run in its own process: vLLM registers plugins per process, and ``VLLM_PLUGINS`` decides which.
+"""
+
+import json
+import sys
+
+from PIL import Image
+
+
+def requests(spec):
+    out = []
+    for r in spec["requests"]:
+        images = [Image.open(p).convert("RGB") for p in r["images"]]
+        req = {"prompt": r["prompt"]}
+        if images:
+            req["multi_modal_data"] = {"image": images if len(images) > 1 else images[0]}
+        if r.get("vlmprune") is not None:
+            req["mm_processor_kwargs"] = {"vlmprune": r["vlmprune"]}
+        out.append(req)
+    return out
+
+
+def main(spec_path, out_path):
+    from vllm import LLM, SamplingParams
+
+    spec = json.load(open(spec_path))
+    engine = dict(
+        dtype="float32", gpu_memory_utilization=0.25, max_model_len=4096, enforce_eager=True, seed=0
+    )
+    engine.update(spec.get("engine", {}))
+    llm = LLM(model=spec["model"], **engine)
+    params = SamplingParams(
+        temperature=0.0, max_tokens=spec.get("max_tokens", 6), ignore_eos=True, logprobs=0
+    )
+    reqs = requests(spec)
+    passes = []
+    for _ in range(2 if spec.get("repeat") else 1):
+        passes.append(llm.generate(reqs, params, use_tqdm=False))
+    result = []
+    for outs in passes:
+        for o in outs:
+            toks = list(o.outputs[0].token_ids)
+            lps = [lp[t].logprob for lp, t in zip(o.outputs[0].logprobs, toks)]
+            result.append(
+                {
+                    "tokens": toks,
+                    "logprobs": lps,
+                    "prompt_len": len(o.prompt_token_ids),
+                    "cached": o.num_cached_tokens or 0,
+                    "text": o.outputs[0].text,
+                }
+            )
+    json.dump(result, open(out_path, "w"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

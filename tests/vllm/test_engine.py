@@ -1,0 +1,75 @@
+"""The plugin under the engine's features: a server-wide configuration (``hf_overrides``) with
+per-request overrides, chunked prefill (an image split across steps), the prefix cache (the same
+requests again) and continuous batching; a bad configuration fails at start-up in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from vllm_helpers import FAMILIES, hf_reference, image_files, run_vllm
+
+from vlmprune.adapters import family
+from vlmprune.testing import random_image
+
+SERVER = {"method": "promprune", "budget": 6}
+REQUESTS = [None, {"budget": 3}, {"method": "divprune", "ratio": 0.5}, {"ratio": 0.25}]
+EFFECTIVE = [SERVER, {"method": "promprune", "budget": 3}, {"method": "divprune", "ratio": 0.5}]
+EFFECTIVE += [{"method": "promprune", "ratio": 0.25}]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_server_config_chunked_prefill_and_prefix_cache(name, tiny_dir, tmp_path):
+    model = tiny_dir(name)
+    questions = (
+        "What is this? Describe every object in the picture and where it is.",
+        "Which colour is the shape at the top left, and is there a small one next to it?",
+    )
+    prompts = [family(name).tiny_prompt(q, 1) for q in questions]
+    cases = [(r, e, random_image(i % 2), prompts[i % 2]) for i, (r, e) in enumerate(zip(REQUESTS, EFFECTIVE))]
+    reqs = [{"prompt": p, "images": image_files(tmp_path, [im]), "vlmprune": r} for r, _, im, p in cases]
+    engine = {
+        "hf_overrides": {"vlmprune": SERVER},
+        "max_num_batched_tokens": 16,
+        "enable_chunked_prefill": True,
+    }
+    engine.update(enable_prefix_caching=True, block_size=32)
+    outs = run_vllm(tmp_path, model, reqs, repeat=True, **engine)
+    first, again = outs[: len(reqs)], outs[len(reqs) :]
+    for (_, effective, image, prompt), got, cached in zip(cases, first, again):
+        tokens, logprobs, _ = hf_reference(name, model, prompt, [image], effective)
+        assert got["tokens"] == tokens, effective
+        assert max(abs(a - b) for a, b in zip(got["logprobs"], logprobs)) < 2e-4
+        assert cached["tokens"] == tokens and cached["cached"] > 0
+    assert max(o["prompt_len"] for o in first) > 16  # every prompt was prefilled in several chunks
+
+
+BAD = [
+    ({"method": "nope", "budget": 4}, "unknown method 'nope'"),
+    ({"method": "fastv", "budget": 4}, "prunes inside the LLM"),
+    ({"method": "divprune"}, "give exactly one of `budget`"),
+    ({"method": "divprune", "budget": 4, "positions": "compact"}, "'positions' must be one of"),
+    ({"method": "promprune", "ratio": 0.2, "mu": "x", "bogus": 1}, "unexpected keyword argument 'bogus'"),
+]
+
+
+@pytest.mark.parametrize("config,message", BAD, ids=[b[1] for b in BAD])
+def test_bad_server_config_fails_at_start_in_one_line(config, message, tiny_dir):
+    model = tiny_dir("qwen2_5_vl")
+    code = (
+        "from vllm import LLM\n"
+        "if __name__ == '__main__':\n"
+        f"    LLM(model={str(model)!r}, dtype='float32', gpu_memory_utilization=0.25, enforce_eager=True,"
+        f" hf_overrides={{'vlmprune': {json.loads(json.dumps(config))!r}}})\n"
+        "    print('STARTED')\n"
+    )
+    env = dict(os.environ, VLLM_PLUGINS="vlmprune")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "STARTED" not in proc.stdout
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("vlmprune.integrations.vllm.config.ConfigError: vlmprune: "), last
+    assert message in last, last
+    assert "EngineCore" not in proc.stderr  # refused before the engine process started

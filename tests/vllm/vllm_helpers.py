@@ -1,0 +1,144 @@
+"""Helpers of the vLLM plugin tests: tiny random checkpoints on disk, engines run in their own
+processes (``run_engine.py``) and the HF reference (vlmprune's session on the stock HF model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+FAMILIES = ("llava", "qwen2_5_vl")
+#: the plugin's methods (every pre-LLM method), each at a budget below the tiny models' tokens
+PRE_LLM = (
+    "cdpruner",
+    "divprune",
+    "pool",
+    "promprune",
+    "random",
+    "sppruner",
+    "temporal",
+    "visionzip",
+    "vispruner",
+)
+
+
+def save_tiny(name: str, out: Path, stock_keys: bool = False) -> Path:
+    """A tiny random checkpoint of family ``name`` in ``out``, sized for vLLM's CPU kernels (head
+    dim 32); weights with a wide init, so that greedy tokens depend on which tokens are kept.
+    ``stock_keys``: LLaVA's CLIP keys as vLLM 0.32 expects them (``vision_tower.vision_model.``)."""
+    import torch
+    import transformers
+    from safetensors.torch import load_file, save_file
+
+    from vlmprune.adapters import family
+    from vlmprune.apps import zoo
+
+    cls = family(name)
+    tok = zoo.build_tokenizer(tuple(cls.tiny_special))
+    text = zoo._text_config(cls, tok, 2)
+    text.update(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2)
+    text["initializer_range"] = 0.1
+    if "rope_parameters" in text:
+        text["rope_parameters"] = dict(text["rope_parameters"], mrope_section=[4, 6, 6])
+    size = {"image_size": 112} if name == "llava" else {"max_pixels": 224 * 224}
+    config = cls.tiny_config(tok, text, "sdpa", **size)
+    config.initializer_range = 0.1
+    if hasattr(config.vision_config, "out_hidden_size"):
+        config.vision_config.out_hidden_size = 128
+    torch.manual_seed(0)
+    model = getattr(transformers, cls.model_class)(config).eval()
+    model.save_pretrained(out)
+    cls.tiny_processor(tok, **size).save_pretrained(out)
+    if stock_keys:
+        weights = out / "model.safetensors"
+        state = load_file(weights)
+        rename = {k: k.replace("vision_tower.", "vision_tower.vision_model.", 1) for k in state}
+        save_file({rename[k]: v for k, v in state.items()}, weights, metadata={"format": "pt"})
+    return out
+
+
+def run_vllm(tmp: Path, model, requests, plugin: bool = True, repeat: bool = False, max_tokens=6, **engine):
+    """Outputs of one vLLM engine (its own process) for ``requests``; ``plugin=False`` runs stock
+    vLLM (``VLLM_PLUGINS`` names no installed plugin)."""
+    spec = {
+        "model": str(model),
+        "requests": requests,
+        "engine": engine,
+        "repeat": repeat,
+        "max_tokens": max_tokens,
+    }
+    spec_path, out_path = tmp / "spec.json", tmp / "out.json"
+    spec_path.write_text(json.dumps(spec))
+    env = dict(os.environ, VLLM_PLUGINS="vlmprune" if plugin else "none", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(
+        [sys.executable, str(HERE / "run_engine.py"), str(spec_path), str(out_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"vLLM run failed:\n{proc.stderr[-4000:]}")
+    return json.loads(out_path.read_text())
+
+
+def image_files(tmp: Path, images) -> list[str]:
+    paths = []
+    for i, im in enumerate(images):
+        p = tmp / f"image-{len(list(tmp.glob('image-*.png')))}-{i}.png"
+        im.save(p)
+        paths.append(str(p))
+    return paths
+
+
+def hf_reference(name: str, model_dir, prompt: str, images, config: dict | None, max_tokens: int = 6):
+    """Greedy tokens and their log-probabilities from the stock HF model under vlmprune's session
+    (``config``: ``{"method": ..., "budget"|"ratio": ...}``; None: the unmodified model), and per
+    image its kept indices and token count."""
+    import torch
+    import transformers
+
+    import vlmprune
+    from vlmprune.adapters import family
+
+    model = _hf_model(family(name).model_class, str(model_dir))
+    proc = transformers.AutoProcessor.from_pretrained(str(model_dir))
+    inputs = proc(text=[prompt], images=list(images), return_tensors="pt")
+
+    def generate():
+        out = model.generate(
+            **inputs,
+            max_new_tokens=max_tokens,
+            do_sample=False,
+            output_scores=True,
+            return_dict_in_generate=True,
+            eos_token_id=None,
+            pad_token_id=0,
+        )
+        toks = out.sequences[0, inputs["input_ids"].shape[1] :].tolist()
+        return toks, [torch.log_softmax(s[0].float(), -1)[t].item() for s, t in zip(out.scores, toks)]
+
+    with torch.no_grad():
+        if config is None:
+            return (*generate(), None)
+        options = {k: v for k, v in config.items() if k not in ("method", "saliency")}
+        method = vlmprune.get_method(config["method"], **options)
+        with method(model, saliency=config.get("saliency", "auto")):
+            toks, lps = generate()
+        return toks, lps, [(s.kept.tolist(), s.num_tokens) for s in method.last_selection]
+
+
+_MODELS: dict = {}
+
+
+def _hf_model(cls_name: str, path: str):
+    import torch
+    import transformers
+
+    if path not in _MODELS:
+        _MODELS[path] = getattr(transformers, cls_name).from_pretrained(path, dtype=torch.float32).eval()
+    return _MODELS[path]
