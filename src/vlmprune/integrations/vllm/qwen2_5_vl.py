@@ -78,6 +78,12 @@ class PrunedQwen2_5_VLForConditionalGeneration(PruningModel, Qwen2_5_VLForCondit
 
     _vlmprune_rel = None
 
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        if vllm_config.parallel_config.pipeline_parallel_size > 1:
+            # later pipeline stages never see the embeddings that carry the positions
+            raise NotImplementedError("vlmprune: Qwen2.5-VL under pipeline parallelism is not supported")
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+
     @contextmanager
     def _vlmprune_capture(self, needs: set[str]):
         visual = self.visual

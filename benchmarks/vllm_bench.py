@@ -1,0 +1,182 @@
+"""Serving throughput with the vLLM plugin: pruned vs full on one engine.
+
+One vLLM engine (the plugin loaded, no server-wide configuration) serves the same requests in
+full (no ``vlmprune`` options) and pruned (``mm_processor_kwargs={"vlmprune": {"method": M,
+"ratio": 0.222}}`` per request), alternating within every repeat. At concurrency 1 the requests
+go one at a time; at concurrency C, C requests are submitted together (``max_num_seqs`` = C).
+Reported per setting: requests/s, output tokens/s and time to first token (the engine's own
+``first_token_latency``, queueing included), medians over ``--repeats`` after a warm-up.
+Every request has its own image, and the prefix cache is off, so nothing is reused across requests.
+
+CPU (default): a mid-size random Qwen2.5-VL built here (no download, written to ``--model-dir``).
+GPU: ``--model DIR`` of a real checkpoint, e.g.::
+
+    python benchmarks/vllm_bench.py --model Qwen/Qwen2.5-VL-7B-Instruct --dtype bfloat16 \\
+        --image-size 672 --concurrency 1,16,64 --requests 64 --out results/vllm/qwen2.5-vl-7b-h200
+
+Writes ``bench.json`` and ``bench.md`` (the table) into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+#: the CPU model: a 12-layer d=768 Qwen2 LLM behind a 4-block d=256 vision tower
+TEXT = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12)
+TEXT.update(num_key_value_heads=4, initializer_range=0.02)
+VISION = dict(depth=4, hidden_size=256, intermediate_size=512, num_heads=4, out_hidden_size=768)
+VISION.update(fullatt_block_indexes=[1, 3], window_size=112)
+
+
+def build_model(out: Path, image_size: int) -> Path:
+    """Save the CPU benchmark model (random weights, the tiny models' tokenizer) into ``out``."""
+    import torch
+    import transformers
+
+    from vlmprune.adapters import family
+    from vlmprune.apps import zoo
+
+    cls = family("qwen2_5_vl")
+    tok = zoo.build_tokenizer(tuple(cls.tiny_special))
+    text = zoo._text_config(cls, tok, TEXT["num_hidden_layers"])
+    text.update(
+        TEXT, rope_parameters={"rope_type": "default", "mrope_section": [8, 12, 12], "rope_theta": 1e6}
+    )
+    config = cls.tiny_config(tok, text, "sdpa", max_pixels=image_size * image_size)
+    for key, value in VISION.items():
+        setattr(config.vision_config, key, value)
+    torch.manual_seed(0)
+    model = getattr(transformers, cls.model_class)(config).eval()
+    model.save_pretrained(out)
+    cls.tiny_processor(tok, max_pixels=image_size * image_size).save_pretrained(out)
+    return out
+
+
+def requests(n: int, image_size: int, prompt: str, options: dict | None, offset: int) -> list[dict]:
+    from vlmprune.apps.images import random_image
+
+    out = []
+    for i in range(n):
+        req = {
+            "prompt": prompt,
+            "multi_modal_data": {"image": random_image(offset + i, (image_size, image_size))},
+        }
+        if options is not None:
+            req["mm_processor_kwargs"] = {"vlmprune": options}
+        out.append(req)
+    return out
+
+
+def measure(llm, reqs: list[dict], concurrency: int, max_tokens: int) -> dict:
+    """Serve ``reqs`` ``concurrency`` at a time; requests/s, output tokens/s, median TTFT (ms)."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    t0 = time.perf_counter()
+    outs = []
+    for i in range(0, len(reqs), concurrency):
+        outs += llm.generate(reqs[i : i + concurrency], params, use_tqdm=False)
+    wall = time.perf_counter() - t0
+    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    ttft = [o.metrics.first_token_latency * 1e3 for o in outs if o.metrics is not None]
+    return {
+        "requests_per_s": len(outs) / wall,
+        "tokens_per_s": tokens / wall,
+        "ttft_ms": statistics.median(ttft) if ttft else float("nan"),
+        "prompt_tokens": statistics.median(len(o.prompt_token_ids) for o in outs),
+    }
+
+
+def run(args) -> dict:
+    from vllm import LLM
+
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    llm = LLM(
+        model=str(args.model),
+        dtype=args.dtype,
+        max_num_seqs=max(concurrencies),
+        enable_prefix_caching=False,
+        disable_log_stats=False,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        max_model_len=4096,
+        enforce_eager=args.enforce_eager,
+        seed=0,
+    )
+    prompt = args.prompt
+    settings = {"full": None, **{m: {"method": m, "ratio": args.ratio} for m in args.methods.split(",")}}
+    rows = {(name, c): [] for name in settings for c in concurrencies}
+    measure(llm, requests(4, args.image_size, prompt, None, 10_000), 4, args.max_tokens)  # warm-up
+    for repeat in range(args.repeats):
+        for c in concurrencies:
+            n = c if c > 1 else args.requests_c1
+            for name, options in settings.items():  # the same images for every setting of a repeat
+                reqs = requests(n, args.image_size, prompt, options, 1000 * repeat)
+                rows[(name, c)].append(measure(llm, reqs, c, args.max_tokens))
+    summary = []
+    for (name, c), runs in rows.items():
+        med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        summary.append({"setting": name, "concurrency": c, **med, "repeats": len(runs)})
+    return {"summary": summary, "runs": {f"{n}@{c}": v for (n, c), v in rows.items()}}
+
+
+def table(summary: list[dict]) -> str:
+    full = {r["concurrency"]: r for r in summary if r["setting"] == "full"}
+    lines = [
+        "| setting | concurrency | prompt tokens | requests/s | tokens/s | TTFT ms | req/s vs full | TTFT vs full |"
+    ]
+    lines.append("|---|---|---|---|---|---|---|---|")
+    for r in summary:
+        f = full[r["concurrency"]]
+        lines.append(
+            f"| {r['setting']} | {r['concurrency']} | {r['prompt_tokens']:.0f} | {r['requests_per_s']:.2f} "
+            f"| {r['tokens_per_s']:.1f} | {r['ttft_ms']:.0f} | {r['requests_per_s'] / f['requests_per_s']:.2f}x "
+            f"| {r['ttft_ms'] / f['ttft_ms']:.2f}x |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", help="a checkpoint directory or id (default: build the CPU model)")
+    p.add_argument(
+        "--model-dir", default="vlmprune-out/vllm-bench-model", help="where the CPU model is built"
+    )
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--image-size", type=int, default=448, help="square images of this many pixels a side")
+    p.add_argument("--methods", default="promprune,divprune")
+    p.add_argument("--ratio", type=float, default=0.222)
+    p.add_argument("--concurrency", default="1,16")
+    p.add_argument("--requests-c1", type=int, default=6, help="requests per repeat at concurrency 1")
+    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--prompt", help="the prompt, one image placeholder (default: the tiny models' format)")
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.25)
+    p.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--out", default="vlmprune-out/vllm-bench")
+    args = p.parse_args()
+    if args.model is None:
+        args.model = build_model(Path(args.model_dir), args.image_size)
+    if args.prompt is None:
+        from vlmprune.adapters import family
+
+        args.prompt = family("qwen2_5_vl").tiny_prompt("Describe the picture in one sentence.", 1)
+    result = run(args)
+    import vllm
+
+    meta = {"vllm": vllm.__version__, "machine": platform.machine(), "cpus": os.cpu_count(), **vars(args)}
+    meta["model"] = str(args.model)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps({"meta": meta, **result}, indent=1, default=str))
+    (out / "bench.md").write_text(table(result["summary"]))
+    print(table(result["summary"]))
+
+
+if __name__ == "__main__":
+    main()
