@@ -13,6 +13,8 @@
 #   bash benchmarks/gpu_bench.sh                # everything, about 8 minutes on one H200
 #   bash benchmarks/gpu_bench.sh llava15        # some of: selection llava15 llava_next qwen25
 #   DRY_RUN=1 bash benchmarks/gpu_bench.sh      # CPU, shrunk models, 1 repeat: checks the script
+#   bash benchmarks/gpu_bench.sh vllm           # serving: the vLLM plugin on Qwen2.5-VL-7B (needs vllm;
+#                                               # not in the default run)
 # Results: $OUT/selection.json, $OUT/<arch>/bench.{json,csv}, and the combined
 # $OUT/gpu_bench.json and $OUT/table.md (OUT defaults to results/bench/gpu-<device name>).
 set -euo pipefail
@@ -62,6 +64,12 @@ run_qwen25() {
         --out "$OUT/qwen2.5-vl-7b"
 }
 
+run_vllm() {
+    "$PY" benchmarks/vllm_bench.py --arch qwen2.5-vl-7b --dtype "$DTYPE" --no-enforce-eager \
+        --gpu-memory-utilization 0.8 --image-size 672 --concurrency 1,16,64 --requests-c1 16 \
+        --model-dir "$OUT/vllm-model" --out "$OUT/vllm"
+}
+
 targets=("$@")
 if [ "${#targets[@]}" -eq 0 ]; then
     targets=(selection llava15 llava_next qwen25)
@@ -72,7 +80,8 @@ for t in "${targets[@]}"; do
         llava15) run_llava15 ;;
         llava_next) run_llava_next ;;
         qwen25) run_qwen25 ;;
-        *) echo "gpu_bench.sh: unknown target $t (selection, llava15, llava_next, qwen25)" >&2; exit 2 ;;
+        vllm) run_vllm ;;
+        *) echo "gpu_bench.sh: unknown target $t (selection, llava15, llava_next, qwen25, vllm)" >&2; exit 2 ;;
     esac
 done
 "$PY" benchmarks/gpu_table.py "$OUT"

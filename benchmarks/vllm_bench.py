@@ -9,10 +9,12 @@ Reported per setting: requests/s, output tokens/s and time to first token (the e
 Every request has its own image, and the prefix cache is off, so nothing is reused across requests.
 
 CPU (default): a mid-size random Qwen2.5-VL built here (no download, written to ``--model-dir``).
-GPU: ``--model DIR`` of a real checkpoint, e.g.::
+GPU: the real-size architecture with vLLM's random weights (``load_format="dummy"``: the
+bundled config, the tiny models' tokenizer and processor, nothing downloaded), or ``--model DIR``
+of a real checkpoint::
 
-    python benchmarks/vllm_bench.py --model Qwen/Qwen2.5-VL-7B-Instruct --dtype bfloat16 \\
-        --image-size 672 --concurrency 1,16,64 --requests 64 --out results/vllm/qwen2.5-vl-7b-h200
+    python benchmarks/vllm_bench.py --arch qwen2.5-vl-7b --dtype bfloat16 --no-enforce-eager \\
+        --gpu-memory-utilization 0.8 --image-size 672 --concurrency 1,16,64 --out vlmprune-out/vllm-h200
 
 Writes ``bench.json`` and ``bench.md`` (the table) into ``--out``.
 """
@@ -54,6 +56,25 @@ def build_model(out: Path, image_size: int) -> Path:
     torch.manual_seed(0)
     model = getattr(transformers, cls.model_class)(config).eval()
     model.save_pretrained(out)
+    cls.tiny_processor(tok, max_pixels=image_size * image_size).save_pretrained(out)
+    return out
+
+
+def arch_dir(out: Path, arch: str, image_size: int) -> Path:
+    """A directory holding the bundled real-size config ``arch`` and the tiny models' tokenizer and
+    processor: an engine built from it with ``load_format="dummy"`` has the architecture's speed."""
+    from vlmprune.adapters import family
+    from vlmprune.apps import archs, zoo
+
+    config = archs.load_config(arch)
+    cls = family("qwen2_5_vl")
+    if type(config).__name__ != cls.config_class:
+        raise SystemExit(f"--arch: {arch} is not a Qwen2.5-VL architecture")
+    tok = zoo.build_tokenizer(tuple(cls.tiny_special))
+    for attr, token_id in cls.tiny_ids(tok).items():  # the tiny tokenizer's special tokens
+        setattr(config, attr, token_id)
+    out.mkdir(parents=True, exist_ok=True)
+    config.save_pretrained(out)
     cls.tiny_processor(tok, max_pixels=image_size * image_size).save_pretrained(out)
     return out
 
@@ -107,6 +128,7 @@ def run(args) -> dict:
         max_model_len=4096,
         enforce_eager=args.enforce_eager,
         seed=0,
+        **({"load_format": "dummy"} if args.arch else {}),
     )
     prompt = args.prompt
     settings = {"full": None, **{m: {"method": m, "ratio": args.ratio} for m in args.methods.split(",")}}
@@ -144,6 +166,7 @@ def table(summary: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", help="a checkpoint directory or id (default: build the CPU model)")
+    p.add_argument("--arch", help="a bundled Qwen2.5-VL architecture (e.g. qwen2.5-vl-7b), random weights")
     p.add_argument(
         "--model-dir", default="vlmprune-out/vllm-bench-model", help="where the CPU model is built"
     )
@@ -160,7 +183,9 @@ def main() -> None:
     p.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--out", default="vlmprune-out/vllm-bench")
     args = p.parse_args()
-    if args.model is None:
+    if args.arch:
+        args.model = arch_dir(Path(args.model_dir), args.arch, args.image_size)
+    elif args.model is None:
         args.model = build_model(Path(args.model_dir), args.image_size)
     if args.prompt is None:
         from vlmprune.adapters import family

@@ -11,7 +11,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-FAMILIES = ("llava", "qwen2_5_vl")
+FAMILIES = ("llava", "qwen2_5_vl", "qwen3_vl")
 #: the plugin's methods (every pre-LLM method), each at a budget below the tiny models' tokens
 PRE_LLM = (
     "cdpruner",
@@ -39,8 +39,10 @@ def save_tiny(name: str, out: Path, stock_keys: bool = False) -> Path:
 
     cls = family(name)
     tok = zoo.build_tokenizer(tuple(cls.tiny_special))
-    text = zoo._text_config(cls, tok, 2)
+    text = zoo._text_config(cls, tok, 4 if name == "qwen3_vl" else 2)  # DeepStack feeds 3 layers
     text.update(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=2)
+    if "head_dim" in text:
+        text["head_dim"] = 32
     text["initializer_range"] = 0.1
     if "rope_parameters" in text:
         text["rope_parameters"] = dict(text["rope_parameters"], mrope_section=[4, 6, 6])
@@ -82,7 +84,10 @@ def run_vllm(tmp: Path, model, requests, plugin: bool = True, repeat: bool = Fal
         timeout=900,
     )
     if proc.returncode != 0:
-        raise AssertionError(f"vLLM run failed:\n{proc.stderr[-4000:]}")
+        log = proc.stdout + proc.stderr  # vLLM logs to stdout
+        (tmp / "engine.log").write_text(log)
+        causes = [line for line in log.splitlines() if "Error" in line and "EngineDead" not in line]
+        raise AssertionError("vLLM run failed:\n" + "\n".join(causes[-12:]) + f"\n(full log: {tmp / 'engine.log'})")
     return json.loads(out_path.read_text())
 
 

@@ -20,6 +20,7 @@ ARCHITECTURES = {
     "Qwen2_5_VLForConditionalGeneration": (
         "vlmprune.integrations.vllm.qwen2_5_vl:PrunedQwen2_5_VLForConditionalGeneration"
     ),
+    "Qwen3VLForConditionalGeneration": "vlmprune.integrations.vllm.qwen3_vl:PrunedQwen3VLForConditionalGeneration",
 }
 
 

@@ -79,9 +79,10 @@ class PruningProcessor:
         self._local.missing = [i for i, hit in enumerate(is_cached.get("image", [])) if not hit]
         return is_cached, missing
 
-    def _call_hf_processor(self, hf_data, hf_kwargs):
+    def _apply_hf_processor_main(self, mm_items, hf_kwargs):
         spec = self._vlmprune_spec(hf_kwargs)
-        out = super()._call_hf_processor(hf_data, {k: v for k, v in hf_kwargs.items() if k != KEY})
+        rest = {k: v for k, v in hf_kwargs.items() if k != KEY}  # the HF processor never sees it
+        out = super()._apply_hf_processor_main(mm_items, rest)
         n = self._vlmprune_num_images(out)
         if n == 0:
             return out
@@ -153,10 +154,17 @@ class PruningModel:
             out.append(self._vlmprune_select_one(emb, info, spec, text))
         return tuple(out)
 
+    def _vlmprune_main_width(self) -> int | None:
+        """Columns of an embedding row that are the LLM input (None: all); the rest (e.g.
+        DeepStack features) travel with their token."""
+        return None
+
     def _vlmprune_select_one(self, emb: torch.Tensor, info: dict, spec: Spec | None, text):
         n = emb.shape[0]
         if spec is None or spec.keep_count(n) >= n:
             return self._vlmprune_pack(emb, torch.arange(n, device=emb.device), info)
+        width = self._vlmprune_main_width()
+        emb, extra = (emb, None) if width is None else (emb[:, :width], emb[:, width:])
         method = spec.method
         saliency = info.get("saliency")
         if method.needs_saliency and (spec.saliency == "feature_norm" or saliency is None):
@@ -180,6 +188,8 @@ class PruningModel:
             kept = method.select_images([tokens])[0]
         idx = kept.indices.to(emb.device)
         rows = emb[idx] if kept.features is None else kept.features.to(emb.dtype)
+        if extra is not None:
+            rows = torch.cat([rows, extra[idx]], dim=1)  # (K, D) + (K, D') -> (K, D + D')
         return self._vlmprune_pack(rows, idx, info)
 
     def _vlmprune_pack(self, rows: torch.Tensor, idx: torch.Tensor, info: dict) -> torch.Tensor:

@@ -1,0 +1,180 @@
+"""Original M-RoPE positions for pruned images under vLLM (the EVS pattern, carried by the model).
+
+Every image embedding carries ``EXTRA`` more columns, each kept token's (t, h, w) offset in its
+image. ``get_mrope_input_positions`` computes the stock positions of the *unpruned* prompt (the
+family's own code, on the prompt with each image's N placeholders) and gives each pruned image's
+K placeholders its first position; ``embed_input_ids`` strips the columns and ``forward`` adds
+them to those positions. Text after an image, and decoding, go on from where the unpruned image
+would have ended; videos keep their stock positions.
+
+vLLM's runners have a pruning path of their own (``recompute_mrope_positions``), but they enable
+it only with EVS video pruning, and the CPU model runner never sets its multimodal-pruning flag
+(vLLM 0.32): the positions therefore travel with the embeddings and the model applies them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+
+from vlmprune.integrations.vllm.common import PruningModel, head_sum, whole
+
+EXTRA = 3  # appended columns: (t, h, w) offsets of a kept token in its image
+
+
+class MRopePruningModel(PruningModel):
+    """Mixed in before a Qwen-style (M-RoPE, ``image_grid_thw``, 2x2 merger) stock vLLM model class.
+
+    A family implements ``_vlmprune_embed_width()`` (the width of its stock image embedding rows)
+    and ``_vlmprune_capture``."""
+
+    _vlmprune_rel = None
+
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        if vllm_config.parallel_config.pipeline_parallel_size > 1:
+            # later pipeline stages never see the embeddings that carry the positions
+            raise NotImplementedError("vlmprune: M-RoPE models under pipeline parallelism are not supported")
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+
+    def _vlmprune_merge(self) -> int:
+        return int(self.config.vision_config.spatial_merge_size)
+
+    def _vlmprune_image_tokens(self, feature) -> int:
+        """An image's unpruned placeholder count, from its ``image_grid_thw``."""
+        return int(feature.data["image_grid_thw"].data.prod()) // self._vlmprune_merge() ** 2
+
+    def _vlmprune_images(self, kwargs, record, embeds) -> list[dict]:
+        grids = torch.as_tensor(kwargs["image_grid_thw"]).reshape(-1, 3).tolist()
+        m = self._vlmprune_merge()
+        raster = to_raster(record, m * m)
+        out, start = [], 0
+        for t, h, w in grids:
+            n, gh, gw = t * (h // m) * (w // m), h // m, w // m
+            info = {"regions": whole(n, (t * gh, gw)), "grid": (t, gh, gw), "hw": (gh, gw)}
+            for key, value in raster.items():
+                info[key] = value[start : start + n]
+            out.append(info)
+            start += n
+        return out
+
+    def _vlmprune_pack(self, rows, idx, info):
+        gh, gw = info["hw"]
+        rel = torch.stack([idx // (gh * gw), (idx // gw) % gh, idx % gw], dim=1)  # (K, 3)
+        return torch.cat([rows, rel.to(rows.dtype)], dim=1)  # (K, D) -> (K, D + 3)
+
+    def get_mrope_input_positions(self, input_tokens, mm_features):
+        """The stock positions of the unpruned prompt, each pruned image's run shortened to K
+        copies of its first position."""
+        tokens, features, runs, shift = list(input_tokens), [], [], 0
+        for feature in sorted(mm_features, key=lambda f: f.mm_position.offset):
+            offset, length = feature.mm_position.offset + shift, feature.mm_position.length
+            if feature.modality == "image":  # every image carries its offsets, pruned or not
+                full = self._vlmprune_image_tokens(feature)
+                tokens[offset:offset] = [tokens[offset]] * (
+                    full - length
+                )  # the placeholders the processor cut
+                placed = replace(feature.mm_position, offset=offset, length=full, is_embed=None)
+                feature = replace(feature, mm_position=placed)
+                runs.append((offset, full, length))
+                shift += full - length
+            else:
+                feature = replace(feature, mm_position=replace(feature.mm_position, offset=offset))
+            features.append(feature)
+        positions, delta = super().get_mrope_input_positions(tokens, features)
+        parts, start = [], 0
+        for offset, full, kept in runs:
+            parts.append(positions[:, start:offset])
+            parts.append(positions[:, offset : offset + 1].expand(-1, kept))  # the image's start, K times
+            start = offset + full
+        parts.append(positions[:, start:])
+        return torch.cat(parts, dim=1).contiguous(), int(delta) + shift
+
+    def embed_input_ids(self, input_ids, multimodal_embeddings=None, *, is_multimodal=None, **kwargs):
+        self._vlmprune_rel = None
+        if multimodal_embeddings is not None and len(multimodal_embeddings) > 0 and is_multimodal is not None:
+            width = self._vlmprune_embed_width()
+            cleaned, rels = [], []
+            for emb in multimodal_embeddings:
+                if emb.shape[-1] == width + EXTRA:
+                    cleaned.append(_same_modality(emb, emb[:, :width]))
+                    rels.append(emb[:, width:].round().long())
+                else:
+                    cleaned.append(emb)
+                    rels.append(torch.zeros(emb.shape[0], EXTRA, dtype=torch.long, device=emb.device))
+            self._vlmprune_rel = (is_multimodal, torch.cat(rels))
+            multimodal_embeddings = cleaned
+        return super().embed_input_ids(
+            input_ids, multimodal_embeddings, is_multimodal=is_multimodal, **kwargs
+        )
+
+    def forward(self, input_ids, positions, intermediate_tensors=None, inputs_embeds=None, **kwargs):
+        stash, self._vlmprune_rel = self._vlmprune_rel, None
+        if stash is not None and positions.dim() == 2:
+            mask, rel = stash
+            view = positions[:, : mask.shape[0]]
+            view[:, mask] += rel.T.to(positions)  # (K, 3) -> (3, K) offsets onto the image's start
+        return super().forward(input_ids, positions, intermediate_tensors, inputs_embeds, **kwargs)
+
+    def get_encoder_cudagraph_config(self):
+        # embed_multimodal selects and appends positions: the captured-encoder path would skip it
+        return replace(super().get_encoder_cudagraph_config(), modalities=[])
+
+
+def to_raster(record: dict, unit: int) -> dict:
+    """Captured per-patch signals (in the tower's window order when ``window_index`` was
+    recorded) -> per merged token, in raster order."""
+    out = {}
+    if "received" in record:
+        out["saliency"] = record["received"].view(-1, unit).sum(-1)  # (S,) -> (G,)
+    if "merger_in" in record:
+        hidden = record["merger_in"]
+        out["pre_features"] = hidden.view(-1, unit, hidden.shape[-1]).mean(1)  # (S, Dv) -> (G, Dv)
+    window = record.get("window_index")
+    if window is not None and out:
+        inverse = torch.argsort(window.to(next(iter(out.values())).device))
+        out = {k: v[inverse] for k, v in out.items()}
+    return out
+
+
+def received(q: torch.Tensor, k: torch.Tensor, cu_seqlens, total_heads: int, chunk: int = 1024):
+    """Attention received per patch: ``q``, ``k`` (1, S, H, hd) rotated, ``cu_seqlens`` (n+1,)
+    segment bounds. Returns (S,): softmax(q k^T / sqrt(hd)) summed over heads and the queries of
+    the patch's segment, divided by (heads x segment length); heads split across ranks are
+    all-reduced."""
+    q, k = q[0].float(), k[0].float()  # (S, H, hd)
+    s, heads, hd = q.shape
+    out = torch.zeros(s, dtype=torch.float32, device=q.device)
+    bounds = [int(b) for b in cu_seqlens.tolist()]
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        kb = k[a:b].transpose(0, 1)  # (H, S_i, hd)
+        for c in range(a, b, chunk):
+            qb = q[c : min(b, c + chunk)].transpose(0, 1)  # (H, C, hd)
+            probs = torch.softmax((qb @ kb.transpose(-1, -2)) * hd**-0.5, dim=-1)  # (H, C, S_i)
+            out[a:b] += probs.sum(dim=(0, 1))  # (H, C, S_i) -> (S_i,)
+        out[a:b] /= b - a
+    return head_sum(out, heads, total_heads)
+
+
+def grab_received(block_attn, record: dict, total_heads: int):
+    """A forward pre-hook handle on a vision block's inner attention (``query``/``key`` rotated,
+    ``cu_seqlens``) that stores the attention each patch receives in ``record["received"]``."""
+
+    def grab(module, args, kwargs):
+        with torch.no_grad():
+            record["received"] = received(kwargs["query"], kwargs["key"], kwargs["cu_seqlens"], total_heads)
+
+    return block_attn.register_forward_pre_hook(grab, with_kwargs=True)
+
+
+def grab_merger_input(merger, record: dict):
+    def grab(module, args):
+        record["merger_in"] = args[0].detach().reshape(-1, args[0].shape[-1])  # (S, Dv)
+
+    return merger.register_forward_pre_hook(grab)
+
+
+def _same_modality(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
+    from vllm.multimodal.utils import copy_mm_embedding_modality
+
+    return copy_mm_embedding_modality(src, dst)
