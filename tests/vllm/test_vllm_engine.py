@@ -73,3 +73,26 @@ def test_bad_server_config_fails_at_start_in_one_line(config, message, tiny_dir)
     assert last.startswith("vlmprune.integrations.vllm.config.ConfigError: vlmprune: "), last
     assert message in last, last
     assert "EngineCore" not in proc.stderr  # refused before the engine process started
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_tensor_parallel_two_ranks(name, tiny_dir, tmp_path, monkeypatch):
+    """Two tensor-parallel CPU workers: the vision towers' heads are split across the ranks, so
+    the saliency and keys are all-reduced; the outputs still equal the one-process HF session."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs two CPU cores")
+    monkeypatch.setenv("VLLM_CPU_OMP_THREADS_BIND", "0|1")  # one core per rank (one NUMA node here)
+    model = tiny_dir(name)
+    prompt = family(name).tiny_prompt("What is shown in the picture here?", 1)
+    configs = [
+        None,
+        *({"method": m, "budget": 5} for m in ("promprune", "visionzip", "vispruner", "cdpruner")),
+    ]
+    reqs = [
+        {"prompt": prompt, "images": image_files(tmp_path, [random_image(0)]), "vlmprune": c} for c in configs
+    ]
+    outs = run_vllm(tmp_path, model, reqs, tensor_parallel_size=2, distributed_executor_backend="mp")
+    for config, got in zip(configs, outs):
+        tokens, logprobs, _ = hf_reference(name, model, prompt, [random_image(0)], config)
+        assert got["tokens"] == tokens, config
+        assert max(abs(a - b) for a, b in zip(got["logprobs"], logprobs)) < 1e-3, config

@@ -87,7 +87,9 @@ def run_vllm(tmp: Path, model, requests, plugin: bool = True, repeat: bool = Fal
         log = proc.stdout + proc.stderr  # vLLM logs to stdout
         (tmp / "engine.log").write_text(log)
         causes = [line for line in log.splitlines() if "Error" in line and "EngineDead" not in line]
-        raise AssertionError("vLLM run failed:\n" + "\n".join(causes[-12:]) + f"\n(full log: {tmp / 'engine.log'})")
+        raise AssertionError(
+            "vLLM run failed:\n" + "\n".join(causes[-12:]) + f"\n(full log: {tmp / 'engine.log'})"
+        )
     return json.loads(out_path.read_text())
 
 
