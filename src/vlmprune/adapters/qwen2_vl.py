@@ -60,11 +60,20 @@ def attention_received(attn, hidden, cu_seqlens, position_embeddings, chunk: int
     cos, sin = position_embeddings
     q, k = rotate(q, k, cos.float(), sin.float())
     scale = getattr(attn, "scaling", None) or q.shape[-1] ** -0.5
-    out = torch.zeros(s, dtype=torch.float32, device=hidden.device)
+    return received_from_qk(q, k, cu_seqlens, scale, heads, chunk)
+
+
+def received_from_qk(q, k, cu_seqlens, scale: float, heads: int, chunk: int = 1024) -> torch.Tensor:
+    """(S,) attention received per key patch from rotated ``q``, ``k`` (S, H, hd) float32: softmax(q
+    k^T * scale) within each ``cu_seqlens`` segment, summed over the H heads given and the
+    segment's queries, divided by ``heads`` x the segment's length (``heads`` is the model's head
+    count: where a rank holds only some heads, the ranks' results add up to the mean)."""
+    s = q.shape[0]
+    out = torch.zeros(s, dtype=torch.float32, device=q.device)
     bounds = cu_seqlens.tolist()
     for a, b in zip(bounds[:-1], bounds[1:]):
         kb = k[a:b].transpose(0, 1)  # (H, S_i, hd)
-        acc = torch.zeros(b - a, dtype=torch.float32, device=hidden.device)
+        acc = torch.zeros(b - a, dtype=torch.float32, device=q.device)
         for c in range(a, b, chunk):
             qb = q[c : min(b, c + chunk)].transpose(0, 1)  # (H, C, hd)
             probs = torch.softmax((qb @ kb.transpose(-1, -2)) * scale, dim=-1)  # (H, C, S_i)

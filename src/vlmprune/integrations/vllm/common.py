@@ -224,11 +224,16 @@ def hooks(handles: list):
             h.remove()
 
 
-def head_sum(t: torch.Tensor, local_heads: int, total_heads: int) -> torch.Tensor:
-    """``t`` summed over this rank's heads -> the mean over every head (all-reduced when the heads
+def all_heads(t: torch.Tensor, local_heads: int, total_heads: int) -> torch.Tensor:
+    """``t``, this rank's share of a mean over every head -> the mean (all-reduced when the heads
     are split across tensor-parallel ranks)."""
-    if local_heads != total_heads:
-        from vllm.distributed import tensor_model_parallel_all_reduce
+    if local_heads == total_heads:
+        return t
+    from vllm.distributed import tensor_model_parallel_all_reduce
 
-        t = tensor_model_parallel_all_reduce(t.contiguous())
-    return t / total_heads
+    return tensor_model_parallel_all_reduce(t.contiguous())
+
+
+def head_sum(t: torch.Tensor, local_heads: int, total_heads: int) -> torch.Tensor:
+    """``t`` summed over this rank's heads -> the mean over every head."""
+    return all_heads(t, local_heads, total_heads) / total_heads

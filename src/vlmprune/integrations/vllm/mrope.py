@@ -18,7 +18,8 @@ from dataclasses import replace
 
 import torch
 
-from vlmprune.integrations.vllm.common import PruningModel, head_sum, whole
+from vlmprune.adapters.qwen2_vl import received_from_qk
+from vlmprune.integrations.vllm.common import PruningModel, all_heads, whole
 
 EXTRA = 3  # appended columns: (t, h, w) offsets of a kept token in its image
 
@@ -137,32 +138,15 @@ def to_raster(record: dict, unit: int) -> dict:
     return out
 
 
-def received(q: torch.Tensor, k: torch.Tensor, cu_seqlens, total_heads: int, chunk: int = 1024):
-    """Attention received per patch: ``q``, ``k`` (1, S, H, hd) rotated, ``cu_seqlens`` (n+1,)
-    segment bounds. Returns (S,): softmax(q k^T / sqrt(hd)) summed over heads and the queries of
-    the patch's segment, divided by (heads x segment length); heads split across ranks are
-    all-reduced."""
-    q, k = q[0].float(), k[0].float()  # (S, H, hd)
-    s, heads, hd = q.shape
-    out = torch.zeros(s, dtype=torch.float32, device=q.device)
-    bounds = [int(b) for b in cu_seqlens.tolist()]
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        kb = k[a:b].transpose(0, 1)  # (H, S_i, hd)
-        for c in range(a, b, chunk):
-            qb = q[c : min(b, c + chunk)].transpose(0, 1)  # (H, C, hd)
-            probs = torch.softmax((qb @ kb.transpose(-1, -2)) * hd**-0.5, dim=-1)  # (H, C, S_i)
-            out[a:b] += probs.sum(dim=(0, 1))  # (H, C, S_i) -> (S_i,)
-        out[a:b] /= b - a
-    return head_sum(out, heads, total_heads)
-
-
 def grab_received(block_attn, record: dict, total_heads: int):
     """A forward pre-hook handle on a vision block's inner attention (``query``/``key`` rotated,
     ``cu_seqlens``) that stores the attention each patch receives in ``record["received"]``."""
 
     def grab(module, args, kwargs):
+        q, k = kwargs["query"][0].float(), kwargs["key"][0].float()  # (1, S, H, hd) -> (S, H, hd)
         with torch.no_grad():
-            record["received"] = received(kwargs["query"], kwargs["key"], kwargs["cu_seqlens"], total_heads)
+            got = received_from_qk(q, k, kwargs["cu_seqlens"], q.shape[-1] ** -0.5, total_heads)
+            record["received"] = all_heads(got, q.shape[1], total_heads)
 
     return block_attn.register_forward_pre_hook(grab, with_kwargs=True)
 
