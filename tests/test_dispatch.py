@@ -4,11 +4,13 @@ LLaVA-1.5-7B's size (N = 576 tokens, D = 4096, pre-projector width 1024, K = 64)
 ``TorchDispatchMode``: a count, not a timing, so it is stable on a noisy machine.
 
 Every pre-LLM method of the registry is held to ``BOUND`` operations (400 unless listed in
-``OVER``, each entry a documented gap) and ``SYNCS`` host syncs.
+``OVER``, each entry a documented gap) and ``SYNCS`` host syncs, in the form an accelerator runs
+(``greedy.HOST_READS`` empty: no loop length read on the host) and in the CPU's form.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import pytest
@@ -16,13 +18,14 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import vlmprune
+from vlmprune.core import greedy
 from vlmprune.core.types import ImageTokens, Region
 
 N_SIDE, D, DV, K = 24, 4096, 1024, 64
 BOUND = 400
 SYNCS = 2
 # methods above the bound, with the count they are held to (docs/benchmarks.md says why)
-OVER = {"promprune": 440, "vispruner": 730}
+OVER = {"vispruner": 660}
 # operations that make the host wait for the device
 SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive"}
 
@@ -55,6 +58,17 @@ def llava_sized_image(seed: int = 0) -> ImageTokens:
     )
 
 
+@contextlib.contextmanager
+def accelerator_form():
+    """The methods as they run on an accelerator: no device type reads loop lengths on the host."""
+    saved = set(greedy.HOST_READS)
+    greedy.HOST_READS.clear()
+    try:
+        yield
+    finally:
+        greedy.HOST_READS.update(saved)
+
+
 def count(name: str, image: ImageTokens) -> Counter:
     method = vlmprune.get_method(name, budget=K)
     image = dataclasses.replace(image, budget=method.keep_count(image.num_tokens))
@@ -65,9 +79,11 @@ def count(name: str, image: ImageTokens) -> Counter:
     return c
 
 
+@pytest.mark.parametrize("form", ["accelerator", "cpu"])
 @pytest.mark.parametrize("name", PRE_LLM)
-def test_selection_dispatches_few_operations_and_syncs(name):
-    c = count(name, llava_sized_image())
+def test_selection_dispatches_few_operations_and_syncs(name, form):
+    with accelerator_form() if form == "accelerator" else contextlib.nullcontext():
+        c = count(name, llava_sized_image())
     assert c.syncs <= SYNCS, f"{name}: {c.syncs} host syncs"
     assert c.ops <= OVER.get(name, BOUND), f"{name}: {c.ops} operations"
 
@@ -79,11 +95,30 @@ def test_greedy_steps_cost_a_constant():
     for name in ("cdpruner", "divprune", "promprune"):
         method = vlmprune.get_method(name, budget=32)
         small = dataclasses.replace(image, budget=32)
-        method.select_images([small])
-        with torch.no_grad(), Counter() as c32:
+        with accelerator_form():
             method.select_images([small])
-        c64 = count(name, image)
+            with torch.no_grad(), Counter() as c32:
+                method.select_images([small])
+            c64 = count(name, image)
         assert c64.ops - c32.ops <= 6 * 32, (name, c32.ops, c64.ops)
+
+
+def test_cpu_form_runs_only_the_coverage_steps_and_picks_the_same():
+    """On the CPU PromPrune reads the largest T_cov and runs that many DPP steps, not K: fewer
+    operations, one more read, the same kept set as the accelerator form."""
+    g = torch.Generator().manual_seed(1)
+    n = N_SIDE * N_SIDE
+    noise = 0.8 * torch.randn(n, D, generator=g)
+    few = torch.randn(n, 8, generator=g) @ torch.randn(8, D, generator=g) + noise
+    image = dataclasses.replace(llava_sized_image(), features=few)  # 8 strong directions: T_cov = 43
+    method = vlmprune.get_method("promprune", budget=K)
+    with accelerator_form():
+        fixed = count("promprune", image)
+        want = method.select_images([image])[0].indices
+    on_cpu = count("promprune", image)
+    assert torch.equal(method.select_images([image])[0].indices, want)
+    assert (fixed.syncs, on_cpu.syncs) == (1, 2)
+    assert on_cpu.ops < fixed.ops
 
 
 def test_loops_capture_whole_and_pick_the_same():

@@ -370,3 +370,26 @@ def test_stack_uses_a_view_of_evenly_spaced_slices():
     assert promprune._stack([x[0].half(), x[1].half()]).dtype == torch.float32
     y = torch.randn(10, 6)
     assert torch.equal(promprune._stack([x[0], y]), torch.stack([x[0], y]))
+
+
+def test_cpu_loop_length_read_on_the_host_picks_what_the_fixed_loop_picks():
+    """On the CPU the DPP runs max(T_cov) steps (read on the host); an accelerator runs K steps and
+    discards the rest on the device. Both give the same kept sets, image by image in a batch."""
+    from vlmprune.core import greedy
+
+    g = torch.Generator().manual_seed(3)
+    n, d = 64, 48
+    strong = [torch.randn(n, r, generator=g) @ torch.randn(r, d, generator=g) for r in (2, 6, 40)]
+    x = torch.stack([f + 0.3 * torch.randn(n, d, generator=g) for f in strong])  # (3, N, D)
+    sal = torch.rand(3, n, generator=g)
+    budgets = [20, 31, 12]
+    t_cov = [split_budget(x[i], budgets[i])[1] for i in range(3)]
+    assert len(set(t_cov)) == 3 and max(t_cov) < max(budgets)  # different, and below K_max
+    on_cpu = promprune.select_rows(x, sal, budgets)
+    saved = set(greedy.HOST_READS)
+    greedy.HOST_READS.clear()
+    try:
+        fixed = promprune.select_rows(x, sal, budgets)
+    finally:
+        greedy.HOST_READS.update(saved)
+    assert all(torch.equal(a, b) for a, b in zip(on_cpu, fixed))

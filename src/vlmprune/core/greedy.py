@@ -11,6 +11,11 @@ sync inside the loop and a step count fixed by the caller (never by the data):
 
 Both work on a whole batch ``(B, N, N)`` at once and return picks in selection order.
 
+Loop lengths: on an accelerator a loop whose useful length depends on the data (PromPrune's
+coverage share) runs a length fixed on the host and discards the surplus steps on the device. On
+device types in :data:`HOST_READS` (the CPU: no stream to stall, a read is a memory load) a
+caller may read the length first (:func:`reads_on_host`) and run only the steps it needs.
+
 Opt-in compilation (:func:`compile_loops`): the loops have no host sync and no data-dependent
 shape, so ``torch.compile(fullgraph=True)`` takes each whole; with ``mode="reduce-overhead"`` on
 CUDA the compiled loop is captured as a CUDA graph and replayed for each (B, N, K) it has seen, one
@@ -32,6 +37,15 @@ class _Compiled:
 
 
 _COMPILED = _Compiled()
+
+# device types where reading a tensor on the host costs a memory load, not a stalled stream
+HOST_READS: set[str] = {"cpu"}
+
+
+def reads_on_host(tensor: torch.Tensor) -> bool:
+    """Whether a loop may read a data-dependent length from ``tensor`` (its device type is in
+    :data:`HOST_READS`) instead of running the fixed, device-side length."""
+    return tensor.device.type in HOST_READS
 
 
 def compile_loops(devices=("cuda",), mode: str | None = "reduce-overhead", backend: str = "inductor") -> None:
@@ -83,20 +97,22 @@ def _max_min_loop(dist: torch.Tensor, first: torch.Tensor, steps: int) -> torch.
     if b == 1:  # one image: (1,)-shaped picks index rows directly
         rows1, pick = dist[0], first
         picks, low = [pick], rows1.index_select(0, pick)  # (1, N) distance to the picked set
-        for _ in range(steps - 1):
+        for step in range(1, steps):
             pick = low.argmax(dim=1)  # (1,)
             picks.append(pick)
-            low = torch.minimum(low, rows1.index_select(0, pick))
-        return torch.cat(picks)[None]
+            if step < steps - 1:  # the last pick's distances are never read
+                low = torch.minimum(low, rows1.index_select(0, pick))
+        return torch.stack(picks, dim=1)  # steps x (1,) -> (1, steps)
     rows = dist.reshape(b * n, n)  # (B, N, N) -> (B*N, N)
     base = _bases(b, n, dist.device)
     pick = first
     picks = [pick]
     low = rows.index_select(0, _flat_index(pick, base))  # (B, N) distance to the picked set
-    for _ in range(steps - 1):
+    for step in range(1, steps):
         pick = low.argmax(dim=1)  # (B,) first maximum: lowest index on ties
         picks.append(pick)
-        low = torch.minimum(low, rows.index_select(0, _flat_index(pick, base)))
+        if step < steps - 1:
+            low = torch.minimum(low, rows.index_select(0, _flat_index(pick, base)))
     return torch.stack(picks, dim=1)
 
 
@@ -108,14 +124,15 @@ def dpp_steps(
     ``R <- R - R[:, j] R[j, :] / R_jj`` (pivoted Cholesky; Chen et al. 2018's incremental update
     in matrix form).
 
-    ``kernel`` (B, N, N) symmetric, **overwritten** with the residual; set a diagonal entry to
+    ``kernel`` (B, N, N) symmetric, **overwritten** (with the residual left before the last pick,
+    which needs no update); set a diagonal entry to
     ``-inf`` beforehand to exclude that index. ``first`` (B,) forces the first pick. Returns
     ``(picks (B, steps), pivots (B, steps))``: picks in selection order and the ``d²`` each was
     picked at. Once every remaining ``d²`` is at rounding level (the kernel's rank is spent) the
     picks are meaningless: callers check ``pivots`` once after the loop and fall back to an exact
     rule. A picked index needs no mask: its residual diagonal drops to rounding level, below every
     pivot a caller accepts. Per step: ``max``, two row gathers, one division, one batched
-    rank-1 update (plus one add and one view for B > 1).
+    rank-1 update (plus one add and one view for B > 1); the last step is its ``max`` alone.
     """
     return _maybe_compiled(_dpp_loop, kernel)(kernel, steps, first)
 
@@ -123,8 +140,7 @@ def dpp_steps(
 def _dpp_loop(kernel: torch.Tensor, steps: int, first: torch.Tensor | None = None):
     b, n, _ = kernel.shape
     if b == 1:
-        picks, pivots = _dpp_steps_one(kernel[0], steps, first)
-        return picks[None], pivots[None]
+        return _dpp_steps_one(kernel[0], steps, first)
     col = kernel.view(b * n, n, 1)  # row j as a column (the kernel is symmetric)
     row = kernel.view(b * n, 1, n)
     diag = kernel.diagonal(dim1=1, dim2=2)  # (B, N) view: follows the updates
@@ -138,6 +154,8 @@ def _dpp_loop(kernel: torch.Tensor, steps: int, first: torch.Tensor | None = Non
             d2, j = diag.max(dim=1)  # (B,), (B,)
         picks.append(j)
         pivots.append(d2)
+        if step == steps - 1:  # the last update would only feed a pick that is never made
+            break
         idx = _flat_index(j, base)
         kernel.baddbmm_(col.index_select(0, idx), row.index_select(0, idx) / d2.view(b, 1, 1), alpha=-1.0)
     if not picks:
@@ -147,8 +165,9 @@ def _dpp_loop(kernel: torch.Tensor, steps: int, first: torch.Tensor | None = Non
 
 
 def _dpp_steps_one(kernel: torch.Tensor, steps: int, first: torch.Tensor | None):
-    """:func:`dpp_steps` on one (N, N) kernel (``first`` (1,) or None): five operations per step
-    (``max``, row and column ``j``, one division, one rank-1 update)."""
+    """:func:`dpp_steps` on one (N, N) kernel (``first`` (1,) or None) -> picks and pivots, each
+    (1, steps): five operations per step (``max``, row and column ``j``, one division, one rank-1
+    update; the last step stops after its ``max``)."""
     diag = kernel.diagonal()  # (N,) view: follows the updates
     picks, pivots = [], []
     for step in range(steps):
@@ -159,9 +178,11 @@ def _dpp_steps_one(kernel: torch.Tensor, steps: int, first: torch.Tensor | None)
             d2, j = diag.max(dim=0, keepdim=True)  # (1,), (1,)
         picks.append(j)
         pivots.append(d2)
+        if step == steps - 1:
+            break
         r = kernel.index_select(0, j)  # (1, N) row j
         kernel.addcmul_(kernel.index_select(1, j), r / d2, value=-1.0)  # R - c r / d²: (N, 1) x (1, N)
     if not picks:
-        empty = torch.empty(0, device=kernel.device)
+        empty = torch.empty(1, 0, device=kernel.device)
         return empty.long(), empty
-    return torch.cat(picks), torch.cat(pivots)
+    return torch.stack(picks, dim=1), torch.stack(pivots, dim=1)  # steps x (1,) -> (1, steps)

@@ -36,11 +36,13 @@ Differences from the released code (all deliberate, see ``methods.md``):
   below the rank of the tokens, e.g. 4096-d tokens at K <= 576); ``r`` is computed in float32 whatever
   the input dtype.
 - Batched: all images (crops) with the same token count are selected together with tensor ops
-  (one Gram matrix per image serves both the entropy and the DPP kernel). The greedy DPP runs a
-  fixed ``K`` steps of five tensor operations each (:func:`vlmprune.core.greedy.dpp_steps`; steps
-  past an image's ``T_cov`` are discarded on the device) with one host sync per call, which checks
-  that no accepted pivot was at the rank floor; if one was, the selection is redone one Cholesky
-  row per step with the floor rule above (the same picks wherever both apply).
+  (one Gram matrix per image serves both the entropy and the DPP kernel). On an accelerator the
+  greedy DPP runs a fixed ``K`` steps of five tensor operations each
+  (:func:`vlmprune.core.greedy.dpp_steps`; steps past an image's ``T_cov`` are discarded on the
+  device) with one host sync per call, which checks that no accepted pivot was at the rank floor;
+  if one was, the selection is redone one Cholesky row per step with the floor rule above (the
+  same picks wherever both apply). On the CPU, where a read stalls nothing, it first reads the
+  largest ``T_cov`` and runs only that many steps (the same picks, a second read).
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from vlmprune.core.greedy import dpp_steps
+from vlmprune.core.greedy import dpp_steps, reads_on_host
 from vlmprune.core.method import Method
 from vlmprune.core.ops import ranked
 from vlmprune.core.registry import register
@@ -90,17 +92,19 @@ def _gram(a: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a, a.transpose(1, 2))
 
 
-def _cosine_gram(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, N, D) float32 -> (``F Fᵀ`` (B, N, N) of the rows normalised with eps 1e-8, norms (B, N)).
+def _cosine_gram(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, N, D) float32 -> (``F Fᵀ`` (B, N, N) of the rows normalised with eps 1e-8, norms (B, N),
+    norms clamped at 1e-8 (B, N)).
 
     One GEMM on the raw rows, then scaled by the inverse norms taken from its diagonal: the tokens
     are read once, by the GEMM (no normalised copy).
     """
     s = _gram(x)  # (B, N, N)
-    norm = torch.diagonal(s, dim1=1, dim2=2).clamp_min(0.0).sqrt()  # (B, N) |x_i| from the diagonal
-    inv = 1.0 / norm.clamp_min(ENTROPY_EPS)
+    norm = torch.diagonal(s, dim1=1, dim2=2).sqrt()  # (B, N) |x_i|: a sum of squares, never negative
+    norm8 = norm.clamp_min(ENTROPY_EPS)
+    inv = norm8.reciprocal()
     s.mul_(inv.unsqueeze(2)).mul_(inv.unsqueeze(1))
-    return s, norm
+    return s, norm, norm8
 
 
 def _double_centre(s: torch.Tensor) -> torch.Tensor:
@@ -108,8 +112,8 @@ def _double_centre(s: torch.Tensor) -> torch.Tensor:
 
     ``fc_i . fc_j = s_ij - m_i - m_j + mean(m)`` with ``m_i = f_i . mean(F)`` the row means of ``s``.
     """
-    m = s.mean(dim=2)  # (B, N, N) -> (B, N)
-    return (s - m.unsqueeze(2)).sub_(m.unsqueeze(1) - m.mean(dim=1).view(-1, 1, 1))
+    m = s.mean(dim=2, keepdim=True)  # (B, N, N) -> (B, N, 1)
+    return (s - m).sub_(m.mT - m.mean(dim=1, keepdim=True))  # (B, 1, N) - (B, 1, 1)
 
 
 def _centred_gram_small_d(x: torch.Tensor) -> torch.Tensor:
@@ -120,13 +124,12 @@ def _centred_gram_small_d(x: torch.Tensor) -> torch.Tensor:
 
 
 def _entropy_from_gram(gram: torch.Tensor) -> torch.Tensor:
-    """(B, d, d) symmetric PSD -> (B,) normalised spectral entropy ``Hn`` (float32)."""
+    """(B, d, d) symmetric PSD -> (B, 1) normalised spectral entropy ``Hn`` (float32)."""
     lam = torch.linalg.eigvalsh(gram).clamp_min(1e-12)  # (B, d)
-    p = lam / lam.sum(dim=-1, keepdim=True).clamp_min(1e-12)
-    h = -(p * torch.log(p)).sum(dim=-1)  # (B, d) -> (B,)
+    p = lam / lam.sum(dim=-1, keepdim=True)  # a sum of d clamped values: at least d * 1e-12
+    h = torch.special.entr(p).sum(dim=-1, keepdim=True)  # -p log p: (B, d) -> (B, 1)
     d = lam.shape[-1]
-    log_d = math.log(d) if d > 1 else 1.0
-    return h / torch.tensor(log_d, dtype=torch.float32, device=h.device)
+    return h / float(math.log(d) if d > 1 else 1.0)
 
 
 def _as_batch(features: torch.Tensor) -> tuple[torch.Tensor, bool]:
@@ -151,18 +154,19 @@ def spectral_entropy(features: torch.Tensor) -> torch.Tensor:
         return out[0] if single else out
     x = x.float()
     if x.shape[1] <= x.shape[2]:
-        hn = _entropy_from_gram(_double_centre(_cosine_gram(x)[0]))  # (B, N, N) -> (B,)
+        hn = _entropy_from_gram(_double_centre(_cosine_gram(x)[0]))  # (B, N, N) -> (B, 1)
     else:
-        hn = _entropy_from_gram(_centred_gram_small_d(x))  # (B, D, D) -> (B,)
-    return hn[0] if single else hn
+        hn = _entropy_from_gram(_centred_gram_small_d(x))  # (B, D, D) -> (B, 1)
+    return hn[0, 0] if single else hn[:, 0]
 
 
 def _saliency_count(hn: torch.Tensor, k: torch.Tensor, kr_min: float, kr_max: float, mu: float, tau: float):
-    """(B,) entropies, (B,) budgets -> (B,) long ``T_sal`` (float32 arithmetic, round half to even)."""
+    """Entropies and float32 budgets, both (B,) or both (B, 1) -> ``T_sal`` of their shape, whole
+    numbers in float32 (float32 arithmetic, round half to even). ``0 <= T_sal <= K`` holds without
+    a clamp: ``r_local`` lies in ``[kr_min, kr_max]`` up to one rounding, within ``[0, 1]``."""
     z = ((hn - mu) / (tau + 1e-12)).clamp(-20.0, 20.0)
-    r_local = kr_min + (1.0 - torch.sigmoid(z)) * (kr_max - kr_min)  # (B,)
-    t_sal = torch.round(r_local * k.to(torch.float32)).long()
-    return torch.minimum(t_sal.clamp_min(0), k)
+    r_local = kr_min + (1.0 - torch.sigmoid(z)) * (kr_max - kr_min)
+    return torch.round(r_local * k)
 
 
 @torch.no_grad()
@@ -180,7 +184,7 @@ def split_budget(
     budget = _check_budget(budget)
     x, single = _as_batch(features)
     k = torch.full((x.shape[0],), min(budget, x.shape[1]), dtype=torch.long, device=x.device)
-    t_sal = _saliency_count(spectral_entropy(x), k, kr_min, kr_max, mu, tau)
+    t_sal = _saliency_count(spectral_entropy(x), k.float(), kr_min, kr_max, mu, tau).long()
     t_cov = k - t_sal
     if single:
         return int(t_sal[0]), int(t_cov[0])
@@ -194,8 +198,7 @@ def _normalise_saliency(saliency: torch.Tensor | None, b: int, n: int, device) -
     if tuple(saliency.shape) != (b, n):
         raise ValueError(f"`saliency` must have shape {(b, n)}, got {tuple(saliency.shape)}")
     a = saliency.to(device=device, dtype=torch.float32)
-    lo = a.amin(dim=-1, keepdim=True)
-    hi = a.amax(dim=-1, keepdim=True)
+    lo, hi = torch.aminmax(a, dim=-1, keepdim=True)  # (B, 1) each
     return (a - lo) / (hi - lo + 1e-6)
 
 
@@ -214,50 +217,54 @@ def _select_rows(
 
     Args:
         x: (B, N, D) float32 features (read only). r: (B, N) normalised saliency.
-        k: (B,) long budgets; ``steps`` their maximum (a Python int: no host sync).
+        k: (B, 1) budgets, whole numbers in float32; ``steps`` their maximum (a Python int: no
+            host sync).
 
     Returns:
-        (B, N) bool mask of the kept tokens (exactly ``K_b`` per row).
+        (B, N) int32, 1 for the kept tokens (exactly ``K_b`` per row), 0 for the others.
     """
     b, n, d = x.shape
     device = x.device
 
     # One Gram matrix per image gives both the spectral entropy (double-centred, N <= D) and the
     # DPP's cosine kernel; the tokens themselves are read only by that GEMM.
-    kernel, norm = _cosine_gram(x)  # (B, N, N), (B, N)
-    hn = _entropy_from_gram(_double_centre(kernel) if n <= d else _centred_gram_small_d(x))  # (B,)
-    t_sal = _saliency_count(hn, k, kr_min, kr_max, mu, tau)  # (B,)
-    t_cov = k - t_sal
+    kernel, norm, norm8 = _cosine_gram(x)  # (B, N, N), (B, N), (B, N)
+    hn = _entropy_from_gram(_double_centre(kernel) if n <= d else _centred_gram_small_d(x))  # (B, 1)
+    t_sal = _saliency_count(hn, k, kr_min, kr_max, mu, tau)  # (B, 1) whole numbers in float32
+    t_cov = k - t_sal  # (B, 1)
 
     # eps 1e-6 rows = eps 1e-8 rows * scale; scale is exactly 1 for every row of norm >= 1e-6
-    scale = norm.clamp_min(ENTROPY_EPS) / norm.clamp_min(KERNEL_EPS)  # (B, N)
-    kernel = kernel * scale.unsqueeze(2) * scale.unsqueeze(1)  # exact where scale == 1
+    norm6 = norm.clamp_min(KERNEL_EPS)
+    scale = norm8 / norm6  # (B, N)
+    # the DPP kernel, a new tensor that the greedy steps overwrite with the residual
+    residual = kernel * scale.unsqueeze(2) * scale.unsqueeze(1)  # exact where scale == 1
     # exact diagonal of the kernel: 1 for every token of norm >= 1e-6, less for tinier ones, 0 for zero
-    d2 = (norm / norm.clamp_min(KERNEL_EPS)).square()  # (B, N)
+    d2 = (norm / norm6).square()  # (B, N)
 
     # Stage 1: top T_sal by r, ties to the lowest index (stable descending sort).
-    order = ranked(r)  # (B, N) most salient first
-    rank = torch.empty_like(order)
-    rank.scatter_(1, order, torch.arange(n, device=device).expand(b, n))
-    salient = rank < t_sal.unsqueeze(1)  # (B, N)
+    rank = ranked(r).argsort(dim=1)  # (B, N): the rank of each token (a permutation's inverse)
+    salient = rank < t_sal  # (B, N)
 
-    # Stage 2: greedy DPP MAP on the other tokens, all images at once, K_max steps whatever T_cov
-    # (no host sync; steps past an image's T_cov are discarded). d² is -inf for a stage-1 token.
-    d2 = d2.masked_fill(d2 <= RANK_EPS, 0.0).masked_fill_(salient, float("-inf"))  # (B, N)
+    # Stage 2: greedy DPP MAP on the other tokens, all images at once, K_max steps whatever T_cov on
+    # an accelerator (no host sync; steps past an image's T_cov are discarded). d² is -inf for a
+    # stage-1 token.
+    d2 = torch.threshold(d2, RANK_EPS, 0.0).masked_fill_(salient, float("-inf"))  # (B, N): <= 1e-5 is 0
+    if reads_on_host(t_cov):  # the CPU: run only the steps some image uses (a read, not a stall)
+        steps = int(t_cov.max())
     if steps == 0:
-        return salient
+        return salient.int()
     # the remaining token least like any salient one: argmin_j max_{s in S_sal} L[j, s]
-    overlap = kernel.masked_fill(~salient.unsqueeze(1), float("-inf")).amax(dim=2)  # (B, N, N) -> (B, N)
+    overlap = torch.where(salient.unsqueeze(1), residual, float("-inf")).amax(dim=2)  # (B, N, N) -> (B, N)
     seed = overlap.masked_fill_(salient, float("inf")).argmin(dim=1)  # (B,)
-    seed = torch.where(t_sal > 0, seed, d2.argmax(dim=1))
-    residual = kernel.clone()
+    seed = torch.where(salient.any(dim=1), seed, d2.argmax(dim=1))  # no salient token: the largest d²
     residual.diagonal(dim1=1, dim2=2).copy_(d2)
     picks, pivots = dpp_steps(residual, steps, first=seed)  # (B, S), (B, S)
-    valid = torch.arange(steps, device=device) < t_cov.unsqueeze(1)  # (B, S): step i < T_cov
+    valid = torch.arange(steps, device=device) < t_cov  # (B, S): step i < T_cov
     if not bool((valid <= (pivots > RANK_EPS)).all()):  # the one host sync: the kernel's rank ran out
-        return _coverage_exact(kernel, d2, salient, t_cov, seed)
-    hits = torch.zeros(b, n, dtype=torch.int32, device=device).scatter_add_(1, picks, valid.int())  # (B, N)
-    return salient | (hits > 0)
+        dpp_kernel = kernel * scale.unsqueeze(2) * scale.unsqueeze(1)
+        return _coverage_exact(dpp_kernel, d2, salient, t_cov[:, 0].long(), seed).int()
+    # valid picks are distinct and never stage-1 tokens: every count is 0 or 1
+    return salient.int().scatter_add_(1, picks, valid.int())  # (B, N)
 
 
 def _coverage_exact(kernel, d2, salient, t_cov, seed) -> torch.Tensor:
@@ -325,11 +332,11 @@ def select_rows(
         if len(todo) < b:
             idx = torch.tensor(todo, device=device)
             x, r = x[idx], r[idx]  # (B', N, D), (B', N)
-        k_t = torch.tensor([ks[i] for i in todo], dtype=torch.long, device=device)
+        k_t = torch.tensor([[ks[i]] for i in todo], dtype=torch.float32, device=device)  # (B', 1)
         steps = max(ks[i] for i in todo)
-        kept = _select_rows(x.float(), r, k_t, kr_min, kr_max, mu, tau, steps)  # (B', N) bool
+        kept = _select_rows(x.float(), r, k_t, kr_min, kr_max, mu, tau, steps)  # (B', N) 0/1
         # kept indices first, each row in ascending order (a stable sort: no host sync)
-        cols = torch.sort((~kept).to(torch.uint8), dim=1, stable=True).indices  # (B', N)
+        cols = torch.sort(kept, dim=1, descending=True, stable=True).indices  # (B', N)
         for row, i in enumerate(todo):
             out[i] = cols[row, : ks[i]]
     return out

@@ -46,7 +46,13 @@ def important_count(budget: int, important_ratio: float) -> int:
 
 
 def remove_duplicates(pre_features: torch.Tensor, keep: int, drop_per_round: int = 8) -> torch.Tensor:
-    """Iterative bipartite duplicate removal on (R, Dv) features; returns (keep,) sorted row indices."""
+    """Iterative bipartite duplicate removal on (R, Dv) features; returns (keep,) sorted row indices.
+
+    The survivors live at the front of one index buffer, in raster order; a dropped index is
+    overwritten with ``R`` and sorts to the back. A round is ten tensor operations on shapes known
+    on the host (no sync): two strided views for ``A`` and ``B``, two gathers of their similarity
+    block, its row maximum, the ranking (NaN last), the ``drop`` first ranks, one fill and one sort.
+    """
     r = pre_features.shape[0]
     device = pre_features.device
     if keep >= r:
@@ -55,16 +61,17 @@ def remove_duplicates(pre_features: torch.Tensor, keep: int, drop_per_round: int
         return torch.empty(0, dtype=torch.long, device=device)
     f = F.normalize(pre_features.float(), dim=-1, eps=1e-6)
     sim = f @ f.T  # (R, Dv) @ (Dv, R) -> (R, R) cosine
-    cur = torch.arange(r, device=device)
+    cur = torch.arange(r, device=device)  # survivors first, in raster order; dropped: r
     size = r  # survivors, tracked in Python: every shape below is known without a host sync
     while size > keep:
-        a, b = cur[0::2], cur[1::2]
+        a = cur.as_strided(((size + 1) // 2,), (2,))  # (|A|,) view: positions 0, 2, 4, ...
+        b = cur.as_strided((size // 2,), (2,), 1)  # (|B|,) view: positions 1, 3, 5, ...
         drop = min(drop_per_round, size - keep, (size + 1) // 2)
         score = sim.index_select(0, a).index_select(1, b).amax(dim=1)  # (|A|, |B|) -> (|A|,)
-        order = ranked(score)  # (|A|,) most duplicated first
-        cur = torch.sort(torch.cat([a.index_select(0, order[drop:]), b])).values  # survivors, raster order
+        a.index_fill_(0, ranked(score)[:drop], r)  # the most duplicated a: out of the survivors
+        cur = torch.sort(cur).values  # (R,) survivors back in raster order, at the front
         size -= drop
-    return cur
+    return cur[:keep]
 
 
 def select(
