@@ -20,6 +20,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import vlmprune
 from vlmprune.core import greedy
 from vlmprune.core.types import ImageTokens, Region
+from vlmprune.methods.vispruner import remove_duplicates
 
 N_SIDE, D, DV, K = 24, 4096, 1024, 64
 BOUND = 400
@@ -134,14 +135,24 @@ def test_loops_capture_whole_and_pick_the_same():
     dist = 1.0 - kernel
     dist.diagonal(dim1=1, dim2=2).fill_(float("-inf"))
     first = torch.tensor([7])
-    eager = greedy.dpp_steps(kernel.clone(), 24), greedy.max_min_steps(dist, first, 24)
+    features = torch.randn(150, 16, generator=torch.Generator().manual_seed(1))
+
+    def loops():
+        return (
+            greedy.dpp_steps(kernel.clone(), 24),
+            greedy.max_min_steps(dist, first, 24),
+            remove_duplicates(features, 20, 8),  # VisPruner's rounds
+        )
+
+    eager = loops()
     try:
         greedy.compile_loops(devices=("cpu",), backend="eager")
-        got = greedy.dpp_steps(kernel.clone(), 24), greedy.max_min_steps(dist, first, 24)
-        assert len(greedy._COMPILED.cache) == 2  # both loops went through torch.compile
+        got = loops()
+        assert len(greedy._COMPILED.cache) == 3  # every loop went through torch.compile
     finally:
         greedy.compile_loops(devices=())
     assert torch.equal(got[0][0], eager[0][0]) and torch.equal(got[1], eager[1])
+    assert torch.equal(got[2], eager[2])
     torch.testing.assert_close(got[0][1], eager[0][1], atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="devices"):
         greedy.compile_loops(devices="cuda")

@@ -49,8 +49,8 @@ def reads_on_host(tensor: torch.Tensor) -> bool:
 
 
 def compile_loops(devices=("cuda",), mode: str | None = "reduce-overhead", backend: str = "inductor") -> None:
-    """Run :func:`max_min_steps` and :func:`dpp_steps` through ``torch.compile(fullgraph=True)``
-    for tensors on ``devices`` (device types; ``()`` turns it off). ``mode="reduce-overhead"``
+    """Run :func:`max_min_steps`, :func:`dpp_steps` and the other loops that ask
+    (:func:`maybe_compiled`) through ``torch.compile(fullgraph=True)`` for tensors on ``devices`` (device types; ``()`` turns it off). ``mode="reduce-overhead"``
     captures CUDA graphs; each new (B, N, K) compiles once. ``backend`` as ``torch.compile``'s
     (``"eager"`` only traces: the test-suite uses it on the CPU to check that the loops capture
     whole and pick what the eager loops pick)."""
@@ -63,8 +63,9 @@ def compile_loops(devices=("cuda",), mode: str | None = "reduce-overhead", backe
     _COMPILED.cache.clear()
 
 
-def _maybe_compiled(fn, tensor: torch.Tensor):
-    """``fn`` compiled when ``tensor``'s device type opted in, else ``fn``."""
+def maybe_compiled(fn, tensor: torch.Tensor):
+    """``fn`` compiled when ``tensor``'s device type opted in (:func:`compile_loops`), else ``fn``.
+    For loops with no host sync and shapes known on the host, such as VisPruner's rounds."""
     if tensor.device.type not in _COMPILED.devices:
         return fn
     if fn not in _COMPILED.cache:
@@ -89,7 +90,7 @@ def max_min_steps(dist: torch.Tensor, first: torch.Tensor, steps: int) -> torch.
     picked again: its running minimum becomes ``-inf``). Returns (B, steps) in selection order.
     Per step: ``argmax``, one row gather, ``minimum`` (plus one add for B > 1).
     """
-    return _maybe_compiled(_max_min_loop, dist)(dist, first, steps)
+    return maybe_compiled(_max_min_loop, dist)(dist, first, steps)
 
 
 def _max_min_loop(dist: torch.Tensor, first: torch.Tensor, steps: int) -> torch.Tensor:
@@ -134,7 +135,7 @@ def dpp_steps(
     pivot a caller accepts. Per step: ``max``, two row gathers, one division, one batched
     rank-1 update (plus one add and one view for B > 1); the last step is its ``max`` alone.
     """
-    return _maybe_compiled(_dpp_loop, kernel)(kernel, steps, first)
+    return maybe_compiled(_dpp_loop, kernel)(kernel, steps, first)
 
 
 def _dpp_loop(kernel: torch.Tensor, steps: int, first: torch.Tensor | None = None):

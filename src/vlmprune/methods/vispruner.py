@@ -34,6 +34,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from vlmprune.core.greedy import maybe_compiled
 from vlmprune.core.method import Method
 from vlmprune.core.ops import ranked
 from vlmprune.core.registry import register
@@ -48,10 +49,8 @@ def important_count(budget: int, important_ratio: float) -> int:
 def remove_duplicates(pre_features: torch.Tensor, keep: int, drop_per_round: int = 8) -> torch.Tensor:
     """Iterative bipartite duplicate removal on (R, Dv) features; returns (keep,) sorted row indices.
 
-    The survivors live at the front of one index buffer, in raster order; a dropped index is
-    overwritten with ``R`` and sorts to the back. A round is ten tensor operations on shapes known
-    on the host (no sync): two strided views for ``A`` and ``B``, two gathers of their similarity
-    block, its row maximum, the ranking (NaN last), the ``drop`` first ranks, one fill and one sort.
+    The rounds run through :func:`vlmprune.core.greedy.maybe_compiled` (opt-in: one CUDA graph per
+    (R, keep) with ``compile_loops()``).
     """
     r = pre_features.shape[0]
     device = pre_features.device
@@ -61,7 +60,19 @@ def remove_duplicates(pre_features: torch.Tensor, keep: int, drop_per_round: int
         return torch.empty(0, dtype=torch.long, device=device)
     f = F.normalize(pre_features.float(), dim=-1, eps=1e-6)
     sim = f @ f.T  # (R, Dv) @ (Dv, R) -> (R, R) cosine
-    cur = torch.arange(r, device=device)  # survivors first, in raster order; dropped: r
+    return maybe_compiled(_removal_rounds, sim)(sim, keep, drop_per_round)
+
+
+def _removal_rounds(sim: torch.Tensor, keep: int, drop_per_round: int) -> torch.Tensor:
+    """The rounds on an (R, R) similarity, ``0 < keep < R`` -> (keep,) sorted indices.
+
+    The survivors live at the front of one index buffer, in raster order; a dropped index is
+    overwritten with ``R`` and sorts to the back. A round is ten tensor operations on shapes known
+    on the host (no sync): two strided views for ``A`` and ``B``, two gathers of their similarity
+    block, its row maximum, the ranking (NaN last), the ``drop`` first ranks, one fill and one sort.
+    """
+    r = sim.shape[0]
+    cur = torch.arange(r, device=sim.device)  # survivors first, in raster order; dropped: r
     size = r  # survivors, tracked in Python: every shape below is known without a host sync
     while size > keep:
         a = cur.as_strided(((size + 1) // 2,), (2,))  # (|A|,) view: positions 0, 2, 4, ...
