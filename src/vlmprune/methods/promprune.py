@@ -263,8 +263,8 @@ def _select_rows(
     if not bool((valid <= (pivots > RANK_EPS)).all()):  # the one host sync: the kernel's rank ran out
         dpp_kernel = kernel * scale.unsqueeze(2) * scale.unsqueeze(1)
         return _coverage_exact(dpp_kernel, d2, salient, t_cov[:, 0].long(), seed).int()
-    # valid picks are distinct and never stage-1 tokens: every count is 0 or 1
-    return salient.int().scatter_add_(1, picks, valid.int())  # (B, N)
+    # 1 for a stage-1 token or a valid pick; a discarded step (valid 0) changes nothing
+    return salient.int().scatter_reduce_(1, picks, valid.int(), "amax")  # (B, N)
 
 
 def _coverage_exact(kernel, d2, salient, t_cov, seed) -> torch.Tensor:
