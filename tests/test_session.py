@@ -240,3 +240,18 @@ def test_saliency_signal_is_pluggable(family):
     wrong = next(s for s in ("cls_attention", "attention_received") if s not in signals)
     with pytest.raises(ValueError, match="saliency"):
         vlmprune.get_method("promprune", budget=4)(model, saliency=wrong)
+
+
+def test_pruned_llava_prefill_adds_only_the_reads_that_locate_the_images():
+    """The session's prefill hook reads `input_ids` on the host to find the images (5 reads on
+    LLaVA: media present, kinds, image count, placeholder positions, span order); the compaction
+    after the selection reads nothing (its length is counted on the host)."""
+    from test_dispatch import Counter
+
+    model, processor = cached_model("llava")[:2]
+    inputs = batch_inputs("llava", processor, "single")
+    with torch.no_grad(), Counter() as stock:
+        model(**inputs)
+    with torch.no_grad(), vlmprune.get_method("random", budget=4)(model), Counter() as pruned:
+        model(**inputs)
+    assert pruned.syncs - stock.syncs <= 5, (stock.syncs, pruned.syncs)

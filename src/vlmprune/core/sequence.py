@@ -5,23 +5,34 @@ from __future__ import annotations
 import torch
 
 
-def compact_index(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def compact_index(keep: torch.Tensor, new_len: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Gather indices that keep the ``True`` positions of each row, left padded.
 
     ``keep`` (B, L) bool -> ``(index, valid)`` both (B, L'), ``L' = max_b keep[b].sum()``; row b's
     kept positions are right-aligned in order; ``index`` is 0 and ``valid`` False on the padding.
+    ``new_len``: ``L'`` when the caller knows it; otherwise it is read from the device (the one
+    host sync: the rest is a stable sort and a comparison).
     """
     bsz, length = keep.shape
     counts = keep.sum(1)  # (B,)
-    new_len = int(counts.max()) if bsz else 0
-    ranks = keep.long().cumsum(1) - 1 + (new_len - counts)[:, None]  # (B, L) slot of each kept position
-    rows, cols = keep.nonzero(as_tuple=True)
-    index = torch.zeros(bsz, new_len, dtype=torch.long, device=keep.device)
-    valid = torch.zeros(bsz, new_len, dtype=torch.bool, device=keep.device)
-    slots = ranks[rows, cols]
-    index[rows, slots] = cols
-    valid[rows, slots] = True
-    return index, valid
+    if new_len is None:
+        new_len = int(counts.max()) if bsz else 0
+    order = torch.sort(
+        keep.to(torch.uint8), dim=1, stable=True
+    ).indices  # dropped first, then kept, each in order
+    index = order[:, length - new_len :]  # (B, L) -> (B, L')
+    valid = torch.arange(new_len, device=keep.device) >= (new_len - counts)[:, None]  # (B, L')
+    return index.masked_fill(~valid, 0), valid
+
+
+def new_positions(index: torch.Tensor, valid: torch.Tensor, length: int) -> torch.Tensor:
+    """(B, L) map from each old position to its slot in the compacted sequence, -1 where dropped,
+    from :func:`compact_index`'s (B, L') ``index`` and ``valid`` (no host sync)."""
+    bsz, new_len = index.shape
+    out = torch.full((bsz, length + 1), -1, dtype=torch.long, device=index.device)  # last column: a sink
+    slots = torch.arange(new_len, device=index.device).expand(bsz, new_len)
+    out.scatter_(1, index.masked_fill(~valid, length), slots.masked_fill(~valid, -1))
+    return out[:, :length]
 
 
 def gather_seq(x: torch.Tensor, index: torch.Tensor, dim: int) -> torch.Tensor:

@@ -32,7 +32,7 @@ from vlmprune.adapters import get_adapter
 from vlmprune.adapters.base import VisionRecord
 from vlmprune.core.errors import UnsupportedFeatureError
 from vlmprune.core.method import Method, register_applier
-from vlmprune.core.sequence import compact_index, compact_positions, first_real, gather_seq
+from vlmprune.core.sequence import compact_index, compact_positions, first_real, gather_seq, new_positions
 from vlmprune.core.types import ImageTokens, Selection
 from vlmprune.session.in_llm import InLLMStage, sync
 from vlmprune.session.spans import ImageSpan, assign_spans
@@ -220,10 +220,11 @@ class PruningSession(InLLMStage):
         )
 
     def _select(self, embeds, mask2d, is_image, spans, layouts, vision_index):
-        """Run the pre-LLM stage. Returns ``(keep (B, L) bool, embeds, image spans)`` and records
-        the selections."""
+        """Run the pre-LLM stage. Returns ``(keep (B, L) bool, embeds, image spans, L')`` and
+        records the selections; ``L'``, the longest row's kept count, is known on the host."""
         device = embeds.device
         keep = torch.ones(is_image.shape, dtype=torch.bool, device=device)
+        kept_len = [is_image.shape[1]] * is_image.shape[0]  # per row, counted on the host
         images: list[ImageSpan] = []
         if not self.method.pre_llm:
             self.selections = []
@@ -235,7 +236,7 @@ class PruningSession(InLLMStage):
                 self.selections.append(
                     Selection(torch.arange(n), n, lay.grid, lay.regions, None, "none", 0.0)
                 )
-            return keep, embeds, images
+            return keep, embeds, images, max(kept_len, default=0)
         tokens = [
             self._image_tokens(embeds, mask2d, is_image, j, row, ph, lay)
             for j, (row, ph), lay in zip(vision_index, spans, layouts)
@@ -255,6 +256,7 @@ class PruningSession(InLLMStage):
                 keep[row, ph] = True
             else:
                 keep[row, seq_pos] = True
+                kept_len[row] -= ph.numel() - idx.numel()
             if k.features is not None:
                 replaced = embeds.clone() if replaced is None else replaced
                 replaced[row, seq_pos] = k.features.to(embeds.dtype)
@@ -263,7 +265,7 @@ class PruningSession(InLLMStage):
                 Selection(idx.cpu(), tok.num_tokens, lay.grid, lay.regions, k.assignment, "pre_llm", ms)
             )
         self.selections = selections
-        return keep, (replaced if replaced is not None else embeds), images
+        return keep, (replaced if replaced is not None else embeds), images, max(kept_len, default=0)
 
     def _prefill(self, ids, embeds, kwargs):
         bsz, length, _ = embeds.shape
@@ -275,17 +277,15 @@ class PruningSession(InLLMStage):
             )
         mask2d = mask if mask is not None else torch.ones(bsz, length, dtype=torch.long, device=device)
         spans, layouts, vision_index, is_image = self._media_spans(ids)
-        keep, embeds, images = self._select(embeds, mask2d, is_image, spans, layouts, vision_index)
+        keep, embeds, images, new_len = self._select(embeds, mask2d, is_image, spans, layouts, vision_index)
 
-        index, valid = compact_index(keep)  # (B, L')
+        index, valid = compact_index(keep, new_len)  # (B, L'): no host sync
         new_mask = gather_seq(mask2d, index, 1) * valid.to(mask2d.dtype)
         self.adapter.on_layer_prune(None, None)
         self.adapter.shorten_lm_inputs(kwargs, index, valid)
         new_pos, shift = self._positions(kwargs.get("position_ids"), index, mask2d, new_mask)
         # where each surviving image token now sits: old position -> new position
-        old_to_new = torch.full((bsz, length), -1, dtype=torch.long, device=device)
-        rows = torch.arange(bsz, device=device)[:, None].expand_as(index)
-        old_to_new[rows[valid], index[valid]] = torch.nonzero(valid)[:, 1]
+        old_to_new = new_positions(index, valid, length)  # (B, L)
         for span in images:
             span.positions = old_to_new[span.row, span.positions]
 

@@ -112,17 +112,19 @@ class InLLMStage:
         ms = (time.perf_counter() - t0) * 1e3 / max(1, len(tokens))
         bsz, length = st.cur_mask.shape
         keep = torch.ones(bsz, length, dtype=torch.bool, device=hidden.device)
+        kept_len = [length] * bsz  # per row, counted on the host
         for i, (span, k) in enumerate(zip(st.images, kept)):
             k = k.to(hidden.device)
             dropped = torch.ones(span.positions.numel(), dtype=torch.bool, device=hidden.device)
             dropped[k] = False
             keep[span.row, span.positions[dropped]] = False
+            kept_len[span.row] -= span.positions.numel() - k.numel()
             sel = self.selections[i]
             self.selections[i] = Selection(
                 span.origin[k].cpu(), sel.num_tokens, sel.grid, sel.regions, sel.assignment, "in_llm",
                 sel.selection_ms + ms,
             )  # fmt: skip
-        index, valid = compact_index(keep)
+        index, valid = compact_index(keep, max(kept_len, default=0))  # no host sync
         self.adapter.on_layer_prune(index, valid)
         new_hidden = gather_seq(hidden, index, 1)
         # without explicit position ids the LLM builds them (and cos/sin) with batch 1: broadcast first
