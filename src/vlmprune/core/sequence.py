@@ -17,9 +17,8 @@ def compact_index(keep: torch.Tensor, new_len: int | None = None) -> tuple[torch
     counts = keep.sum(1)  # (B,)
     if new_len is None:
         new_len = int(counts.max()) if bsz else 0
-    order = torch.sort(
-        keep.to(torch.uint8), dim=1, stable=True
-    ).indices  # dropped first, then kept, each in order
+    # dropped positions first, then the kept ones, each in order
+    order = torch.sort(keep.to(torch.uint8), dim=1, stable=True).indices  # (B, L)
     index = order[:, length - new_len :]  # (B, L) -> (B, L')
     valid = torch.arange(new_len, device=keep.device) >= (new_len - counts)[:, None]  # (B, L')
     return index.masked_fill(~valid, 0), valid
