@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from method_inputs import DTYPES, SETTINGS, budget_for, make, sized
 
+from vlmprune.core import greedy
 from vlmprune.core.budget import split_across_regions
 from vlmprune.core.registry import get_method
 from vlmprune.core.types import ImageTokens, Region
@@ -84,6 +85,36 @@ def test_duplicates_are_removed_first(m, seed):
     kept = remove_duplicates(pre, m, drop_per_round=8)
     assert kept.numel() == m
     assert torch.equal(torch.sort(kept // 2).values, torch.arange(m))
+
+
+@SETTINGS
+@given(
+    r=st.integers(2, 80),
+    d=st.integers(1, 6),
+    mode=st.sampled_from(["random", "ties", "constant"]),
+    nans=st.integers(0, 3),
+    per_round=st.integers(1, 9),
+    seed=st.integers(0, 2**31 - 1),
+    data=st.data(),
+)
+def test_accelerator_form_picks_what_the_cpu_form_picks(r, d, mode, nans, per_round, seed, data):
+    """The five-operation rounds on fixed-shape views (the form every device but the CPU runs)
+    keep the rows the compacting rounds keep, ties and NaN features included; both equal the
+    float64 plain-Python reference on finite features without ties (where its rounding cannot
+    break a tie differently)."""
+    keep = data.draw(st.integers(1, r - 1))
+    pre = make((r, d), mode, seed)
+    pre[torch.randperm(r, generator=torch.Generator().manual_seed(seed))[:nans]] = float("nan")
+    on_cpu = remove_duplicates(pre, keep, per_round)
+    saved = set(greedy.HOST_READS)
+    greedy.HOST_READS.clear()
+    try:
+        fixed = remove_duplicates(pre, keep, per_round)
+    finally:
+        greedy.HOST_READS.update(saved)
+    assert torch.equal(fixed, on_cpu)
+    if nans == 0 and mode == "random":
+        assert on_cpu.tolist() == reference_removal(pre, keep, per_round)
 
 
 def test_drop_per_round_matters():

@@ -13,8 +13,10 @@ Both work on a whole batch ``(B, N, N)`` at once and return picks in selection o
 
 Loop lengths: on an accelerator a loop whose useful length depends on the data (PromPrune's
 coverage share) runs a length fixed on the host and discards the surplus steps on the device. On
-device types in :data:`HOST_READS` (the CPU: no stream to stall, a read is a memory load) a
-caller may read the length first (:func:`reads_on_host`) and run only the steps it needs.
+device types in :data:`HOST_READS` (the CPU: no stream to stall, a read is a memory load, an
+operation costs its arithmetic rather than a launch) a caller may read the length first
+(:func:`reads_on_host`) and run only the steps it needs, or run a form that spends more operations
+on less arithmetic (VisPruner's compacting rounds).
 
 Opt-in compilation (:func:`compile_loops`): the loops have no host sync and no data-dependent
 shape, so ``torch.compile(fullgraph=True)`` takes each whole; with ``mode="reduce-overhead"`` on
@@ -38,7 +40,8 @@ class _Compiled:
 
 _COMPILED = _Compiled()
 
-# device types where reading a tensor on the host costs a memory load, not a stalled stream
+# device types where reading a tensor on the host costs a memory load, not a stalled stream, and
+# an operation its arithmetic, not a launch: they run the methods' CPU forms
 HOST_READS: set[str] = {"cpu"}
 
 

@@ -34,7 +34,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from vlmprune.core.greedy import maybe_compiled
+from vlmprune.core.greedy import maybe_compiled, reads_on_host
 from vlmprune.core.method import Method
 from vlmprune.core.ops import ranked
 from vlmprune.core.registry import register
@@ -46,11 +46,19 @@ def important_count(budget: int, important_ratio: float) -> int:
     return min(budget, max(0, math.floor(important_ratio * budget + 0.5)))
 
 
+NO_MATCH = -math.inf  # the similarity of a NaN pair and of the padding slot R
+SHRINK = 0.5  # the accelerator form rebuilds its views once the survivors fill this share of them
+
+
 def remove_duplicates(pre_features: torch.Tensor, keep: int, drop_per_round: int = 8) -> torch.Tensor:
     """Iterative bipartite duplicate removal on (R, Dv) features; returns (keep,) sorted row indices.
 
-    The rounds run through :func:`vlmprune.core.greedy.maybe_compiled` (opt-in: one CUDA graph per
-    (R, keep) with ``compile_loops()``).
+    A NaN similarity counts as ``-inf`` (it never makes a token a duplicate). Two forms pick the
+    same rows: on device types that read on the host (:func:`vlmprune.core.greedy.reads_on_host`,
+    the CPU) the survivors are compacted every round (ten operations a round on a shrinking
+    block, the fastest there); elsewhere a round is five operations on fixed-shape views
+    (:func:`_removal_rounds`). Both run through :func:`vlmprune.core.greedy.maybe_compiled`
+    (opt-in: one CUDA graph per (R, keep) with ``compile_loops()``).
     """
     r = pre_features.shape[0]
     device = pre_features.device
@@ -59,17 +67,20 @@ def remove_duplicates(pre_features: torch.Tensor, keep: int, drop_per_round: int
     if keep <= 0:
         return torch.empty(0, dtype=torch.long, device=device)
     f = F.normalize(pre_features.float(), dim=-1, eps=1e-6)
-    sim = f @ f.T  # (R, Dv) @ (Dv, R) -> (R, R) cosine
+    sim = torch.nan_to_num(f @ f.T, nan=NO_MATCH)  # (R, Dv) @ (Dv, R) -> (R, R) cosine
+    if reads_on_host(sim):
+        return maybe_compiled(_compacting_rounds, sim)(sim, keep, drop_per_round)
+    sim = F.pad(sim, (0, 1, 0, 1), value=NO_MATCH)  # (R, R) -> (R + 1, R + 1): index R is no token
     return maybe_compiled(_removal_rounds, sim)(sim, keep, drop_per_round)
 
 
-def _removal_rounds(sim: torch.Tensor, keep: int, drop_per_round: int) -> torch.Tensor:
+def _compacting_rounds(sim: torch.Tensor, keep: int, drop_per_round: int) -> torch.Tensor:
     """The rounds on an (R, R) similarity, ``0 < keep < R`` -> (keep,) sorted indices.
 
     The survivors live at the front of one index buffer, in raster order; a dropped index is
     overwritten with ``R`` and sorts to the back. A round is ten tensor operations on shapes known
     on the host (no sync): two strided views for ``A`` and ``B``, two gathers of their similarity
-    block, its row maximum, the ranking (NaN last), the ``drop`` first ranks, one fill and one sort.
+    block, its row maximum, the ranking, the ``drop`` first ranks, one fill and one sort.
     """
     r = sim.shape[0]
     cur = torch.arange(r, device=sim.device)  # survivors first, in raster order; dropped: r
@@ -83,6 +94,57 @@ def _removal_rounds(sim: torch.Tensor, keep: int, drop_per_round: int) -> torch.
         cur = torch.sort(cur).values  # (R,) survivors back in raster order, at the front
         size -= drop
     return cur[:keep]
+
+
+class _Window:
+    """Fixed-shape views for the accelerator form while the survivors fit in ``length`` slots.
+
+    ``bufs`` are two (R,) index buffers (survivors first in raster order, then ``R``); a round reads
+    one and sorts into the other. Per buffer: ``a`` (|A|, 1) and ``b`` (|B|,) strided views (slots
+    0, 2, 4, ... and 1, 3, 5, ...) that follow the buffer as it is rewritten in place; ``values``
+    and ``order`` receive the ranking of ``A``, and ``head(drop)`` is a view of its first ranks.
+    """
+
+    def __init__(self, bufs: tuple[torch.Tensor, torch.Tensor], length: int):
+        self.length = length
+        h_a, h_b = (length + 1) // 2, length // 2
+        self.a = [buf.as_strided((h_a, 1), (2, 1)) for buf in bufs]
+        self.b = [buf.as_strided((h_b,), (2,), 1) for buf in bufs]
+        self.values = bufs[0].new_empty(h_a, dtype=torch.float32)
+        self.order = bufs[0].new_empty(h_a)
+        self._heads: dict[int, torch.Tensor] = {}
+
+    def head(self, drop: int) -> torch.Tensor:
+        if drop not in self._heads:
+            self._heads[drop] = self.order[:drop]
+        return self._heads[drop]
+
+
+def _removal_rounds(sim: torch.Tensor, keep: int, drop_per_round: int) -> torch.Tensor:
+    """The rounds on an (R + 1, R + 1) padded similarity, ``0 < keep < R`` -> (keep,) sorted indices.
+
+    A round is five tensor operations on shapes known on the host (no sync): the similarity block
+    of ``A`` against ``B`` (one gather), its row maximum, the stable ranking of ``A`` (a dropped
+    slot holds ``R``, whose row is ``-inf``, so it ranks last), one fill of the ``drop`` first ranks
+    with ``R`` and one sort that puts the survivors back at the front in raster order. The views are
+    rebuilt (seven operations) once the survivors shrink to ``SHRINK`` of them, so the gathered
+    block stays near the survivors' size.
+    """
+    r = sim.shape[0] - 1
+    bufs = (torch.arange(r, device=sim.device), torch.empty(r, dtype=torch.long, device=sim.device))
+    unused = torch.empty_like(bufs[1])  # the sort's index output
+    size, cur, win = r, 0, None
+    while size > keep:
+        if win is None or size <= SHRINK * win.length:
+            win = _Window(bufs, size)
+        drop = min(drop_per_round, size - keep, (size + 1) // 2)
+        a = win.a[cur]
+        score = sim[a, win.b[cur]].amax(dim=1)  # (|A|, |B|) -> (|A|,)
+        torch.sort(score, dim=0, descending=True, stable=True, out=(win.values, win.order))
+        a.index_fill_(0, win.head(drop), r)  # the most duplicated a: out of the survivors
+        torch.sort(bufs[cur], out=(bufs[1 - cur], unused))  # (R,) survivors back at the front
+        cur, size = 1 - cur, size - drop
+    return bufs[cur][:keep]
 
 
 def select(
