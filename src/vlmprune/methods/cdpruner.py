@@ -95,7 +95,7 @@ def greedy_dpp(features: torch.Tensor, quality: torch.Tensor, budget: int) -> to
         return torch.empty(0, dtype=torch.long, device=features.device)
     f = F.normalize(features.float(), dim=-1, eps=1e-6)  # (N, D)
     q = quality.float().to(features.device)  # (N,)
-    kernel = (q[:, None] * (f @ f.T) * q[None, :]).unsqueeze(0)  # (N, D) @ (D, N) -> (1, N, N) L
+    kernel = (f @ f.T).mul_(q[:, None]).mul_(q[None, :]).unsqueeze(0)  # (N, D) @ (D, N) -> (1, N, N) L
     diag = q * q * (f * f).sum(dim=1)  # (N,) the exact diag(L): q² (0 for an all-zero token)
     kernel.diagonal(dim1=1, dim2=2).copy_(diag)
     picks, pivots = dpp_steps(kernel, k)  # (1, K), (1, K)

@@ -236,7 +236,7 @@ def _select_rows(
     # eps 1e-6 rows = eps 1e-8 rows * scale; scale is exactly 1 for every row of norm >= 1e-6
     norm6 = norm.clamp_min(KERNEL_EPS)
     scale = norm8 / norm6  # (B, N)
-    residual = _dpp_kernel(kernel, scale)  # a new tensor: the greedy steps overwrite it
+    residual = _dpp_kernel(kernel, scale)  # in place: the greedy steps overwrite it
     # exact diagonal of the kernel: 1 for every token of norm >= 1e-6, less for tinier ones, 0 for zero
     d2 = (norm / norm6).square()  # (B, N)
 
@@ -260,15 +260,16 @@ def _select_rows(
     picks, pivots = dpp_steps(residual, steps, first=seed)  # (B, S), (B, S)
     valid = torch.arange(steps, device=device) < t_cov  # (B, S): step i < T_cov
     if not bool((valid <= (pivots > RANK_EPS)).all()):  # the one host sync: the kernel's rank ran out
-        return _coverage_exact(_dpp_kernel(kernel, scale), d2, salient, t_cov[:, 0].long(), seed).int()
+        kernel = _dpp_kernel(_cosine_gram(x)[0], scale)  # the steps consumed the first one
+        return _coverage_exact(kernel, d2, salient, t_cov[:, 0].long(), seed).int()
     # 1 for a stage-1 token or a valid pick; a discarded step (valid 0) changes nothing
     return salient.int().scatter_reduce_(1, picks, valid.int(), "amax")  # (B, N)
 
 
 def _dpp_kernel(kernel: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """(B, N, N) eps-1e-8 cosine kernel, (B, N) scale -> a new (B, N, N) eps-1e-6 DPP kernel
-    (exactly the input where ``scale == 1``)."""
-    return kernel * scale.unsqueeze(2) * scale.unsqueeze(1)
+    """(B, N, N) eps-1e-8 cosine kernel, (B, N) scale -> the (B, N, N) eps-1e-6 DPP kernel, in
+    place (exactly the input where ``scale == 1``; no new N x N buffer)."""
+    return kernel.mul_(scale.unsqueeze(2)).mul_(scale.unsqueeze(1))
 
 
 def _coverage_exact(kernel, d2, salient, t_cov, seed) -> torch.Tensor:

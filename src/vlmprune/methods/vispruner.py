@@ -55,7 +55,7 @@ def remove_duplicates(pre_features: torch.Tensor, keep: int, drop_per_round: int
 
     A NaN similarity counts as ``-inf`` (it never makes a token a duplicate). Two forms pick the
     same rows: on device types that read on the host (:func:`vlmprune.core.greedy.reads_on_host`,
-    the CPU) the survivors are compacted every round (ten operations a round on a shrinking
+    the CPU) the survivors are compacted every round (nine operations a round on a shrinking
     block, the fastest there); elsewhere a round is five operations on fixed-shape views
     (:func:`_removal_rounds`). Both run through :func:`vlmprune.core.greedy.maybe_compiled`
     (opt-in: one CUDA graph per (R, keep) with ``compile_loops()``).
@@ -67,7 +67,7 @@ def remove_duplicates(pre_features: torch.Tensor, keep: int, drop_per_round: int
     if keep <= 0:
         return torch.empty(0, dtype=torch.long, device=device)
     f = F.normalize(pre_features.float(), dim=-1, eps=1e-6)
-    sim = torch.nan_to_num(f @ f.T, nan=NO_MATCH)  # (R, Dv) @ (Dv, R) -> (R, R) cosine
+    sim = (f @ f.T).nan_to_num_(nan=NO_MATCH)  # (R, Dv) @ (Dv, R) -> (R, R) cosine
     if reads_on_host(sim):
         return maybe_compiled(_compacting_rounds, sim)(sim, keep, drop_per_round)
     sim = F.pad(sim, (0, 1, 0, 1), value=NO_MATCH)  # (R, R) -> (R + 1, R + 1): index R is no token
@@ -78,9 +78,10 @@ def _compacting_rounds(sim: torch.Tensor, keep: int, drop_per_round: int) -> tor
     """The rounds on an (R, R) similarity, ``0 < keep < R`` -> (keep,) sorted indices.
 
     The survivors live at the front of one index buffer, in raster order; a dropped index is
-    overwritten with ``R`` and sorts to the back. A round is ten tensor operations on shapes known
+    overwritten with ``R`` and sorts to the back. A round is nine tensor operations on shapes known
     on the host (no sync): two strided views for ``A`` and ``B``, two gathers of their similarity
-    block, its row maximum, the ranking, the ``drop`` first ranks, one fill and one sort.
+    block, its row maximum, the stable ranking (no NaN: the caller replaced them), the ``drop``
+    first ranks, one fill and one sort.
     """
     r = sim.shape[0]
     cur = torch.arange(r, device=sim.device)  # survivors first, in raster order; dropped: r
@@ -90,7 +91,8 @@ def _compacting_rounds(sim: torch.Tensor, keep: int, drop_per_round: int) -> tor
         b = cur.as_strided((size // 2,), (2,), 1)  # (|B|,) view: positions 1, 3, 5, ...
         drop = min(drop_per_round, size - keep, (size + 1) // 2)
         score = sim.index_select(0, a).index_select(1, b).amax(dim=1)  # (|A|, |B|) -> (|A|,)
-        a.index_fill_(0, ranked(score)[:drop], r)  # the most duplicated a: out of the survivors
+        order = torch.sort(score, descending=True, stable=True).indices  # ties: lowest index first
+        a.index_fill_(0, order[:drop], r)  # the most duplicated a: out of the survivors
         cur = torch.sort(cur).values  # (R,) survivors back in raster order, at the front
         size -= drop
     return cur[:keep]
