@@ -9,7 +9,7 @@ diagonal, no re-picks, d² <= 1e-5 counted as 0), so both must return the same s
 test-suite checks that.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/promprune_selection_cost.py`` (CPU, one thread by
-default). Writes ``benchmarks/results/promprune_selection_cost.json`` and prints the speed-up.
+default). Writes ``vlmprune-out/promprune_selection_cost.json`` (``--out``) and prints the speed-up.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "promprune_selection_cost.json"
+RESULTS = Path("vlmprune-out") / "promprune_selection_cost.json"
 
 
 # -- the per-image reference port ----------------------------------------------------------------
