@@ -54,7 +54,9 @@ def reads_on_host(tensor: torch.Tensor) -> bool:
 def compile_loops(devices=("cuda",), mode: str | None = "reduce-overhead", backend: str = "inductor") -> None:
     """Run :func:`max_min_steps`, :func:`dpp_steps` and the other loops that ask
     (:func:`maybe_compiled`) through ``torch.compile(fullgraph=True)`` for tensors on ``devices``
-    (device types; ``()`` turns it off). ``mode="reduce-overhead"`` captures CUDA graphs; each new (B, N, K) compiles once. ``backend`` as ``torch.compile``'s
+    (device types; ``()`` turns it off). ``mode="reduce-overhead"`` captures CUDA graphs; each new
+    (B, N, K) compiles once, up to ``torch._dynamo.config.recompile_limit`` shapes per loop (8 by
+    default; beyond it torch runs the loop eagerly). ``backend`` as ``torch.compile``'s
     (``"eager"`` only traces: the test-suite uses it on the CPU to check that the loops capture
     whole and pick what the eager loops pick)."""
     if isinstance(devices, str) or not all(isinstance(d, str) for d in devices):
