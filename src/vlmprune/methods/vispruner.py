@@ -67,10 +67,13 @@ def remove_duplicates(pre_features: torch.Tensor, keep: int, drop_per_round: int
     if keep <= 0:
         return torch.empty(0, dtype=torch.long, device=device)
     f = F.normalize(pre_features.float(), dim=-1, eps=1e-6)
-    sim = (f @ f.T).nan_to_num_(nan=NO_MATCH)  # (R, Dv) @ (Dv, R) -> (R, R) cosine
-    if reads_on_host(sim):
+    if reads_on_host(f):
+        sim = (f @ f.T).nan_to_num_(nan=NO_MATCH)  # (R, Dv) @ (Dv, R) -> (R, R) cosine
         return maybe_compiled(_compacting_rounds, sim)(sim, keep, drop_per_round)
-    sim = F.pad(sim, (0, 1, 0, 1), value=NO_MATCH)  # (R, R) -> (R + 1, R + 1): index R is no token
+    sim = f.new_empty(r + 1, r + 1)  # index R is no token: -inf against everything, no padded copy
+    torch.mm(f, f.T, out=sim[:r, :r]).nan_to_num_(nan=NO_MATCH)  # (R, Dv) @ (Dv, R) -> (R, R)
+    sim[r].fill_(NO_MATCH)
+    sim[:, r].fill_(NO_MATCH)
     return maybe_compiled(_removal_rounds, sim)(sim, keep, drop_per_round)
 
 
