@@ -1,9 +1,13 @@
-"""Shared hypothesis settings and input makers for the pure-selection property tests."""
+"""Shared hypothesis settings, input makers and forms for the pure-selection property tests."""
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from hypothesis import HealthCheck, settings
+
+from vlmprune.core import greedy
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
@@ -33,3 +37,15 @@ def sized(method, images):
     if isinstance(images, list):
         return [sized(method, img) for img in images]
     return dataclasses.replace(images, budget=method.keep_count(images.num_tokens))
+
+
+@contextlib.contextmanager
+def accelerator_form():
+    """The methods as they run on an accelerator: no device type reads loop lengths on the host
+    or takes a CPU form."""
+    saved = set(greedy.HOST_READS)
+    greedy.HOST_READS.clear()
+    try:
+        yield
+    finally:
+        greedy.HOST_READS.update(saved)

@@ -16,6 +16,7 @@ import dataclasses
 
 import pytest
 import torch
+from method_inputs import accelerator_form
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import vlmprune
@@ -58,17 +59,6 @@ def llava_sized_image(seed: int = 0) -> ImageTokens:
         keys=torch.randn(n, DV, generator=g),
         text=torch.randn(12, D, generator=g),
     )
-
-
-@contextlib.contextmanager
-def accelerator_form():
-    """The methods as they run on an accelerator: no device type reads loop lengths on the host."""
-    saved = set(greedy.HOST_READS)
-    greedy.HOST_READS.clear()
-    try:
-        yield
-    finally:
-        greedy.HOST_READS.update(saved)
 
 
 def count(name: str, image: ImageTokens) -> Counter:
@@ -128,7 +118,6 @@ def test_loops_capture_whole_and_pick_the_same():
     """Opting in (`compile_loops`) takes each greedy loop whole (fullgraph: no host sync, no
     data-dependent shape, which a CUDA graph needs); traced on the CPU, the picks equal the eager
     loops' and the pivots agree to rounding. Switched off afterwards."""
-    from vlmprune.core import greedy
 
     x = torch.nn.functional.normalize(
         torch.randn(1, 200, 32, generator=torch.Generator().manual_seed(0)), dim=-1

@@ -6,9 +6,8 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from method_inputs import DTYPES, SETTINGS, budget_for, make, sized
+from method_inputs import DTYPES, SETTINGS, accelerator_form, budget_for, make, sized
 
-from vlmprune.core import greedy
 from vlmprune.core.budget import split_across_regions
 from vlmprune.core.registry import get_method
 from vlmprune.core.types import ImageTokens, Region
@@ -106,12 +105,8 @@ def test_accelerator_form_picks_what_the_cpu_form_picks(r, d, mode, nans, per_ro
     pre = make((r, d), mode, seed)
     pre[torch.randperm(r, generator=torch.Generator().manual_seed(seed))[:nans]] = float("nan")
     on_cpu = remove_duplicates(pre, keep, per_round)
-    saved = set(greedy.HOST_READS)
-    greedy.HOST_READS.clear()
-    try:
+    with accelerator_form():
         fixed = remove_duplicates(pre, keep, per_round)
-    finally:
-        greedy.HOST_READS.update(saved)
     assert torch.equal(fixed, on_cpu)
     if nans == 0 and mode == "random":
         assert on_cpu.tolist() == reference_removal(pre, keep, per_round)
