@@ -39,6 +39,7 @@ from vlmprune.adapters.base import (
     register_adapter,
 )
 from vlmprune.adapters.llava import clip_vision_shape
+from vlmprune.adapters.signals import on_attention_calls, received
 from vlmprune.core.errors import UnsupportedModelError
 from vlmprune.core.flops import VisionShape
 from vlmprune.core.types import Region
@@ -46,18 +47,22 @@ from vlmprune.core.types import Region
 ONEVISION_SPECIAL = ("<pad>", "<s>", "</s>", "<unk>", "<image>", "<video>")
 
 
-def attention_received(attn, hidden: torch.Tensor) -> torch.Tensor:
+def attention_received(attn, hidden: torch.Tensor, calls=()) -> torch.Tensor:
     """(B, N, D) input of a SigLIP attention module -> (B, N): the attention each patch receives,
-    softmax(q k^T * scale) averaged over heads and queries (float32)."""
+    softmax(q k^T * scale) averaged over heads and queries (float32), in fused attention passes
+    (:mod:`vlmprune.adapters.signals`). ``calls``: the module's own attention call recorded with
+    its log-sum-exp (one fused pass then), else ``q``/``k`` are recomputed in float32."""
+    b, n, _ = hidden.shape
+    if len(calls) == 1 and tuple(calls[0][0].shape[:3]) == (b, attn.num_heads, n):
+        q, k, scale, lse = calls[0]
+        return received(q, k, scale, lse).sum(1) / (attn.num_heads * n)  # (B, H, N) -> (B, N)
     x = hidden.float()
-    b, n, _ = x.shape
 
     def proj(lin):  # (B, N, D) -> (B, H, N, hd)
         y = torch.nn.functional.linear(x, lin.weight.float(), None if lin.bias is None else lin.bias.float())
         return y.view(b, n, attn.num_heads, -1).transpose(1, 2)
 
-    probs = torch.softmax((proj(attn.q_proj) @ proj(attn.k_proj).transpose(-1, -2)) * attn.scale, dim=-1)
-    return probs.mean(dim=(1, 2))  # (B, H, N, N) -> (B, N)
+    return received(proj(attn.q_proj), proj(attn.k_proj), attn.scale).sum(1) / (attn.num_heads * n)
 
 
 def _grid_tokens(image_size, pinpoints, tile: int, side: int, aspect: str) -> tuple[int, int]:
@@ -142,12 +147,12 @@ class LlavaOnevisionAdapter(Adapter):
             tower = getattr(tower, "vision_model", tower)
             attn = tower.encoder.layers[self.saliency_layer].self_attn
 
-            def grab_received(module, args, kwargs):
+            def grab_received(args, kwargs, calls):
                 hidden = kwargs.get("hidden_states", args[0] if args else None)
                 with torch.no_grad():
-                    on_record().raw.setdefault("saliency", []).append(attention_received(module, hidden))
+                    on_record().raw.setdefault("saliency", []).append(attention_received(attn, hidden, calls))
 
-            handles.append(attn.register_forward_pre_hook(grab_received, with_kwargs=True))
+            handles += on_attention_calls(attn, grab_received)
         if "pre_features" in needs:
             handles.append(projector_input_hook(self.base.multi_modal_projector, on_record))
         original = self.base.get_image_features  # generate() passes mm_encoder_outputs without sizes

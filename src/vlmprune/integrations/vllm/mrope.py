@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import torch
 
-from vlmprune.adapters.qwen2_vl import received_from_qk
+from vlmprune.adapters.signals import received_segments
 from vlmprune.integrations.vllm.common import PruningModel, all_heads, whole
 
 EXTRA = 3  # appended columns: (t, h, w) offsets of a kept token in its image
@@ -145,7 +145,7 @@ def grab_received(block_attn, record: dict, total_heads: int):
     def grab(module, args, kwargs):
         q, k = kwargs["query"][0].float(), kwargs["key"][0].float()  # (1, S, H, hd) -> (S, H, hd)
         with torch.no_grad():
-            got = received_from_qk(q, k, kwargs["cu_seqlens"], q.shape[-1] ** -0.5, total_heads)
+            got = received_segments(q, k, kwargs["cu_seqlens"], q.shape[-1] ** -0.5, total_heads)
             record["received"] = all_heads(got, q.shape[1], total_heads)
 
     return block_attn.register_forward_pre_hook(grab, with_kwargs=True)
