@@ -27,6 +27,7 @@ from vlmprune.adapters.base import (
     register_adapter,
     single_view,
 )
+from vlmprune.adapters.signals import on_attention_calls, received, received_segments
 from vlmprune.core.flops import VisionShape
 from vlmprune.core.types import Region
 
@@ -42,44 +43,35 @@ QWEN_SPECIAL = (
 )
 
 
-def attention_received(attn, hidden, cu_seqlens, position_embeddings, chunk: int = 1024) -> torch.Tensor:
-    """Attention received per patch in a Qwen vision block with full attention.
-
-    ``hidden`` (S, Dv): the attention module's input (after ``norm1``) for every image
-    concatenated; ``cu_seqlens`` (n+1,) image boundaries; ``position_embeddings`` the vision
-    (cos, sin). Returns (S,): for each key patch, softmax(q k^T * scale) averaged over heads and
-    over the queries of its own image. Queries are processed in chunks (memory O(chunk * S_i)).
-    """
+def vision_qk(attn, hidden, position_embeddings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotated queries and keys (S, H, hd), float32, of a Qwen vision attention module for its
+    input ``hidden`` (S, Dv) (after ``norm1``) and the vision (cos, sin)."""
     rotate = sys.modules[type(attn).__module__].apply_rotary_pos_emb_vision
     s = hidden.shape[0]
-    heads = attn.num_heads
-    qkv = torch.nn.functional.linear(
-        hidden.float(), attn.qkv.weight.float(), None if attn.qkv.bias is None else attn.qkv.bias.float()
-    )
-    q, k, _ = qkv.reshape(s, 3, heads, -1).permute(1, 0, 2, 3).unbind(0)  # each (S, H, hd)
+    bias = None if attn.qkv.bias is None else attn.qkv.bias.float()
+    qkv = torch.nn.functional.linear(hidden.float(), attn.qkv.weight.float(), bias)
+    q, k, _ = qkv.reshape(s, 3, attn.num_heads, -1).permute(1, 0, 2, 3).unbind(0)  # each (S, H, hd)
     cos, sin = position_embeddings
-    q, k = rotate(q, k, cos.float(), sin.float())
+    return rotate(q, k, cos.float(), sin.float())
+
+
+def attention_received(attn, hidden, cu_seqlens, position_embeddings, calls=()) -> torch.Tensor:
+    """(S,) attention received per patch in a Qwen vision block with full attention.
+
+    ``hidden`` (S, Dv): the attention module's input for every image concatenated; ``cu_seqlens``
+    (n+1,) image (or frame) boundaries; ``position_embeddings`` the vision (cos, sin). For each key
+    patch: softmax(q k^T * scale) averaged over heads and over the queries of its own segment.
+    ``calls``: the module's own attention calls recorded with their log-sum-exp
+    (:func:`~vlmprune.adapters.signals.on_attention_calls`), one per segment, float32; they make the
+    signal one fused pass. Otherwise ``q``/``k`` are recomputed in float32 and it takes two.
+    """
+    heads = attn.num_heads
+    if len(calls) == cu_seqlens.numel() - 1 and sum(c[0].shape[2] for c in calls) == hidden.shape[0]:
+        # each call: query, key (1, H, S_i, hd), scale, lse (1, H, S_i) -> (S_i,)
+        return torch.cat([received(q, k, s, lse)[0].sum(0) / (heads * q.shape[2]) for q, k, s, lse in calls])
+    q, k = vision_qk(attn, hidden, position_embeddings)
     scale = getattr(attn, "scaling", None) or q.shape[-1] ** -0.5
-    return received_from_qk(q, k, cu_seqlens, scale, heads, chunk)
-
-
-def received_from_qk(q, k, cu_seqlens, scale: float, heads: int, chunk: int = 1024) -> torch.Tensor:
-    """(S,) attention received per key patch from rotated ``q``, ``k`` (S, H, hd) float32: softmax(q
-    k^T * scale) within each ``cu_seqlens`` segment, summed over the H heads given and the
-    segment's queries, divided by ``heads`` x the segment's length (``heads`` is the model's head
-    count: where a rank holds only some heads, the ranks' results add up to the mean)."""
-    s = q.shape[0]
-    out = torch.zeros(s, dtype=torch.float32, device=q.device)
-    bounds = cu_seqlens.tolist()
-    for a, b in zip(bounds[:-1], bounds[1:]):
-        kb = k[a:b].transpose(0, 1)  # (H, S_i, hd)
-        acc = torch.zeros(b - a, dtype=torch.float32, device=q.device)
-        for c in range(a, b, chunk):
-            qb = q[c : min(b, c + chunk)].transpose(0, 1)  # (H, C, hd)
-            probs = torch.softmax((qb @ kb.transpose(-1, -2)) * scale, dim=-1)  # (H, C, S_i)
-            acc += probs.sum(dim=(0, 1))  # (H, C, S_i) -> (S_i,)
-        out[a:b] = acc / (heads * (b - a))
-    return out
+    return received_segments(q, k, cu_seqlens, scale, heads)
 
 
 @dataclass(kw_only=True)
@@ -144,15 +136,15 @@ class QwenVisionMixin:
         if "saliency" in needs and self.saliency == "attention_received":
             attn = visual.blocks[self._full_attention_block()].attn
 
-            def grab_received(module, args, kwargs):
+            def grab_received(args, kwargs, calls):
                 hidden = kwargs.get("hidden_states", args[0] if args else None)
                 with torch.no_grad():
                     rec = attention_received(
-                        module, hidden, kwargs["cu_seqlens"], kwargs["position_embeddings"]
+                        attn, hidden, kwargs["cu_seqlens"], kwargs["position_embeddings"], calls
                     )
                 on_record().raw["received"] = rec
 
-            handles.append(attn.register_forward_pre_hook(grab_received, with_kwargs=True))
+            handles += on_attention_calls(attn, grab_received)
         if "pre_features" in needs:
 
             def grab_pre(module, args):
@@ -163,13 +155,6 @@ class QwenVisionMixin:
 
     def _merge_unit(self) -> int:
         return self.config.vision_config.spatial_merge_size**2
-
-    def _to_raster(self, per_group: torch.Tensor, grid_thw) -> torch.Tensor:
-        """(G, ...) merged-token values in the tower's order -> raster order over all images."""
-        window = self._window_index(grid_thw)
-        if window is None:
-            return per_group
-        return per_group[torch.argsort(window.to(per_group.device))]
 
     def media_tokens(self) -> dict[str, int]:
         return {"image": self.image_token_id, "video": int(self.config.video_token_id)}
@@ -221,17 +206,24 @@ class QwenVisionMixin:
             return {}
         counts = (grid.prod(-1) // self._merge_unit()).tolist()
         start = sum(counts[:index])
-        n = counts[index]
-        out = {}
-        unit = self._merge_unit()
-        if "received" in raw:
-            groups = raw["received"].view(-1, unit).sum(-1)  # (S,) -> (G,) summed over each 2x2 group
-            out["saliency"] = self._to_raster(groups, grid)[start : start + n]
-        if "merger_in" in raw:
-            hidden = raw["merger_in"]
-            groups = hidden.view(-1, unit, hidden.shape[-1]).mean(1)  # (S, Dv) -> (G, Dv)
-            out["pre_features"] = self._to_raster(groups, grid)[start : start + n]
-        return out
+        return {k: v[start : start + counts[index]] for k, v in self._raster_signals(raw).items()}
+
+    def _raster_signals(self, raw: dict) -> dict:
+        """The run's per-patch signals per merged token, in raster order over all its images:
+        computed once per run (every image of a call slices the same tensors)."""
+        if "raster" not in raw:
+            unit, out = self._merge_unit(), {}
+            if "received" in raw:
+                out["saliency"] = raw["received"].view(-1, unit).sum(-1)  # (S,) -> (G,) summed per 2x2 group
+            if "merger_in" in raw:
+                hidden = raw["merger_in"]
+                out["pre_features"] = hidden.view(-1, unit, hidden.shape[-1]).mean(1)  # (S, Dv) -> (G, Dv)
+            window = self._window_index(raw["grid_thw"].cpu()) if out else None  # the grid, read once
+            if window is not None:
+                inverse = torch.argsort(window).to(next(iter(out.values())).device)
+                out = {k: v[inverse] for k, v in out.items()}
+            raw["raster"] = out
+        return raw["raster"]
 
     def token_geometry(self, image_size, processor, selection=None):
         """Each merged token is a ``patch * merge`` px square of the image as resized (squashed) to
@@ -341,7 +333,8 @@ class QwenVisionMixin:
 
     @classmethod
     def vision_grids(cls, config, inputs) -> dict:
-        return {"grid_thw": inputs["image_grid_thw"]}
+        grids = [inputs[k] for k in ("image_grid_thw", "video_grid_thw") if inputs.get(k) is not None]
+        return {"grid_thw": torch.cat(grids)}
 
     @classmethod
     def bench_text(cls) -> dict:
