@@ -7,7 +7,11 @@ sync inside the loop and a step count fixed by the caller (never by the data):
 
 - :func:`max_min_steps`: greedy max-min diversity on a distance matrix (DivPrune);
 - :func:`dpp_steps`: greedy MAP of a DPP by pivoted Cholesky on the residual kernel (CDPruner,
-  PromPrune's coverage stage).
+  PromPrune's coverage stage);
+- :func:`dpp_factor_steps`: the same greedy on a low-rank kernel ``L = B Bᵀ`` given by its
+  factor ``B`` (N, D), in ``O(N D)`` memory and ``O(N D)`` work per step, for ``D < N`` (a
+  high-resolution image: more tokens than dimensions), where the residual kernel would cost
+  ``O(N²)`` memory and work per step.
 
 Both work on a whole batch ``(B, N, N)`` at once and return picks in selection order.
 
@@ -190,5 +194,88 @@ def _dpp_steps_one(kernel: torch.Tensor, steps: int, first: torch.Tensor | None)
         kernel.addcmul_(kernel.index_select(1, j), r / d2, value=-1.0)  # R - c r / d²: (N, 1) x (1, N)
     if not picks:
         empty = torch.empty(1, 0, device=kernel.device)
+        return empty.long(), empty
+    return torch.stack(picks, dim=1), torch.stack(pivots, dim=1)  # steps x (1,) -> (1, steps)
+
+
+def dpp_factor_steps(
+    rows: torch.Tensor, d2: torch.Tensor, steps: int, first: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`dpp_steps` for the kernel ``L = B Bᵀ`` with ``B`` = ``rows`` (B, N, D), without
+    building ``L``: each step picks ``j = argmax d²`` (ties: lowest index), takes the part of
+    ``b_j`` orthogonal to the rows picked so far, ``u = (b_j - Σ_t (u_t · b_j) u_t) / sqrt(d²_j)``
+    (Gram-Schmidt; ``B u`` is Chen et al.'s Cholesky row ``e``), and updates ``d² <- d² - (B u)²``.
+
+    ``d2`` (B, N) the kernel's diagonal, ``-inf`` at excluded indices, **overwritten** with the
+    residual diagonal; ``first`` (B,) forces the first pick. Returns ``(picks (B, steps), pivots
+    (B, steps))`` as :func:`dpp_steps` (callers check the pivots once for the kernel's rank).
+    Memory ``O((N + steps) D)``; per step one ``N x D`` product, one ``steps x D`` projection and
+    eight operations (the last step is its ``max`` alone).
+    """
+    return maybe_compiled(_dpp_factor_loop, rows)(rows, d2, steps, first)
+
+
+def _dpp_factor_loop(rows: torch.Tensor, d2: torch.Tensor, steps: int, first: torch.Tensor | None = None):
+    b, n, d = rows.shape
+    if b == 1:
+        return _dpp_factor_one(rows[0], d2[0], steps, first)
+    flat = rows.reshape(b * n, d)  # (B, N, D) -> (B*N, D)
+    rows_t = rows.transpose(1, 2)  # (B, D, N)
+    basis = rows.new_zeros(b, max(steps - 1, 1), d)  # (B, T, D) the orthonormal u_t
+    base = _bases(b, n, rows.device)
+    picks, pivots = [], []
+    for step in range(steps):
+        if step == 0 and first is not None:
+            j = first
+            piv = d2.gather(1, j[:, None]).view(b)
+        else:
+            piv, j = d2.max(dim=1)  # (B,), (B,)
+        picks.append(j)
+        pivots.append(piv)
+        if step == steps - 1:  # the last update would only feed a pick that is never made
+            break
+        bj = flat.index_select(0, _flat_index(j, base)).view(b, 1, d)  # (B, 1, D) row j of B
+        if step > 0:
+            done = basis[:, :step]  # (B, t, D)
+            # b_j - (b_j U^T) U: (B, 1, t) @ (B, t, D) -> (B, 1, D)
+            bj = torch.baddbmm(bj, torch.bmm(bj, done.transpose(1, 2)), done, alpha=-1.0)
+        u = basis[:, step : step + 1]  # (B, 1, D) view, written in place
+        torch.div(bj, piv.sqrt().view(b, 1, 1), out=u)
+        e = torch.bmm(u, rows_t).view(b, n)  # (B, 1, D) @ (B, D, N) -> (B, N): Cholesky row
+        d2.addcmul_(e, e, value=-1.0)  # d² - e²; -inf stays -inf
+    if not picks:
+        empty = torch.empty(b, 0, device=rows.device)
+        return empty.long(), empty
+    return torch.stack(picks, dim=1), torch.stack(pivots, dim=1)
+
+
+def _dpp_factor_one(rows: torch.Tensor, d2: torch.Tensor, steps: int, first: torch.Tensor | None):
+    """:func:`dpp_factor_steps` on one (N, D) factor and its (N,) diagonal (a view, overwritten):
+    eight operations per step on 2-D tensors; the projection reads the whole (T, D) basis, whose
+    rows not yet written are zero."""
+    basis = rows.new_zeros(max(steps - 1, 1), rows.shape[1])  # (T, D) the orthonormal u_t
+    basis_t = basis.T  # (D, T) view
+    u_rows = basis.split(1)  # T x (1, D) views, written in place
+    u_cols = [u.T for u in u_rows]  # T x (D, 1) views
+    column = d2.view(-1, 1)  # (N, 1) view of the diagonal
+    picks, pivots = [], []
+    for step in range(steps):
+        if step == 0 and first is not None:
+            j = first
+            piv = d2.index_select(0, j)
+        else:
+            piv, j = d2.max(dim=0, keepdim=True)  # (1,), (1,)
+        picks.append(j)
+        pivots.append(piv)
+        if step == steps - 1:
+            break
+        bj = rows.index_select(0, j)  # (1, D)
+        if step > 0:  # b_j - (b_j U^T) U: (1, D) @ (D, T) -> (1, T); (1, T) @ (T, D) -> (1, D)
+            bj = torch.addmm(bj, torch.mm(bj, basis_t), basis, alpha=-1.0)
+        torch.div(bj, piv.sqrt(), out=u_rows[step])
+        e = torch.mm(rows, u_cols[step])  # (N, D) @ (D, 1) -> (N, 1): Cholesky row
+        column.addcmul_(e, e, value=-1.0)  # d² - e²; -inf stays -inf
+    if not picks:
+        empty = torch.empty(1, 0, device=rows.device)
         return empty.long(), empty
     return torch.stack(picks, dim=1), torch.stack(pivots, dim=1)  # steps x (1,) -> (1, steps)

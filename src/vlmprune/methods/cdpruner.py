@@ -41,7 +41,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from vlmprune.core.greedy import dpp_steps
+from vlmprune.core.greedy import dpp_factor_steps, dpp_steps
 from vlmprune.core.method import Method
 from vlmprune.core.ops import ranked
 from vlmprune.core.registry import register
@@ -76,8 +76,10 @@ def quality(rel: torch.Tensor, theta: float | None = None) -> torch.Tensor:
 
 def greedy_dpp(features: torch.Tensor, quality: torch.Tensor, budget: int) -> torch.Tensor:
     """Greedy MAP of the DPP with kernel ``diag(quality) cos(features) diag(quality)``: the fast
-    path (:func:`vlmprune.core.greedy.dpp_steps`, a constant five operations per step, one host
-    sync per call to check the pivots; a second where the kernel's rank runs out before ``budget``
+    path (:func:`vlmprune.core.greedy.dpp_steps` on the (N, N) kernel, a constant five operations
+    per step; with more tokens than dimensions, ``D < N``,
+    :func:`vlmprune.core.greedy.dpp_factor_steps` on its (N, D) factor; one host sync per call to
+    check the pivots; a second where the kernel's rank runs out before ``budget``
     picks, to apply the fill rule). :func:`greedy_dpp_exact` is the same selection one Cholesky row
     per step (the reference the tests compare with).
 
@@ -95,10 +97,13 @@ def greedy_dpp(features: torch.Tensor, quality: torch.Tensor, budget: int) -> to
         return torch.empty(0, dtype=torch.long, device=features.device)
     f = F.normalize(features.float(), dim=-1, eps=1e-6)  # (N, D)
     q = quality.float().to(features.device)  # (N,)
-    kernel = (f @ f.T).mul_(q[:, None]).mul_(q[None, :]).unsqueeze(0)  # (N, D) @ (D, N) -> (1, N, N) L
     diag = q * q * (f * f).sum(dim=1)  # (N,) the exact diag(L): q² (0 for an all-zero token)
-    kernel.diagonal(dim1=1, dim2=2).copy_(diag)
-    picks, pivots = dpp_steps(kernel, k)  # (1, K), (1, K)
+    if f.shape[1] < n:  # more tokens than dimensions: the kernel's factor, O(N D) memory
+        picks, pivots = dpp_factor_steps((f * q[:, None]).unsqueeze(0), diag.clone().unsqueeze(0), k)
+    else:
+        kernel = (f @ f.T).mul_(q[:, None]).mul_(q[None, :]).unsqueeze(0)  # (N, D) @ (D, N) -> (1, N, N)
+        kernel.diagonal(dim1=1, dim2=2).copy_(diag)
+        picks, pivots = dpp_steps(kernel, k)  # (1, K), (1, K)
     ok = pivots[0] > RANK_EPS * diag.max()  # (K,)
     if bool(ok.all()):  # host sync 1
         return picks[0]

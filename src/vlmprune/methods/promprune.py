@@ -55,7 +55,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from vlmprune.core.greedy import dpp_steps, reads_on_host
+from vlmprune.core.greedy import dpp_factor_steps, dpp_steps, reads_on_host
 from vlmprune.core.method import Method
 from vlmprune.core.ops import ranked
 from vlmprune.core.registry import register
@@ -224,24 +224,26 @@ def _select_rows(
         (B, N) int32, 1 for the kept tokens (exactly ``K_b`` per row), 0 for the others.
     """
     b, n, d = x.shape
-    device = x.device
-
-    # One Gram matrix per image gives both the spectral entropy (double-centred, N <= D) and the
-    # DPP's cosine kernel; the tokens themselves are read only by that GEMM.
-    kernel, norm, norm8 = _cosine_gram(x)  # (B, N, N), (B, N), (B, N)
-    hn = _entropy_from_gram(_double_centre(kernel) if n <= d else _centred_gram_small_d(x))  # (B, 1)
+    k_max = steps  # T_sal <= K <= k_max
+    if n <= d:  # one (N, N) Gram matrix per image: the spectral entropy and the DPP's cosine kernel
+        kernel, norm, norm8 = _cosine_gram(x)  # (B, N, N), (B, N), (B, N)
+        hn = _entropy_from_gram(_double_centre(kernel))  # (B, 1)
+    else:  # more tokens than dimensions: the (D, D) side for the entropy, the kernel's factor for the DPP
+        kernel, norm = None, x.square().sum(dim=2).sqrt()  # (B, N) |x_i|
+        norm8 = norm.clamp_min(ENTROPY_EPS)
+        hn = _entropy_from_gram(_centred_gram_small_d(x))  # (B, 1)
     t_sal = _saliency_count(hn, k, kr_min, kr_max, mu, tau)  # (B, 1) whole numbers in float32
     t_cov = k - t_sal  # (B, 1)
 
     # eps 1e-6 rows = eps 1e-8 rows * scale; scale is exactly 1 for every row of norm >= 1e-6
     norm6 = norm.clamp_min(KERNEL_EPS)
     scale = norm8 / norm6  # (B, N)
-    residual = _dpp_kernel(kernel, scale)  # in place: the greedy steps overwrite it
     # exact diagonal of the kernel: 1 for every token of norm >= 1e-6, less for tinier ones, 0 for zero
     d2 = (norm / norm6).square()  # (B, N)
 
     # Stage 1: top T_sal by r, ties to the lowest index (stable descending sort).
-    rank = ranked(r).argsort(dim=1)  # (B, N): the rank of each token (a permutation's inverse)
+    order = ranked(r)  # (B, N) most salient first
+    rank = order.argsort(dim=1)  # (B, N): the rank of each token (a permutation's inverse)
     salient = rank < t_sal  # (B, N)
 
     # Stage 2: greedy DPP MAP on the other tokens, all images at once, K_max steps whatever T_cov on
@@ -252,18 +254,37 @@ def _select_rows(
         steps = int(t_cov.max())
     if steps == 0:
         return salient.int()
-    # the remaining token least like any salient one: argmin_j max_{s in S_sal} L[j, s]
-    overlap = torch.where(salient.unsqueeze(1), residual, float("-inf")).amax(dim=2)  # (B, N, N) -> (B, N)
+    if kernel is not None:
+        residual = _dpp_kernel(kernel, scale)  # in place: the greedy steps overwrite it
+        # the remaining token least like any salient one: argmin_j max_{s in S_sal} L[j, s]
+        overlap = torch.where(salient.unsqueeze(1), residual, float("-inf")).amax(dim=2)  # (B, N)
+    else:
+        rows = x / norm6.unsqueeze(2)  # (B, N, D) the kernel's factor: unit rows (eps 1e-6)
+        overlap = _overlap(rows, order, t_sal, k_max)
     seed = overlap.masked_fill_(salient, float("inf")).argmin(dim=1)  # (B,)
     seed = torch.where(salient.any(dim=1), seed, d2.argmax(dim=1))  # no salient token: the largest d²
-    residual.diagonal(dim1=1, dim2=2).copy_(d2)
-    picks, pivots = dpp_steps(residual, steps, first=seed)  # (B, S), (B, S)
-    valid = torch.arange(steps, device=device) < t_cov  # (B, S): step i < T_cov
+    if kernel is not None:
+        residual.diagonal(dim1=1, dim2=2).copy_(d2)
+        picks, pivots = dpp_steps(residual, steps, first=seed)  # (B, S), (B, S)
+    else:
+        picks, pivots = dpp_factor_steps(rows, d2.clone(), steps, first=seed)  # (B, S), (B, S)
+    valid = torch.arange(steps, device=x.device) < t_cov  # (B, S): step i < T_cov
     if not bool((valid <= (pivots > RANK_EPS)).all()):  # the one host sync: the kernel's rank ran out
         kernel = _dpp_kernel(_cosine_gram(x)[0], scale)  # the steps consumed the first one
         return _coverage_exact(kernel, d2, salient, t_cov[:, 0].long(), seed).int()
     # 1 for a stage-1 token or a valid pick; a discarded step (valid 0) changes nothing
     return salient.int().scatter_reduce_(1, picks, valid.int(), "amax")  # (B, N)
+
+
+def _overlap(rows: torch.Tensor, order: torch.Tensor, t_sal: torch.Tensor, most: int) -> torch.Tensor:
+    """(B, N): each token's largest cosine to a stage-1 token, from the unit ``rows`` (B, N, D),
+    the saliency ranking ``order`` (B, N) and ``t_sal`` (B, 1), at most ``most`` stage-1 tokens:
+    an (N, most) block per image, no (N, N) kernel."""
+    first = order[:, : max(1, min(most, order.shape[1]))]  # (B, T) the most salient tokens
+    picked = rows.gather(1, first.unsqueeze(2).expand(-1, -1, rows.shape[2]))  # (B, T, D)
+    cos = torch.bmm(rows, picked.transpose(1, 2))  # (B, N, D) @ (B, D, T) -> (B, N, T)
+    stage1 = torch.arange(first.shape[1], device=rows.device) < t_sal  # (B, T): within T_sal
+    return cos.masked_fill_(~stage1.unsqueeze(1), float("-inf")).amax(dim=2)  # (B, N, T) -> (B, N)
 
 
 def _dpp_kernel(kernel: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
