@@ -47,6 +47,9 @@ def important_count(budget: int, important_ratio: float) -> int:
 
 
 NO_MATCH = -math.inf  # the similarity of a NaN pair and of the padding slot R
+NEIGHBOURS = 32  # nearest-neighbour list length of the CPU form
+NEIGHBOUR_FORM_MIN = 1024  # rows from which the CPU form reads neighbour lists (below: compacting rounds)
+BLOCK_ELEMENTS = 1 << 22  # similarities per row block of the CPU form's neighbour search
 SHRINK = 0.5  # the accelerator form rebuilds its views once the survivors fill this share of them
 
 
@@ -55,10 +58,13 @@ def remove_duplicates(pre_features: torch.Tensor, keep: int, drop_per_round: int
 
     A NaN similarity counts as ``-inf`` (it never makes a token a duplicate). Two forms pick the
     same rows: on device types that read on the host (:func:`vlmprune.core.greedy.reads_on_host`,
-    the CPU) the survivors are compacted every round (nine operations a round on a shrinking
-    block, the fastest there); elsewhere a round is five operations on fixed-shape views
-    (:func:`_removal_rounds`). Both run through :func:`vlmprune.core.greedy.maybe_compiled`
-    (opt-in: one CUDA graph per (R, keep) with ``compile_loops()``).
+    the CPU) the survivors are compacted every round on an (R, R) similarity (nine operations a
+    round on a shrinking block, :func:`_compacting_rounds`) or, from ``NEIGHBOUR_FORM_MIN`` rows,
+    each round reads every token's nearest-neighbour list (:func:`_neighbour_rounds`: ``O(R m)``
+    a round and in memory, no (R, R) matrix); elsewhere a round is five
+    operations on fixed-shape views of the (R + 1, R + 1) similarity (:func:`_removal_rounds`),
+    through :func:`vlmprune.core.greedy.maybe_compiled` (opt-in: one CUDA graph per (R, keep)
+    with ``compile_loops()``).
     """
     r = pre_features.shape[0]
     device = pre_features.device
@@ -67,14 +73,86 @@ def remove_duplicates(pre_features: torch.Tensor, keep: int, drop_per_round: int
     if keep <= 0:
         return torch.empty(0, dtype=torch.long, device=device)
     f = F.normalize(pre_features.float(), dim=-1, eps=1e-6)
-    if reads_on_host(f):
-        sim = (f @ f.T).nan_to_num_(nan=NO_MATCH)  # (R, Dv) @ (Dv, R) -> (R, R) cosine
+    if reads_on_host(f) and r < NEIGHBOUR_FORM_MIN:
+        sim = _similarity_rows(f)  # (R, R) cosine
         return maybe_compiled(_compacting_rounds, sim)(sim, keep, drop_per_round)
+    if reads_on_host(f):
+        kept = _neighbour_rounds(f, keep, drop_per_round)
+        if kept is not None:
+            return kept
     sim = f.new_empty(r + 1, r + 1)  # index R is no token: -inf against everything, no padded copy
     torch.mm(f, f.T, out=sim[:r, :r]).nan_to_num_(nan=NO_MATCH)  # (R, Dv) @ (Dv, R) -> (R, R)
     sim[r].fill_(NO_MATCH)
     sim[:, r].fill_(NO_MATCH)
     return maybe_compiled(_removal_rounds, sim)(sim, keep, drop_per_round)
+
+
+def _similarity_rows(f: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+    """Cosine similarity of the unit ``f`` (R, Dv) rows ``rows`` (all: None) to every row, NaN as
+    ``-inf``: (len(rows), R)."""
+    block = f if rows is None else f.index_select(0, rows)
+    return (block @ f.T).nan_to_num_(nan=NO_MATCH)  # (C, Dv) @ (Dv, R) -> (C, R)
+
+
+def nearest_neighbours(f: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each unit row's ``m`` most similar other rows of ``f`` (R, Dv): ``(values, indices)``, each
+    (R, m), most similar first. Row blocks of ``BLOCK_ELEMENTS`` similarities: no (R, R) matrix
+    beyond one block."""
+    r = f.shape[0]
+    values = f.new_empty(r, m)
+    indices = torch.empty(r, m, dtype=torch.long, device=f.device)
+    step = max(1, BLOCK_ELEMENTS // max(r, 1))
+    for start in range(0, r, step):
+        rows = torch.arange(start, min(start + step, r), device=f.device)
+        sim = _similarity_rows(f, None if rows.numel() == r else rows)  # (C, R)
+        sim[torch.arange(rows.numel(), device=f.device), rows] = NO_MATCH  # never its own neighbour
+        torch.topk(
+            sim, m, dim=1, out=(values[start : start + rows.numel()], indices[start : start + rows.numel()])
+        )
+    return values, indices
+
+
+def _neighbour_rounds(f: torch.Tensor, keep: int, drop_per_round: int) -> torch.Tensor:
+    """The CPU form on unit rows ``f`` (R, Dv), ``0 < keep < R`` -> (keep,) sorted indices, or
+    None where it cannot vouch for its answer (the caller then runs the exact rounds).
+
+    A token's score, its highest similarity to ``B``, is the first entry of its nearest-neighbour
+    list among the survivors (:func:`nearest_neighbours`, ``NEIGHBOURS`` long, rebuilt once the
+    survivors halve) that lies in ``B``: the full similarity's value, in ``O(R m)`` a round and
+    ``O(R m)`` memory. A row with none of its list in ``B`` scores ``-inf`` provisionally; if its
+    true score could have reached the round's ``drop`` highest (its list's last value, an upper
+    bound, is at least the cut), the result is not vouched for. One host read, at the end.
+    """
+    r = f.shape[0]
+    cur = torch.arange(r, device=f.device)  # survivors in raster order (global ids)
+    in_b = torch.zeros(r + 1, dtype=torch.bool, device=f.device)  # slot r: a dropped token
+    row_of = torch.empty(r, dtype=torch.long, device=f.device)  # global id -> row of the lists
+    suspect = torch.zeros((), dtype=torch.bool, device=f.device)
+    size, window = r, 0
+    while size > keep:
+        if size <= SHRINK * window or window == 0:  # neighbour lists among the survivors
+            values, local = nearest_neighbours(f.index_select(0, cur), min(NEIGHBOURS, size - 1))
+            neighbours = cur[local]  # (S, m) global ids
+            m = values.shape[1]
+            flat, last = values.view(-1), values[:, -1].contiguous()  # (S * m,), (S,)
+            row_of[cur] = torch.arange(size, device=f.device)
+            window = size
+        a, b = cur[0:size:2], cur[1:size:2]  # (|A|,), (|B|,) the alternate split
+        drop = min(drop_per_round, size - keep, a.numel())
+        rows = row_of.index_select(0, a)  # (|A|,)
+        in_b.index_fill_(0, b, True)
+        hit = in_b[neighbours.index_select(0, rows)]  # (|A|, m): that neighbour is in B
+        in_b.index_fill_(0, b, False)
+        found, first = hit.byte().max(dim=1)  # (|A|,) any neighbour in B, the first one (most similar)
+        score = flat.index_select(0, rows * m + first).masked_fill_(found == 0, NO_MATCH)  # (|A|,)
+        cut, order = torch.sort(score, descending=True, stable=True)  # ties: lowest index first
+        # a token none of whose neighbours is in B scores below its list's last value: the round is
+        # exact unless that bound reaches the cut
+        suspect |= ((found == 0) & (last.index_select(0, rows) >= cut[drop - 1])).any()
+        cur = cur.index_fill(0, 2 * order[:drop], r)  # a's slot in the survivors: dropped
+        cur = torch.sort(cur).values[: size - drop]  # survivors back in raster order
+        size -= drop
+    return None if bool(suspect) else cur
 
 
 def _compacting_rounds(sim: torch.Tensor, keep: int, drop_per_round: int) -> torch.Tensor:
