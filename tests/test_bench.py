@@ -15,6 +15,7 @@ from vlmprune.apps.bench import (
     BenchSettings,
     build_oracle,
     default_budgets,
+    format_table,
     load_bench_model,
     make_bench_inputs,
     run_bench,
@@ -22,6 +23,7 @@ from vlmprune.apps.bench import (
     write_results,
 )
 from vlmprune.apps.cli import build_parser, entry
+from vlmprune.apps.errors import UsageError
 
 REQUIRED = (
     "model",
@@ -66,7 +68,8 @@ def test_rows_have_the_required_fields(small_result):
             assert key in r, key
         assert r["prefill_ms"] > 0 and r["full_prefill_ms"] > 0
         assert r["flops_convention"] == "fastv"
-        assert r["peak_mem_bytes"] is None  # CPU: not measured per run
+        # CPU: the peak RSS of a process running only this configuration, and its rise during the call
+        assert r["peak_mem_bytes"] > 50 * 2**20 and 0 <= r["mem_delta_bytes"] < r["peak_mem_bytes"]
         assert r["kv_cache_bytes"] > 0
     for name in ("pool", "fastv"):
         r = rows[name]
@@ -148,9 +151,10 @@ def test_default_budgets():
     assert default_budgets(family("qwen2_5_vl"), 576) == (None, [0.222])
 
 
-def test_ratio_on_qwen_arch_and_token_map():
+def test_ratio_on_qwen_arch_and_token_map_at_several_sizes(tmp_path):
     """A real architecture shrunk (--tiny-arch): the offline tokenizer's ids are mapped onto the
-    architecture's special ids; --ratios resolves to max(1, round(q*N)) tokens."""
+    architecture's special ids; --ratios resolves to max(1, round(q*N)) tokens; several image
+    sizes run one after the other, each with its rows, and the plot is drawn against N."""
     settings = BenchSettings(
         model="qwen2.5-vl-7b",
         tiny_arch=True,
@@ -160,14 +164,28 @@ def test_ratio_on_qwen_arch_and_token_map():
         warmup=0,
         decode_tokens=1,
         text_tokens=12,
+        image_size="112,168x112",
+        memory=False,
     )
     result = run_bench(settings, progress=False)
-    rows = {r["method"]: r for r in result["rows"]}
-    n = result["meta"]["visual_tokens_per_image"]
-    assert n == 16  # 112x112 px -> 8x8 patches -> 4x4 merged
-    assert rows["random"]["tokens_after"] == max(1, round(0.25 * n)) == rows["random"]["budget"]
-    assert rows["random"]["ratio"] == 0.25
-    assert rows["random"]["flops"] < rows["random"]["full_flops"]
+    assert [s["image_size"] for s in result["meta"]["sizes"]] == [[112, 112], [168, 112]]
+    by_size = {}
+    for r in result["rows"]:
+        by_size.setdefault(r["image_size"], {})[r["method"]] = r
+    assert set(by_size) == {"112x112", "168x112"}
+    for size, n in (("112x112", 16), ("168x112", 24)):  # 8x8 patches -> 4x4 merged; 12x8 -> 6x4
+        rows = by_size[size]
+        assert rows["full"]["tokens_before"] == n
+        assert rows["random"]["tokens_after"] == max(1, round(0.25 * n)) == rows["random"]["budget"]
+        assert rows["random"]["ratio"] == 0.25
+        assert rows["random"]["flops"] < rows["random"]["full_flops"]
+        assert rows["random"]["peak_mem_bytes"] is None  # memory=False
+    table = format_table(result)
+    assert "image 112x112: 16 visual tokens" in table and "image 168x112: 24 visual tokens" in table
+    paths = write_results(result, tmp_path)
+    assert paths["png"] is not None and paths["png"].stat().st_size > 0
+    with pytest.raises(UsageError, match="--image-size"):
+        run_bench(BenchSettings(image_size="112,big"), progress=False)
 
 
 def test_cli_help_and_run(tmp_path, capsys):
@@ -197,6 +215,7 @@ def test_cli_help_and_run(tmp_path, capsys):
             "--out",
             str(out),
             "--no-plot",
+            "--no-memory",
             "--json",
         ]
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from vlmprune.apps import options, zoo
@@ -45,8 +46,19 @@ def add_arguments(parser) -> None:
         "--text-tokens", type=options.positive_int, default=64, help="non-image tokens per prompt"
     )
     parser.add_argument(
-        "--image-size", default=None, help="input image W or WxH in pixels (default: the family's)"
-    )
+        "--image-size", default=None, metavar="W[xH],...",
+        help="input image W or WxH in pixels; several, comma-separated, run one after the other and "
+        "bench.png plots prefill time against the visual tokens (default: the family's)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--video-frames", type=options.non_negative_int, default=0, metavar="F",
+        help="one video of F frames at --image-size per prompt instead of an image (families that prune videos)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--memory", action=argparse.BooleanOptionalAction, default=None,
+        help="peak memory per row; on the CPU each configuration runs once more in a process of its own "
+        "(default: on for the CPU)",
+    )  # fmt: skip
     parser.add_argument("--repeats", type=options.positive_int, default=5, help="timed repeats")
     parser.add_argument("--warmup", type=options.non_negative_int, default=1, help="untimed warm-up repeats")
     parser.add_argument(
@@ -78,7 +90,7 @@ def settings_from_args(args) -> BenchSettings:
         dtype=args.dtype, batch=args.batch, text_tokens=args.text_tokens, repeats=args.repeats,
         warmup=args.warmup, decode_tokens=args.decode_tokens, convention=args.convention,
         tiny_arch=args.tiny_arch, image_size=args.image_size, attn=args.attn, threads=args.threads,
-        seed=args.seed,
+        seed=args.seed, memory=args.memory, video_frames=args.video_frames,
     )  # fmt: skip
 
 

@@ -16,8 +16,9 @@ from vlmprune.apps.bench.timing import device_name, quartiles, summary
 from vlmprune.core.flops import equivalent_tokens
 
 MEMORY_NOTE_CPU = (
-    "CPU: no per-run allocator statistics; peak RSS is not measured per run (peak_mem_bytes empty); "
-    "kv_cache_bytes is read from the cache object after prefill"
+    "CPU: peak_mem_bytes = peak RSS of a process running only that configuration's generate() (weights and "
+    "runtime included), mem_delta_bytes = that peak minus its RSS before the call (+MB); kv_cache_bytes is "
+    "read from the cache object after prefill"
 )
 MEMORY_NOTE_CUDA = "CUDA: peak_mem_bytes = torch.cuda.max_memory_allocated during the run (weights included)"
 
@@ -25,6 +26,7 @@ CSV_FIELDS = (
     "model",
     "device",
     "dtype",
+    "image_size",
     "method",
     "stage",
     "budget",
@@ -61,6 +63,7 @@ CSV_FIELDS = (
     "decode_tok_s",
     "full_decode_tok_s",
     "peak_mem_bytes",
+    "mem_delta_bytes",
     "full_peak_mem_bytes",
     "kv_cache_bytes",
     "full_kv_cache_bytes",
@@ -153,6 +156,7 @@ def _common(b, text_len: int) -> dict:
         "model": b.bm.name,
         "device": device_name(b.device),
         "dtype": str(b.bm.model.dtype).replace("torch.", ""),
+        "image_size": "x".join(str(v) for v in b.bm.image_size),
         "flops_convention": b.settings.convention,
         "flops_unit": "MACs (paper 'FLOPs'), LLM prefill, whole batch",
         "vision_flops": vision_flops(b),
@@ -243,6 +247,7 @@ def build_meta(b, text_len: int, elapsed: float, loads: list) -> dict:
         "vlmprune": vlmprune.__version__,
         "threads": torch.get_num_threads(),
         "batch": b.batch,
+        "video_frames": s.video_frames,
         "image_size": list(b.bm.image_size),
         "visual_tokens_per_image": b.n_tokens,
         "grid": list(b.grid),
@@ -267,6 +272,26 @@ def build_meta(b, text_len: int, elapsed: float, loads: list) -> dict:
     }
 
 
+SIZE_FIELDS = (
+    "image_size",
+    "visual_tokens_per_image",
+    "grid",
+    "prompt_length",
+    "vision_flops",
+    "elapsed_s",
+    "load_average_start_end",
+)
+
+
+def merge_sizes(parts: list[dict]) -> dict:
+    """One result from the results of several image sizes: the rows in size order, the first
+    size's meta, and every size's own fields under ``meta["sizes"]``."""
+    meta = dict(parts[0]["meta"])
+    meta["sizes"] = [{k: p["meta"][k] for k in SIZE_FIELDS} for p in parts]
+    meta["elapsed_s"] = round(sum(p["meta"]["elapsed_s"] for p in parts), 1)
+    return {"meta": meta, "rows": [r for p in parts for r in p["rows"]]}
+
+
 def _fmt(v, spec: str, dash: str = "-") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return dash
@@ -274,43 +299,35 @@ def _fmt(v, spec: str, dash: str = "-") -> str:
 
 
 def format_table(result: dict) -> str:
-    """The result as a text table (one line per row; the accounting in the header)."""
+    """The result as a text table (one line per row, one block per image size; the accounting in
+    the header)."""
     meta, rows = result["meta"], result["rows"]
     head = (
-        f"{'method':<10} {'K':>5} {'tokens':>9} {'prefill ms [IQR]':>20} {'full ms':>8} {'oracle ms':>9} "
+        f"{'method':<10} {'K':>5} {'tokens':>10} {'prefill ms [IQR]':>22} {'full ms':>8} {'oracle ms':>9} "
         f"{'pr/orc':>6} {'(cpu)':>6} {'speedup':>7} {'sel ms':>7} {'dec t/s':>7} {'KV MB':>6} {'peak MB':>7} "
-        f"{'FLOPs G':>8} {'red.':>6} {'eq.tok':>6}"
+        f"{'+MB':>6} {'FLOPs G':>8} {'red.':>6} {'eq.tok':>6}"
     )
     lines = [
         f"vlmprune bench: {meta['model']} ({meta['model_class']}, {meta['dtype']}, {meta['attn_implementation']}) "
         f"on {meta['device']}",
-        f"batch {meta['batch']}, {meta['visual_tokens_per_image']} visual tokens/image (grid {meta['grid']}), "
-        f"{meta['text_tokens']} text tokens, prompt {meta['prompt_length']}; {meta['repeats']} repeats after "
-        f"{meta['warmup']} warm-up; decode {meta['decode_tokens']} tokens; load average (start, end) "
-        f"{meta.get('load_average_start_end')}",
-        f"FLOPs: {meta['flops_convention']} convention, {meta['flops_unit']}; vision tower "
-        f"{_fmt(meta['vision_flops'] and meta['vision_flops'] / 1e9, '.2f')} G (apart, unchanged by pruning)",
-        head,
-        "-" * len(head),
+        f"batch {meta['batch']}, {meta['text_tokens']} text tokens; {meta['repeats']} repeats after "
+        f"{meta['warmup']} warm-up; decode {meta['decode_tokens']} tokens",
+        f"FLOPs: {meta['flops_convention']} convention, {meta['flops_unit']}; the vision tower apart "
+        "(unchanged by pruning)",
     ]
-    for r in rows:
-        if r.get("error") and r.get("prefill_ms") is None:
-            lines.append(f"{r['method']:<10} {r['budget']:>5}  ERROR {r['error'][:100]}")
-            continue
-        iqr = f"{_fmt(r.get('prefill_ms'), '.1f')} [{_fmt(r.get('prefill_ms_q1'), '.1f')}-{_fmt(r.get('prefill_ms_q3'), '.1f')}]"
-        tokens = f"{r['tokens_before']}->{r['tokens_after']}"
-        kv = r.get("kv_cache_bytes")
-        pk = r.get("peak_mem_bytes")
-        lines.append(
-            f"{r['method']:<10} {r['budget']:>5} {tokens:>9} {iqr:>20} {_fmt(r.get('full_prefill_ms'), '.1f'):>8} "
-            f"{_fmt(r.get('oracle_prefill_ms'), '.1f'):>9} {_fmt(r.get('pruned_over_oracle'), '.3f'):>6} "
-            f"{_fmt(r.get('pruned_over_oracle_cpu'), '.3f'):>6} "
-            f"{_fmt(r.get('full_over_pruned'), '.2f'):>7} {_fmt(r.get('selection_ms'), '.2f'):>7} "
-            f"{_fmt(r.get('decode_tok_s'), '.0f'):>7} {_fmt(kv and kv / 2**20, '.2f'):>6} "
-            f"{_fmt(pk and pk / 2**20, '.0f'):>7} {_fmt(r.get('flops') and r['flops'] / 1e9, '.2f'):>8} "
-            f"{_fmt(r.get('flops_reduction') and 100 * r['flops_reduction'], '.1f') + '%':>6} "
-            f"{_fmt(r.get('equivalent_tokens'), '.0f'):>6}"
-        )
+    frames = meta.get("video_frames")
+    media = f"video of {frames} frames at" if frames else "image"
+    for size in meta.get("sizes") or [{k: meta.get(k) for k in SIZE_FIELDS}]:
+        lines += [
+            f"{media} {size['image_size'][0]}x{size['image_size'][1]}: {size['visual_tokens_per_image']} visual "
+            f"tokens/{'video' if frames else 'image'} (grid {size['grid']}), prompt {size['prompt_length']}, vision tower "
+            f"{_fmt(size['vision_flops'] and size['vision_flops'] / 1e9, '.2f')} G; load average (start, end) "
+            f"{size.get('load_average_start_end')}",
+            head,
+            "-" * len(head),
+        ]
+        wanted = "x".join(str(v) for v in size["image_size"])
+        lines += [_table_line(r) for r in rows if r.get("image_size") in (None, wanted)]
     lines.append(
         "pr/orc = pruned/oracle prefill (overhead of choosing), speedup = full/pruned prefill: medians of "
         "per-repeat paired ratios of wall-clock time to first token; (cpu) = the same ratio of process CPU "
@@ -318,6 +335,25 @@ def format_table(result: dict) -> str:
     )
     lines.append(meta["oracle"] + ".")
     return "\n".join(lines)
+
+
+def _table_line(r: dict) -> str:
+    if r.get("error") and r.get("prefill_ms") is None:
+        return f"{r['method']:<10} {r['budget']:>5}  ERROR {r['error'][:100]}"
+    iqr = f"{_fmt(r.get('prefill_ms'), '.1f')} [{_fmt(r.get('prefill_ms_q1'), '.1f')}-{_fmt(r.get('prefill_ms_q3'), '.1f')}]"
+    tokens = f"{r['tokens_before']}->{r['tokens_after']}"
+    kv, pk, dm = r.get("kv_cache_bytes"), r.get("peak_mem_bytes"), r.get("mem_delta_bytes")
+    return (
+        f"{r['method']:<10} {r['budget']:>5} {tokens:>10} {iqr:>22} {_fmt(r.get('full_prefill_ms'), '.1f'):>8} "
+        f"{_fmt(r.get('oracle_prefill_ms'), '.1f'):>9} {_fmt(r.get('pruned_over_oracle'), '.3f'):>6} "
+        f"{_fmt(r.get('pruned_over_oracle_cpu'), '.3f'):>6} "
+        f"{_fmt(r.get('full_over_pruned'), '.2f'):>7} {_fmt(r.get('selection_ms'), '.2f'):>7} "
+        f"{_fmt(r.get('decode_tok_s'), '.0f'):>7} {_fmt(kv and kv / 2**20, '.2f'):>6} "
+        f"{_fmt(pk and pk / 2**20, '.0f'):>7} {_fmt(None if dm is None else dm / 2**20, '.1f'):>6} "
+        f"{_fmt(r.get('flops') and r['flops'] / 1e9, '.2f'):>8} "
+        f"{_fmt(r.get('flops_reduction') and 100 * r['flops_reduction'], '.1f') + '%':>6} "
+        f"{_fmt(r.get('equivalent_tokens'), '.0f'):>6}"
+    )
 
 
 def write_results(result: dict, out_dir, plot: bool = True) -> dict:
@@ -334,7 +370,8 @@ def write_results(result: dict, out_dir, plot: bool = True) -> dict:
         for r in result["rows"]:
             writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
     if plot:
-        from vlmprune.apps.bench.plot import plot_bench
+        from vlmprune.apps.bench.plot import plot_bench, plot_scaling
 
-        paths["png"] = plot_bench(result, out / "bench.png")
+        several = len(result["meta"].get("sizes") or []) > 1
+        paths["png"] = (plot_scaling if several else plot_bench)(result, out / "bench.png")
     return paths

@@ -10,9 +10,9 @@ import torch
 
 from vlmprune.apps import zoo
 from vlmprune.apps.bench.inputs import make_bench_inputs, text_token_count
-from vlmprune.apps.bench.models import BenchModel, load_bench_model
+from vlmprune.apps.bench.models import BenchModel, load_bench_model, parse_image_size
 from vlmprune.apps.bench.oracle import build_oracle
-from vlmprune.apps.bench.report import build_meta, build_rows
+from vlmprune.apps.bench.report import build_meta, build_rows, merge_sizes
 from vlmprune.apps.bench.timing import LayerLengths, cache_bytes, load_average, stamps, sync
 from vlmprune.apps.errors import UsageError
 from vlmprune.apps.options import progress as progress_bar
@@ -48,10 +48,28 @@ class BenchSettings:
     decode_tokens: int = 8
     convention: str = "fastv"
     tiny_arch: bool = False
-    image_size: str | None = None
+    image_size: str | None = None  # "W", "WxH", or several, comma-separated: one run per size
     attn: str = "sdpa"
     threads: int | None = None
     seed: int = 0
+    video_frames: int = 0  # one video of this many frames per row instead of an image
+    #: peak memory per row: CPU rows each in a process of its own (None: on for the CPU)
+    memory: bool | None = None
+
+
+def image_sizes(value) -> list:
+    """The image sizes of a ``--image-size`` value: ``[None]`` (the family's default), or each of
+    ``"448,896x672,1344"`` / a list, as ``(W, H)``; ``UsageError`` naming ``--image-size``."""
+    if value is None:
+        return [None]
+    parts = value if isinstance(value, (list, tuple)) and not isinstance(value[0], int) else None
+    if parts is None:
+        parts = (
+            [value] if isinstance(value, (list, tuple)) else [p for p in str(value).split(",") if p.strip()]
+        )
+    if not parts:
+        raise UsageError("--image-size", f"expected W or WxH in pixels, got {value!r}")
+    return [parse_image_size(p.strip() if isinstance(p, str) else p) for p in parts]
 
 
 @dataclass
@@ -127,7 +145,9 @@ def prepare(settings: BenchSettings) -> Bench:
         settings.model, device=str(device), dtype=dtype, tiny_arch=settings.tiny_arch,
         image_size=settings.image_size, attn=settings.attn, seed=settings.seed,
     )  # fmt: skip
-    inputs = make_bench_inputs(bm, settings.batch, settings.text_tokens, device)
+    if settings.video_frames and not (bm.adapter.prunes_video and hasattr(bm.adapter, "tiny_video")):
+        raise UsageError("--video-frames", f"{bm.family} does not prune videos")
+    inputs = make_bench_inputs(bm, settings.batch, settings.text_tokens, device, settings.video_frames)
     methods = settings.methods or vlmprune.list_methods()
     probe = vlmprune.get_method("random", budget=1)
     with torch.no_grad(), probe(bm.model) as session:
@@ -191,6 +211,23 @@ def instrument(b: Bench, log) -> None:
                 job["error"] = f"{type(err).__name__}: {err}"
                 log(f"[bench] {name} {kind}={value}: {job['error']}")
             b.jobs.append(job)
+
+
+def run_once(b: Bench, kind: str, method=None, k: int | None = None):
+    """A callable running one ``generate`` of ``kind`` (full; oracle at ``k`` tokens; pruned by
+    ``method``) on the bench inputs, untimed (:mod:`vlmprune.apps.bench.memory` measures it)."""
+    model = b.bm.model
+    if kind == "oracle":
+        oracle = build_oracle(model, b.inputs, k)
+        return lambda: model.generate(**oracle.prepare(), generation_config=b.gc)
+    if kind == "pruned":
+
+        def pruned():
+            with method(model):
+                model.generate(**b.inputs, generation_config=b.gc)
+
+        return pruned
+    return lambda: model.generate(**b.inputs, generation_config=b.gc)
 
 
 def _timed(b: Bench, kind: str, job) -> dict:
@@ -267,17 +304,54 @@ def _repeat(b: Bench, job, order, keep: bool, log) -> None:
             job["runs"][kind].append(got[kind])
 
 
-def run_bench(settings: BenchSettings, progress: bool = True, log=None) -> dict:
-    """Run the benchmark described by ``settings``. Returns ``{"meta": {...}, "rows": [...]}``:
-    one row for the full model, one ``oracle`` row per budget, one row per (method, budget)
-    (fields: :data:`~vlmprune.apps.bench.report.CSV_FIELDS`, plus the raw per-repeat samples
-    under ``"samples"``)."""
-    import sys
+def measure_memory(b: Bench, rows: list[dict], log) -> None:
+    """Peak memory of every CPU row, each configuration in a process of its own
+    (:mod:`vlmprune.apps.bench.memory`); CUDA rows keep the allocator's peak of their timed runs."""
+    from vlmprune.apps.bench import memory
 
-    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if b.device.type != "cpu" or not memory.available():
+        return
+    size = list(b.bm.image_size)
+    for row in rows:
+        if row.get("error") and row.get("prefill_ms") is None:
+            continue
+        if row["method"] == "full":
+            got = memory.measure(b.settings, size, "full")
+        elif row["method"] == "oracle":
+            got = memory.measure(b.settings, size, "oracle", config=(row["budget"],))
+        else:
+            kind = "ratio" if row.get("ratio") is not None else "budget"
+            config = (kind, row["ratio"] if kind == "ratio" else row["budget"])
+            got = memory.measure(b.settings, size, "pruned", row["method"], config)
+        row.update(got)
+        if got["peak_mem_bytes"] is None:
+            log(f"[bench] peak memory of {row['method']} K={row['budget']} could not be measured")
+
+
+def run_size(settings: BenchSettings, progress: bool, log) -> dict:
+    """The benchmark at one image size (``settings.image_size`` a single size or None)."""
     b = prepare(settings)
     instrument(b, log)
     elapsed, loads = time_all(b, progress, log)
     text_len = text_token_count(b.bm.model, b.inputs)
     rows = build_rows(b, text_len)
+    if settings.memory or (settings.memory is None and b.device.type == "cpu"):
+        measure_memory(b, rows, log)
     return {"meta": build_meta(b, text_len, elapsed, loads), "rows": rows}
+
+
+def run_bench(settings: BenchSettings, progress: bool = True, log=None) -> dict:
+    """Run the benchmark described by ``settings``, once per image size of ``settings.image_size``.
+    Returns ``{"meta": {...}, "rows": [...]}``: per size, one row for the full model, one
+    ``oracle`` row per budget, one row per (method, budget) (fields:
+    :data:`~vlmprune.apps.bench.report.CSV_FIELDS`, plus the raw per-repeat samples under
+    ``"samples"``); ``meta`` describes the first size and lists every size under ``"sizes"``."""
+    import dataclasses
+    import sys
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    parts = []
+    for size in image_sizes(settings.image_size):
+        size_str = None if size is None else f"{size[0]}x{size[1]}"
+        parts.append(run_size(dataclasses.replace(settings, image_size=size_str), progress, log))
+    return merge_sizes(parts)
