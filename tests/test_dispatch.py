@@ -152,3 +152,58 @@ def test_loops_capture_whole_and_pick_the_same():
     torch.testing.assert_close(got[0][1], eager[0][1], atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="devices"):
         greedy.compile_loops(devices="cuda")
+
+
+QWEN_SIDE, QWEN_D, QWEN_DV = 48, 256, 64  # a 1344 x 1344 image on the bench Qwen: N = 2304 > D
+# methods allowed an (N, N) buffer at this size, and why (docs/benchmarks.md)
+DENSE = {"divprune": "up to 4096 tokens the dense max-min distances (64 MiB) beat the row-wise form"}
+
+
+class Largest(TorchDispatchMode):
+    """Counts host syncs and keeps the largest tensor any operation returns (in elements)."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest, self.syncs = 0, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.syncs += func.overloadpacket.__name__ in SYNC_OPS
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if torch.is_tensor(t):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def qwen_sized_image(seed: int = 0) -> ImageTokens:
+    g = torch.Generator().manual_seed(seed)
+    n = QWEN_SIDE * QWEN_SIDE
+    low = torch.randn(n, 16, generator=g)  # image-like: a few strong directions, then noise
+    return ImageTokens(
+        features=low @ torch.randn(16, QWEN_D, generator=g) + torch.randn(n, QWEN_D, generator=g),
+        budget=511,
+        regions=[Region(torch.arange(n), (QWEN_SIDE, QWEN_SIDE))],
+        grid=(1, QWEN_SIDE, QWEN_SIDE),
+        pre_features=low @ torch.randn(16, QWEN_DV, generator=g) + torch.randn(n, QWEN_DV, generator=g),
+        saliency=torch.rand(n, generator=g),
+        text=torch.randn(12, QWEN_D, generator=g),
+    )
+
+
+@pytest.mark.parametrize("name", PRE_LLM)
+def test_selection_at_high_resolution_syncs_little_and_holds_no_square(name):
+    """2304 tokens of width 256 (more tokens than dimensions): at most ``SYNCS`` host syncs in
+    either form, and on the CPU no tensor of N x N elements, unless the method is in ``DENSE``."""
+    image = qwen_sized_image()
+    n = image.num_tokens
+    method = vlmprune.get_method(name, ratio=0.222)
+    image = dataclasses.replace(image, budget=method.keep_count(n))
+    for form in ("accelerator", "cpu"):
+        with accelerator_form() if form == "accelerator" else contextlib.nullcontext():
+            method.select_images([image])  # warm-up: lazy initialisation is not the steady state
+            with torch.no_grad(), Largest() as c:
+                kept = method.select_images([image])[0]
+        assert kept.indices.numel() == image.budget
+        assert c.syncs <= SYNCS, f"{name} ({form} form): {c.syncs} host syncs"
+        if form == "cpu" and name not in DENSE:
+            assert c.largest < n * n, f"{name}: a tensor of {c.largest} elements (N x N = {n * n})"

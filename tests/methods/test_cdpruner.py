@@ -162,3 +162,31 @@ def test_fixed_step_dpp_equals_row_by_row(n, d, k):
         x = torch.randn(n, d, generator=g)
         q = cdpruner.relevance(x, torch.randn(4, d, generator=g))
         assert torch.equal(cdpruner.greedy_dpp(x, q, k), cdpruner.greedy_dpp_exact(x, q, k))
+
+
+@pytest.mark.parametrize("b,n,d,k", [(1, 300, 24, 24), (3, 200, 40, 60), (2, 90, 7, 7), (1, 500, 64, 200)])
+def test_factor_dpp_picks_what_the_residual_kernel_picks(b, n, d, k):
+    """With more tokens than dimensions the greedy DPP runs on the kernel's (N, D) factor: the
+    same picks as on the (N, N) residual kernel, one image or a batch, with or without a forced
+    first pick, and pivots equal to rounding (k <= d: the kernel's rank is not spent)."""
+    from vlmprune.core.greedy import dpp_factor_steps, dpp_steps
+
+    g = torch.Generator().manual_seed(n + d)
+    rows = torch.nn.functional.normalize(torch.randn(b, n, d, generator=g), dim=-1)
+    rows = rows * (torch.rand(b, n, 1, generator=g) + 0.2)  # a quality per token
+    diag = (rows * rows).sum(-1)  # (B, N)
+    for first in (None, torch.randint(0, n, (b,), generator=g)):
+        kernel = rows @ rows.transpose(1, 2)
+        kernel.diagonal(dim1=1, dim2=2).copy_(diag)
+        want, want_piv = dpp_steps(kernel, min(k, d), first)
+        got, got_piv = dpp_factor_steps(rows, diag.clone(), min(k, d), first)
+        assert torch.equal(got, want)
+        torch.testing.assert_close(got_piv, want_piv, atol=1e-5, rtol=1e-4)
+
+
+def test_cdpruner_on_more_tokens_than_dimensions_matches_row_by_row():
+    for seed in range(3):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randn(2304 // 4, 64, generator=g)  # N > D: the factor form
+        q = cdpruner.relevance(x, torch.randn(5, 64, generator=g))
+        assert torch.equal(cdpruner.greedy_dpp(x, q, 60), cdpruner.greedy_dpp_exact(x, q, 60))

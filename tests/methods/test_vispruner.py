@@ -170,3 +170,39 @@ def test_method_uses_pre_features_per_region():
     assert VisPruner(ratio=0.25).select_image(sized(VisPruner(ratio=0.25), image)).indices.numel() == 15
     m2 = get_method("vispruner", budget=4)
     assert isinstance(m2, VisPruner) and m2.needs_saliency and m2.needs_pre_features
+
+
+@pytest.mark.parametrize("r,d,mode", [(1100, 16, "random"), (1300, 8, "clusters"), (1024, 4, "ties")])
+def test_neighbour_form_picks_what_the_exact_rounds_pick(r, d, mode):
+    """From 1024 rows the CPU form reads nearest-neighbour lists: the same survivors as the exact
+    rounds on the full similarity (random, clustered and exactly repeated features)."""
+    g = torch.Generator().manual_seed(r)
+    if mode == "clusters":
+        x = torch.randn(12, d, generator=g)[torch.randint(0, 12, (r,), generator=g)]
+        x = x + 0.05 * torch.randn(r, d, generator=g)
+    elif mode == "ties":
+        x = torch.randint(-1, 2, (r, d), generator=g).float()  # many identical rows and zero rows
+    else:
+        x = torch.randn(r, d, generator=g)
+    for keep, per_round in ((r // 5, 8), (r // 2, 3)):
+        got = remove_duplicates(x, keep, per_round)
+        with accelerator_form():
+            want = remove_duplicates(x, keep, per_round)
+        assert torch.equal(got, want), (keep, per_round)
+
+
+def test_neighbour_rounds_vouch_for_their_answer_or_step_aside():
+    """Called directly on small inputs the neighbour lists are short relative to the survivors:
+    the form either answers what the exact rounds answer or declines (None)."""
+    f = torch.nn.functional.normalize(torch.randn(60, 3, generator=torch.Generator().manual_seed(0)), dim=-1)
+    sim = f.new_empty(61, 61)
+    sim[:60, :60] = f @ f.T
+    sim[60].fill_(float("-inf"))
+    sim[:, 60].fill_(float("-inf"))
+    answers = 0
+    for keep in (5, 20, 40):
+        got = vispruner._neighbour_rounds(f, keep, 8)
+        if got is not None:
+            answers += 1
+            assert torch.equal(got, vispruner._removal_rounds(sim.clone(), keep, 8))
+    assert answers > 0

@@ -44,6 +44,9 @@ class _Compiled:
 
 _COMPILED = _Compiled()
 
+#: the smallest pivot a forced first pick divides by (``sqrt(max(d², 1e-8))``, Chen et al. 2018)
+PIVOT_FLOOR = 1e-8
+
 # device types where reading a tensor on the host costs a memory load, not a stalled stream, and
 # an operation its arithmetic, not a launch: they run the methods' CPU forms
 HOST_READS: set[str] = {"cpu"}
@@ -136,7 +139,8 @@ def dpp_steps(
 
     ``kernel`` (B, N, N) symmetric, **overwritten** (with the residual left before the last pick,
     which needs no update); set a diagonal entry to
-    ``-inf`` beforehand to exclude that index. ``first`` (B,) forces the first pick. Returns
+    ``-inf`` beforehand to exclude that index. ``first`` (B,) forces the first pick (its pivot
+    floored at ``PIVOT_FLOOR``, so a zero token divides by ``1e-4`` as in Chen et al.). Returns
     ``(picks (B, steps), pivots (B, steps))``: picks in selection order and the ``d²`` each was
     picked at. Once every remaining ``d²`` is at rounding level (the kernel's rank is spent) the
     picks are meaningless: callers check ``pivots`` once after the loop and fall back to an exact
@@ -157,9 +161,9 @@ def _dpp_loop(kernel: torch.Tensor, steps: int, first: torch.Tensor | None = Non
     base = _bases(b, n, kernel.device)
     picks, pivots = [], []
     for step in range(steps):
-        if step == 0 and first is not None:
+        if step == 0 and first is not None:  # a forced pick: its pivot floored as Chen et al. do
             j = first
-            d2 = diag.gather(1, j[:, None]).view(b)
+            d2 = diag.gather(1, j[:, None]).view(b).clamp_min(PIVOT_FLOOR)
         else:
             d2, j = diag.max(dim=1)  # (B,), (B,)
         picks.append(j)
@@ -183,7 +187,7 @@ def _dpp_steps_one(kernel: torch.Tensor, steps: int, first: torch.Tensor | None)
     for step in range(steps):
         if step == 0 and first is not None:
             j = first
-            d2 = diag.index_select(0, j)
+            d2 = diag.index_select(0, j).clamp_min(PIVOT_FLOOR)
         else:
             d2, j = diag.max(dim=0, keepdim=True)  # (1,), (1,)
         picks.append(j)
@@ -227,7 +231,7 @@ def _dpp_factor_loop(rows: torch.Tensor, d2: torch.Tensor, steps: int, first: to
     for step in range(steps):
         if step == 0 and first is not None:
             j = first
-            piv = d2.gather(1, j[:, None]).view(b)
+            piv = d2.gather(1, j[:, None]).view(b).clamp_min(PIVOT_FLOOR)
         else:
             piv, j = d2.max(dim=1)  # (B,), (B,)
         picks.append(j)
@@ -262,7 +266,7 @@ def _dpp_factor_one(rows: torch.Tensor, d2: torch.Tensor, steps: int, first: tor
     for step in range(steps):
         if step == 0 and first is not None:
             j = first
-            piv = d2.index_select(0, j)
+            piv = d2.index_select(0, j).clamp_min(PIVOT_FLOOR)
         else:
             piv, j = d2.max(dim=0, keepdim=True)  # (1,), (1,)
         picks.append(j)

@@ -79,8 +79,8 @@ def greedy_dpp(features: torch.Tensor, quality: torch.Tensor, budget: int) -> to
     path (:func:`vlmprune.core.greedy.dpp_steps` on the (N, N) kernel, a constant five operations
     per step; with more tokens than dimensions, ``D < N``,
     :func:`vlmprune.core.greedy.dpp_factor_steps` on its (N, D) factor; one host sync per call to
-    check the pivots; a second where the kernel's rank runs out before ``budget``
-    picks, to apply the fill rule). :func:`greedy_dpp_exact` is the same selection one Cholesky row
+    check the pivots; where the kernel's rank runs out before ``budget`` picks, the fill rule in
+    tensor operations). :func:`greedy_dpp_exact` is the same selection one Cholesky row
     per step (the reference the tests compare with).
 
     Args:
@@ -105,12 +105,26 @@ def greedy_dpp(features: torch.Tensor, quality: torch.Tensor, budget: int) -> to
         kernel.diagonal(dim1=1, dim2=2).copy_(diag)
         picks, pivots = dpp_steps(kernel, k)  # (1, K), (1, K)
     ok = pivots[0] > RANK_EPS * diag.max()  # (K,)
-    if bool(ok.all()):  # host sync 1
+    if bool(ok.all()):  # the one host sync
         return picks[0]
-    # the rank ran out at step t: the first t picks stand, the rest go to the highest quality
-    t = int(ok.int().cumprod(0).sum())  # host sync 2
-    chosen = torch.zeros(n, dtype=torch.bool, device=q.device).index_fill_(0, picks[0, :t], True)
-    return torch.cat([picks[0, :t], ranked(q.masked_fill(chosen, float("-inf")))[: k - t]])
+    return _fill_by_quality(picks[0], ok, q, k)
+
+
+def _fill_by_quality(picks: torch.Tensor, ok: torch.Tensor, q: torch.Tensor, k: int) -> torch.Tensor:
+    """The rank ran out at the first step whose pivot is not ``ok`` (K,): the picks before it
+    stand, in order, and the rest go to the highest quality ``q`` (N,), ties to the lowest index.
+    Tensor operations only (no host sync): each token gets a key, its step if it was picked in
+    time, else the number picked in time plus its rank by quality; the ``k`` smallest keys."""
+    n = q.shape[0]
+    steps = torch.arange(picks.shape[0], device=q.device, dtype=torch.float32)
+    in_time = ok.int().cumprod(0).bool()  # (K,) before the first failed pivot
+    keys = torch.full((n,), float("inf"), device=q.device)
+    keys.scatter_reduce_(0, picks, torch.where(in_time, steps, float("inf")), "amin")  # (N,)
+    chosen = keys < float("inf")
+    rank = torch.empty(n, device=q.device).scatter_(0, ranked(q.masked_fill(chosen, float("-inf"))),
+                                                    torch.arange(n, device=q.device, dtype=torch.float32))  # fmt: skip
+    keys = torch.where(chosen, keys, in_time.sum() + rank)
+    return torch.sort(keys, stable=True).indices[:k]
 
 
 def greedy_dpp_exact(features: torch.Tensor, quality: torch.Tensor, budget: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ used across the token-pruning literature (e.g. as reported in VisionZip and Prom
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -33,16 +34,16 @@ def cell_grid(h: int, w: int, k: int) -> tuple[int, int]:
     return best
 
 
-def _cells(h: int, w: int, budget: int, device) -> torch.Tensor:
+def _cells(h: int, w: int, budget: int) -> torch.Tensor:
     """(N,) cell id of each raster token: a gh x gw cut of the grid, then, while there are fewer
     cells than ``budget``, the member farthest from its cell's centre (ties: lowest index) of the
     largest cell (ties: lowest id) is split off as a cell of its own."""
     gh, gw = cell_grid(h, w, budget)
-    rows = torch.arange(h, device=device) * gh // h  # (h,) cell row of each grid row
-    cols = torch.arange(w, device=device) * gw // w  # (w,)
+    rows = torch.arange(h) * gh // h  # (h,) cell row of each grid row
+    cols = torch.arange(w) * gw // w  # (w,)
     cell = (rows[:, None] * gw + cols[None, :]).flatten()  # (h, w) -> (N,)
-    yy = torch.arange(h, device=device).repeat_interleave(w).float()
-    xx = torch.arange(w, device=device).repeat(h).float()
+    yy = torch.arange(h).repeat_interleave(w).float()
+    xx = torch.arange(w).repeat(h).float()
     for new_id in range(gh * gw, budget):
         sizes = torch.bincount(cell, minlength=new_id)
         big = int(torch.argmax(sizes))
@@ -51,6 +52,32 @@ def _cells(h: int, w: int, budget: int, device) -> torch.Tensor:
         far = members[int(torch.argmax(d))]  # argmax returns the first (lowest index) maximum
         cell[far] = new_id
     return cell
+
+
+@functools.lru_cache(maxsize=64)
+def plan(h: int, w: int, budget: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The geometry of pooling an (h, w) grid to ``budget < h * w`` cells, on the host (it depends
+    on the grid alone, so a call on any device reads nothing back): ``(kept (K,) sorted
+    representatives, assignment (N,) the slot of ``kept`` each token is pooled into, counts (K,)
+    members per slot)``. The representative of a cell is its member nearest the centroid (ties:
+    lowest index)."""
+    n, k = h * w, budget
+    cell = _cells(h, w, budget)  # (N,)
+    counts = torch.bincount(cell, minlength=k).float()  # (K,)
+    yy = torch.arange(h).repeat_interleave(w).float()
+    xx = torch.arange(w).repeat(h).float()
+    cy = torch.zeros(k).index_add_(0, cell, yy) / counts
+    cx = torch.zeros(k).index_add_(0, cell, xx) / counts
+    dist = (yy - cy[cell]) ** 2 + (xx - cx[cell]) ** 2  # (N,)
+    best = torch.full((k,), float("inf")).scatter_reduce(0, cell, dist, reduce="amin")
+    is_best = dist == best[cell]
+    rep = torch.full((k,), n, dtype=torch.long)
+    rep = rep.scatter_reduce(0, cell[is_best], torch.nonzero(is_best).flatten(), reduce="amin")
+    order = torch.argsort(rep)  # slots in raster order of their representatives
+    slot_of_cell = torch.empty_like(order)
+    slot_of_cell[order] = torch.arange(k)
+    slot = slot_of_cell[cell]  # (N,)
+    return rep[order], slot, counts[order]
 
 
 def select(features: torch.Tensor, grid: tuple[int, int], budget: int):
@@ -70,24 +97,10 @@ def select(features: torch.Tensor, grid: tuple[int, int], budget: int):
     if budget >= n:
         idx = torch.arange(n, device=dev)
         return idx, features, idx.clone()
-    cell = _cells(h, w, budget, dev)  # (N,)
-    k = budget
+    kept, slot, counts = (t.to(dev) for t in plan(h, w, budget))
     x = features.float()
-    counts = torch.bincount(cell, minlength=k).float()  # (K,)
-    means = torch.zeros(k, x.shape[1], device=dev).index_add_(0, cell, x) / counts[:, None]  # (K, D)
-    yy = torch.arange(h, device=dev).repeat_interleave(w).float()
-    xx = torch.arange(w, device=dev).repeat(h).float()
-    cy = torch.zeros(k, device=dev).index_add_(0, cell, yy) / counts
-    cx = torch.zeros(k, device=dev).index_add_(0, cell, xx) / counts
-    dist = (yy - cy[cell]) ** 2 + (xx - cx[cell]) ** 2  # (N,)
-    best = torch.full((k,), float("inf"), device=dev).scatter_reduce(0, cell, dist, reduce="amin")
-    is_best = dist == best[cell]
-    rep = torch.full((k,), n, dtype=torch.long, device=dev)
-    rep = rep.scatter_reduce(0, cell[is_best], torch.nonzero(is_best).flatten(), reduce="amin")
-    order = torch.argsort(rep)  # slots in raster order of their representatives
-    slot_of_cell = torch.empty_like(order)
-    slot_of_cell[order] = torch.arange(k, device=dev)
-    return rep[order], means[order].to(features.dtype), slot_of_cell[cell]
+    means = torch.zeros(budget, x.shape[1], device=dev).index_add_(0, slot, x) / counts[:, None]  # (K, D)
+    return kept, means.to(features.dtype), slot
 
 
 @register

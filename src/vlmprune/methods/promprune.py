@@ -36,13 +36,14 @@ Differences from the released code (all deliberate, see ``methods.md``):
   below the rank of the tokens, e.g. 4096-d tokens at K <= 576); ``r`` is computed in float32 whatever
   the input dtype.
 - Batched: all images (crops) with the same token count are selected together with tensor ops
-  (one Gram matrix per image serves both the entropy and the DPP kernel). On an accelerator the
-  greedy DPP runs a fixed ``K`` steps of five tensor operations each
-  (:func:`vlmprune.core.greedy.dpp_steps`; steps past an image's ``T_cov`` are discarded on the
-  device) with one host sync per call, which checks that no accepted pivot was at the rank floor;
-  if one was, the selection is redone one Cholesky row per step with the floor rule above (the
-  same picks wherever both apply). On the CPU, where a read stalls nothing, it first reads the
-  largest ``T_cov`` and runs only that many steps (the same picks, a second read).
+  (one Gram matrix per image serves both the entropy and the DPP kernel when ``N <= D``; with
+  more tokens than dimensions the entropy takes the (D, D) side and the DPP the kernel's (N, D)
+  factor, :func:`vlmprune.core.greedy.dpp_factor_steps`). On an accelerator the greedy DPP runs
+  a fixed ``K`` steps of five tensor operations each (:func:`vlmprune.core.greedy.dpp_steps`;
+  steps past an image's ``T_cov`` are discarded on the device) and one host sync, which checks
+  that every accepted pivot stayed above the rank floor; where one did not, the picks are kept up
+  to that step and the floor rule above fills the rest, with tensor operations. On the CPU, where a read stalls nothing, it first reads the largest ``T_cov``
+  and runs only that many steps (the same picks, one more read).
 """
 
 from __future__ import annotations
@@ -251,7 +252,7 @@ def _select_rows(
     # stage-1 token.
     d2 = torch.threshold(d2, RANK_EPS, 0.0).masked_fill_(salient, float("-inf"))  # (B, N): <= 1e-5 is 0
     if reads_on_host(t_cov):  # the CPU: run only the steps some image uses (a read, not a stall)
-        steps = int(t_cov.max())
+        steps = int(t_cov.max() if t_cov.numel() > 1 else t_cov)
     if steps == 0:
         return salient.int()
     if kernel is not None:
@@ -270,10 +271,25 @@ def _select_rows(
         picks, pivots = dpp_factor_steps(rows, d2.clone(), steps, first=seed)  # (B, S), (B, S)
     valid = torch.arange(steps, device=x.device) < t_cov  # (B, S): step i < T_cov
     if not bool((valid <= (pivots > RANK_EPS)).all()):  # the one host sync: the kernel's rank ran out
-        kernel = _dpp_kernel(_cosine_gram(x)[0], scale)  # the steps consumed the first one
-        return _coverage_exact(kernel, d2, salient, t_cov[:, 0].long(), seed).int()
+        return _with_floor_fill(salient, picks, pivots, t_cov)
     # 1 for a stage-1 token or a valid pick; a discarded step (valid 0) changes nothing
     return salient.int().scatter_reduce_(1, picks, valid.int(), "amax")  # (B, N)
+
+
+def _with_floor_fill(salient, picks, pivots, t_cov) -> torch.Tensor:
+    """(B, N) int32 kept: the stage-1 tokens, the DPP picks up to ``T_cov`` while their ``d²`` is
+    above the rank floor (the seed always: it is chosen, not ranked), then, once the kernel's rank
+    is spent (every remaining ``d²`` at or below ``1e-5`` counts as 0, a tie), the lowest remaining
+    indices up to ``T_cov``: what one Cholesky row per step with that floor picks. Tensor
+    operations only (no host sync), no (N, N) buffer."""
+    steps = picks.shape[1]
+    above = pivots > RANK_EPS  # (B, S)
+    above[:, 0] = True  # the seed
+    take = above.cumprod(dim=1) * (torch.arange(steps, device=picks.device) < t_cov)  # (B, S) 0/1
+    kept = salient.long().scatter_reduce_(1, picks, take, "amax")  # (B, N)
+    free = kept == 0
+    need = t_cov - take.sum(dim=1, keepdim=True)  # (B, 1) picks left to the floor rule
+    return kept.masked_fill_(free & (free.cumsum(dim=1) <= need), 1)  # the lowest free indices
 
 
 def _overlap(rows: torch.Tensor, order: torch.Tensor, t_sal: torch.Tensor, most: int) -> torch.Tensor:
@@ -291,37 +307,6 @@ def _dpp_kernel(kernel: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """(B, N, N) eps-1e-8 cosine kernel, (B, N) scale -> the (B, N, N) eps-1e-6 DPP kernel, in
     place (exactly the input where ``scale == 1``; no new N x N buffer)."""
     return kernel.mul_(scale.unsqueeze(2)).mul_(scale.unsqueeze(1))
-
-
-def _coverage_exact(kernel, d2, salient, t_cov, seed) -> torch.Tensor:
-    """Stage 2 one Cholesky row per step with the rank-floor rule (a ``d²`` at or below ``1e-5``
-    counts as 0: the lowest remaining index wins), for inputs whose kernel rank runs out."""
-    b, n = d2.shape
-    device = d2.device
-    ar = torch.arange(b, device=device)
-    t_max = int(t_cov.max())
-    floor = torch.zeros(b, n, device=device).masked_fill_(salient, float("-inf"))  # (B, N)
-    c = kernel.new_zeros(b, max(t_max, 1), n)  # Cholesky rows c_i, (B, T, N)
-    picks: list[torch.Tensor] = []
-    for i in range(t_max):
-        j = seed if i == 0 else d2.argmax(dim=1)  # (B,) lowest index on ties
-        picks.append(j)
-        row = kernel[ar, j].unsqueeze(1)  # (B, 1, N) L[j]
-        if i > 0:
-            # L[j] - Σ_t c_t[j] c_t: (B, 1, i) @ (B, i, N) -> (B, 1, N)
-            row = torch.baddbmm(row, c[ar, :i, j].unsqueeze(1), c[:, :i], alpha=-1.0)
-        e = c[:, i]  # (B, N) view: c_i is written in place
-        torch.div(row.squeeze(1), d2[ar, j].clamp_min(1e-8).sqrt().unsqueeze(1), out=e)
-        floor[ar, j] = float("-inf")
-        d2[ar, j] = float("-inf")
-        d2 = torch.addcmul(d2, e, e, value=-1.0)  # d² - e²; -inf stays -inf
-        d2 = torch.where(d2 > RANK_EPS, d2, floor)  # max(d², 0) with the rank floor; excluded stay -inf
-    kept = salient.clone()
-    if t_max > 0:
-        chosen = torch.stack(picks, dim=1)  # (B, T)
-        valid = torch.arange(t_max, device=device) < t_cov.unsqueeze(1)  # (B, T): step i < T_cov
-        kept[ar.unsqueeze(1).expand_as(chosen)[valid], chosen[valid]] = True
-    return kept
 
 
 @torch.no_grad()
