@@ -99,19 +99,21 @@ def greedy_dpp(features: torch.Tensor, quality: torch.Tensor, budget: int) -> to
     q = quality.float().to(features.device)  # (N,)
     diag = q * q * (f * f).sum(dim=1)  # (N,) the exact diag(L): q² (0 for an all-zero token)
     if f.shape[1] < n:  # more tokens than dimensions: the kernel's factor, O(N D) memory
-        picks, pivots = dpp_factor_steps((f * q[:, None]).unsqueeze(0), diag.clone().unsqueeze(0), k)
+        steps = min(k, f.shape[1])  # the kernel's rank is at most D: later pivots are rounding noise
+        picks, pivots = dpp_factor_steps((f * q[:, None]).unsqueeze(0), diag.clone().unsqueeze(0), steps)
     else:
         kernel = (f @ f.T).mul_(q[:, None]).mul_(q[None, :]).unsqueeze(0)  # (N, D) @ (D, N) -> (1, N, N)
         kernel.diagonal(dim1=1, dim2=2).copy_(diag)
         picks, pivots = dpp_steps(kernel, k)  # (1, K), (1, K)
-    ok = pivots[0] > RANK_EPS * diag.max()  # (K,)
-    if bool(ok.all()):  # the one host sync
+    ok = pivots[0] > RANK_EPS * diag.max()  # (steps,)
+    if ok.shape[0] == k and bool(ok.all()):  # the one host sync
         return picks[0]
     return _fill_by_quality(picks[0], ok, q, k)
 
 
 def _fill_by_quality(picks: torch.Tensor, ok: torch.Tensor, q: torch.Tensor, k: int) -> torch.Tensor:
-    """The rank ran out at the first step whose pivot is not ``ok`` (K,): the picks before it
+    """The rank ran out at the first step whose pivot is not ``ok`` (S,), or after the S steps run
+    (S < k: the kernel's rank bound): the picks before it
     stand, in order, and the rest go to the highest quality ``q`` (N,), ties to the lowest index.
     Tensor operations only (no host sync): each token gets a key, its step if it was picked in
     time, else the number picked in time plus its rank by quality; the ``k`` smallest keys."""

@@ -267,8 +267,10 @@ def _select_rows(
     if kernel is not None:
         residual.diagonal(dim1=1, dim2=2).copy_(d2)
         picks, pivots = dpp_steps(residual, steps, first=seed)  # (B, S), (B, S)
-    else:
-        picks, pivots = dpp_factor_steps(rows, d2.clone(), steps, first=seed)  # (B, S), (B, S)
+    else:  # the kernel's rank is at most D: pivots after D steps are rounding noise
+        picks, pivots = dpp_factor_steps(rows, d2.clone(), min(steps, d), first=seed)  # (B, S), (B, S)
+    if picks.shape[1] < steps:  # fewer steps than T_cov may need: the floor rule fills the rest
+        return _with_floor_fill(salient, picks, pivots, t_cov)
     valid = torch.arange(steps, device=x.device) < t_cov  # (B, S): step i < T_cov
     if not bool((valid <= (pivots > RANK_EPS)).all()):  # the one host sync: the kernel's rank ran out
         return _with_floor_fill(salient, picks, pivots, t_cov)

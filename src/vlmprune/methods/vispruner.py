@@ -119,9 +119,9 @@ def _neighbour_rounds(f: torch.Tensor, keep: int, drop_per_round: int) -> torch.
     A token's score, its highest similarity to ``B``, is the first entry of its nearest-neighbour
     list among the survivors (:func:`nearest_neighbours`, ``NEIGHBOURS`` long, rebuilt once the
     survivors halve) that lies in ``B``: the full similarity's value, in ``O(R m)`` a round and
-    ``O(R m)`` memory. A row with none of its list in ``B`` scores ``-inf`` provisionally; if its
-    true score could have reached the round's ``drop`` highest (its list's last value, an upper
-    bound, is at least the cut), the result is not vouched for. One host read, at the end.
+    ``O(R m)`` memory. A row with none of its list in ``B`` is scored by an upper bound, its list's
+    last value: if that lands it among the round's ``drop`` highest, its exact score might not, and
+    the result is not vouched for; elsewhere the order is the exact one. One host read, at the end.
     """
     r = f.shape[0]
     cur = torch.arange(r, device=f.device)  # survivors in raster order (global ids)
@@ -144,12 +144,12 @@ def _neighbour_rounds(f: torch.Tensor, keep: int, drop_per_round: int) -> torch.
         hit = in_b[neighbours.index_select(0, rows)]  # (|A|, m): that neighbour is in B
         in_b.index_fill_(0, b, False)
         found, first = hit.byte().max(dim=1)  # (|A|,) any neighbour in B, the first one (most similar)
-        score = flat.index_select(0, rows * m + first).masked_fill_(found == 0, NO_MATCH)  # (|A|,)
-        cut, order = torch.sort(score, descending=True, stable=True)  # ties: lowest index first
-        # a token none of whose neighbours is in B scores below its list's last value: the round is
-        # exact unless that bound reaches the cut
-        suspect |= ((found == 0) & (last.index_select(0, rows) >= cut[drop - 1])).any()
-        cur = cur.index_fill(0, 2 * order[:drop], r)  # a's slot in the survivors: dropped
+        # none of its list in B: the score is at most the list's last value, which stands in for it
+        score = torch.where(found.bool(), flat.index_select(0, rows * m + first), last.index_select(0, rows))
+        order = torch.sort(score, descending=True, stable=True).indices  # ties: lowest index first
+        gone = order[:drop]  # the most duplicated a
+        suspect |= (found.index_select(0, gone) == 0).any()  # a stand-in among them: not vouched for
+        cur = cur.index_fill(0, 2 * gone, r)  # a's slot in the survivors: dropped
         cur = torch.sort(cur).values[: size - drop]  # survivors back in raster order
         size -= drop
     return None if bool(suspect) else cur
