@@ -10,8 +10,8 @@ high-water mark (``/proc/self/clear_refs``) and runs one ``generate``. It report
   runtime and the call's own working memory: what the machine must hold);
 - ``mem_delta_bytes``: that peak minus the RSS before the call (the call's working memory).
 
-Run as ``python -m vlmprune.apps.bench.memory`` with the configuration as JSON on stdin; one line
-of JSON on stdout. Linux only (``/proc``); elsewhere the fields stay empty.
+The child runs :func:`vlmprune.apps.bench.runner.memory_child` with the configuration as JSON on
+stdin and prints one line of JSON. Linux only (``/proc``); elsewhere the fields stay empty.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import sys
 from dataclasses import asdict
 
 STATUS = "/proc/self/status"
+CHILD = "from vlmprune.apps.bench.runner import memory_child; memory_child()"
 
 
 def available() -> bool:
@@ -59,7 +60,7 @@ def measure(settings, image_size, kind: str, method: str | None = None, config=N
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "vlmprune.apps.bench.memory"],
+            [sys.executable, "-c", CHILD],
             input=json.dumps(spec),
             capture_output=True,
             text=True,
@@ -74,33 +75,12 @@ def measure(settings, image_size, kind: str, method: str | None = None, config=N
     return {**empty, **json.loads(lines[-1])}
 
 
-def _run(spec: dict) -> dict:
-    import torch
-
-    import vlmprune
-    from vlmprune.apps.bench.runner import BenchSettings, prepare, run_once
-
-    settings = BenchSettings(**{**spec["settings"], "image_size": spec["image_size"]})
-    b = prepare(settings)
-    kind, config = spec["kind"], spec["config"]
-    method = None
-    if kind == "pruned":
-        method = vlmprune.get_method(spec["method"], **{config[0]: config[1]})
-    with torch.no_grad():
-        call = run_once(b, kind, method, int(config[0]) if kind == "oracle" else None)
-        before = _status_bytes("VmRSS")
-        if not _reset_peak():
-            return {}
-        call()
-        peak = _status_bytes("VmHWM")
+def in_child(run_once) -> dict:
+    """In the child: the peak RSS of ``run_once()`` (a callable running the configuration once)
+    and its rise over the RSS before it (empty where the high-water mark cannot be reset)."""
+    before = _status_bytes("VmRSS")
+    if not _reset_peak():
+        return {}
+    run_once()
+    peak = _status_bytes("VmHWM")
     return {"peak_mem_bytes": peak, "mem_delta_bytes": peak - before}
-
-
-def main() -> int:
-    spec = json.loads(sys.stdin.read())
-    print(json.dumps(_run(spec)))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

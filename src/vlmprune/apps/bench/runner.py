@@ -307,25 +307,43 @@ def _repeat(b: Bench, job, order, keep: bool, log) -> None:
 def measure_memory(b: Bench, rows: list[dict], log) -> None:
     """Peak memory of every CPU row, each configuration in a process of its own
     (:mod:`vlmprune.apps.bench.memory`); CUDA rows keep the allocator's peak of their timed runs."""
-    from vlmprune.apps.bench import memory
+    from vlmprune.apps.bench.memory import available, measure
 
-    if b.device.type != "cpu" or not memory.available():
+    if b.device.type != "cpu" or not available():
         return
     size = list(b.bm.image_size)
     for row in rows:
         if row.get("error") and row.get("prefill_ms") is None:
             continue
         if row["method"] == "full":
-            got = memory.measure(b.settings, size, "full")
+            got = measure(b.settings, size, "full")
         elif row["method"] == "oracle":
-            got = memory.measure(b.settings, size, "oracle", config=(row["budget"],))
+            got = measure(b.settings, size, "oracle", config=(row["budget"],))
         else:
             kind = "ratio" if row.get("ratio") is not None else "budget"
             config = (kind, row["ratio"] if kind == "ratio" else row["budget"])
-            got = memory.measure(b.settings, size, "pruned", row["method"], config)
+            got = measure(b.settings, size, "pruned", row["method"], config)
         row.update(got)
         if got["peak_mem_bytes"] is None:
             log(f"[bench] peak memory of {row['method']} K={row['budget']} could not be measured")
+
+
+def memory_child() -> None:
+    """The child process of :func:`vlmprune.apps.bench.memory.measure`: the configuration as JSON
+    on stdin, its peak memory as one line of JSON on stdout."""
+    import json
+    import sys
+
+    import vlmprune
+    from vlmprune.apps.bench.memory import in_child
+
+    spec = json.loads(sys.stdin.read())
+    b = prepare(BenchSettings(**{**spec["settings"], "image_size": spec["image_size"]}))
+    kind, config = spec["kind"], spec["config"]
+    method = vlmprune.get_method(spec["method"], **{config[0]: config[1]}) if kind == "pruned" else None
+    with torch.no_grad():
+        got = in_child(run_once(b, kind, method, int(config[0]) if kind == "oracle" else None))
+    print(json.dumps(got))
 
 
 def run_size(settings: BenchSettings, progress: bool, log) -> dict:
