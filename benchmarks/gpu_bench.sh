@@ -8,10 +8,12 @@
 #   LLaVA-NeXT-7B  2880 content tokens (672x672 image, 5 crops) -> 320 kept
 # (as ratios, so that the DRY_RUN models keep the same shares)
 #   Qwen2.5-VL-7B  672x672 image, 576 merged tokens -> 22.2% kept (128)
+#   Qwen2.5-VL-7B  1344x1344 image, 2304 merged tokens -> 22.2% kept (511)  (qwen25_hr)
+#   Qwen2.5-VL-7B  a 16-frame 448x448 video, 2048 merged tokens -> 22.2% kept (455)  (qwen25_video)
 #
 # Usage (from the repository root, with the package installed in the active environment):
-#   bash benchmarks/gpu_bench.sh                # everything, about 8 minutes on one H200
-#   bash benchmarks/gpu_bench.sh llava15        # some of: selection llava15 llava_next qwen25
+#   bash benchmarks/gpu_bench.sh                # everything: under 10 minutes on one H100 (estimated: not yet timed there)
+#   bash benchmarks/gpu_bench.sh llava15        # some of: selection llava15 llava_next qwen25 qwen25_hr qwen25_video
 #   DRY_RUN=1 bash benchmarks/gpu_bench.sh      # CPU, shrunk models, 1 repeat: checks the script
 #   bash benchmarks/gpu_bench.sh vllm           # serving: the vLLM plugin on Qwen2.5-VL-7B (needs vllm;
 #                                               # not in the default run)
@@ -27,7 +29,7 @@ TEXT="${TEXT:-64}"
 METHODS="${METHODS:-}"   # empty: every registered method
 
 if [ "${DRY_RUN:-0}" = 1 ]; then
-    DEVICE=cpu; DTYPE=float32; REPEATS=1; WARMUP=0; SHRINK=(--tiny-arch); GPU=dry-run
+    DEVICE=cpu; DTYPE=float32; REPEATS=1; WARMUP=0; SHRINK=(--tiny-arch); GPU=dry-run; HR=224; VIDEO=112
 else
     if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
         echo "gpu_bench.sh: no CUDA device visible to torch (DRY_RUN=1 checks the script on the CPU)" >&2
@@ -37,6 +39,8 @@ else
     GPU="$("$PY" -c "import torch, re; print(re.sub(r'[^A-Za-z0-9]+', '-', torch.cuda.get_device_name(0)).strip('-').lower())")"
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
 fi
+HR="${HR:-1344}"        # the high-resolution image side
+VIDEO="${VIDEO:-448}"   # the video's frame side
 OUT="${OUT:-results/bench/gpu-$GPU}"
 mkdir -p "$OUT"
 
@@ -64,6 +68,15 @@ run_qwen25() {
         --out "$OUT/qwen2.5-vl-7b"
 }
 
+run_qwen25_hr() {
+    "$PY" -m vlmprune.apps.cli bench --model qwen2.5-vl-7b --image-size "${HR}x${HR}" --ratios 0.222 "${common[@]}" \
+        --out "$OUT/qwen2.5-vl-7b-${HR}"
+}
+run_qwen25_video() {
+    "$PY" -m vlmprune.apps.cli bench --model qwen2.5-vl-7b --image-size "${VIDEO}x${VIDEO}" --video-frames 16 \
+        --ratios 0.222 "${common[@]}" --out "$OUT/qwen2.5-vl-7b-video16"
+}
+
 run_vllm() {
     "$PY" benchmarks/vllm_bench.py --arch qwen2.5-vl-7b --dtype "$DTYPE" --no-enforce-eager \
         --gpu-memory-utilization 0.8 --image-size 672 --concurrency 1,16,64 --requests-c1 16 \
@@ -72,7 +85,7 @@ run_vllm() {
 
 targets=("$@")
 if [ "${#targets[@]}" -eq 0 ]; then
-    targets=(selection llava15 llava_next qwen25)
+    targets=(selection llava15 llava_next qwen25 qwen25_hr qwen25_video)
 fi
 for t in "${targets[@]}"; do
     case "$t" in
@@ -80,8 +93,10 @@ for t in "${targets[@]}"; do
         llava15) run_llava15 ;;
         llava_next) run_llava_next ;;
         qwen25) run_qwen25 ;;
+        qwen25_hr) run_qwen25_hr ;;
+        qwen25_video) run_qwen25_video ;;
         vllm) run_vllm ;;
-        *) echo "gpu_bench.sh: unknown target $t (selection, llava15, llava_next, qwen25, vllm)" >&2; exit 2 ;;
+        *) echo "gpu_bench.sh: unknown target $t (selection, llava15, llava_next, qwen25, qwen25_hr, qwen25_video, vllm)" >&2; exit 2 ;;
     esac
 done
 "$PY" benchmarks/gpu_table.py "$OUT"
