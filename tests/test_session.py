@@ -255,3 +255,24 @@ def test_pruned_llava_prefill_adds_only_the_reads_that_locate_the_images():
     with torch.no_grad(), vlmprune.get_method("random", budget=4)(model), Counter() as pruned:
         model(**inputs)
     assert pruned.syncs - stock.syncs <= 5, (stock.syncs, pruned.syncs)
+
+
+@pytest.mark.parametrize(
+    "name", [n for n in vlmprune.list_methods() if vlmprune.get_method(n, budget=4).pre_llm]
+)
+def test_each_selection_adds_at_most_two_host_syncs_with_its_inputs(name):
+    """A method's selection, with the session's gathering of its inputs (the prompt's text for
+    the text-conditioned ones, the captured signals), adds at most two host syncs to a pruned
+    prefill (``random``'s: the reads that locate the images)."""
+    from test_dispatch import SYNCS, Counter
+
+    model, processor = cached_model("llava")[:2]
+    inputs = batch_inputs("llava", processor, "single")
+    counts = {}
+    for method in ("random", name):
+        with torch.no_grad(), vlmprune.get_method(method, budget=4)(model):
+            model(**inputs)  # warm-up: lazy initialisation is not the steady state
+            with Counter() as c:
+                model(**inputs)
+        counts[method] = c.syncs
+    assert counts[name] - counts["random"] <= SYNCS, counts

@@ -115,17 +115,18 @@ class LseRecorder(TorchDispatchMode):
         return out
 
 
-def on_attention_calls(module: torch.nn.Module, done) -> list:
-    """Hooks that record ``module``'s fused attention calls while its forward runs
-    (:class:`LseRecorder`) and then call ``done(args, kwargs, calls)``; the recorder is left in a
-    forward hook registered with ``always_call``, so it never outlives the forward, even when the
-    forward raises (``done`` is not called then). Returns the two handles."""
+def on_attention_calls(module: torch.nn.Module, done, recorder: type[LseRecorder] = LseRecorder) -> list:
+    """Hooks that record ``module``'s fused attention calls while its forward runs (a
+    ``recorder``, :class:`LseRecorder` or a subclass for an engine's own attention op) and then
+    call ``done(args, kwargs, calls)``; the recorder is left in a forward hook registered with
+    ``always_call``, so it never outlives the forward, even when the forward raises (``done`` is
+    not called then). Returns the two handles."""
     active: list[LseRecorder] = []
 
     def start(mod, args, kwargs):
         while active:  # a forward that never reached its hooks' end (cannot happen with always_call)
             active.pop().__exit__(None, None, None)
-        active.append(LseRecorder())
+        active.append(recorder())
         active[0].__enter__()
 
     def stop(mod, args, kwargs, output):

@@ -200,11 +200,10 @@ class PruningSession(InLLMStage):
                 f"{method.name}: no saliency was captured (did the vision tower run in this call?)"
             )
         text = None
-        if method.needs_text:
-            real = mask2d[row].bool() & ~is_image[row]
-            after = real.clone()
-            after[: int(ph.max()) + 1] = False
-            text = embeds[row, torch.nonzero(after if after.any() else real).flatten()]
+        if method.needs_text:  # the prompt's text after the image, else all of it: one host sync
+            real = mask2d[row].bool() & ~is_image[row]  # (L,)
+            after = real & (torch.arange(real.numel(), device=real.device) > ph.max())
+            text = embeds[row][torch.where(after.any(), after, real)]  # (T, D)
         n = int(layout.content.numel())
         return ImageTokens(
             features=feats,

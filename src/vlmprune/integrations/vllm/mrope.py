@@ -18,8 +18,9 @@ from dataclasses import replace
 
 import torch
 
-from vlmprune.adapters.signals import received_segments
+from vlmprune.adapters.signals import on_attention_calls, received_segments
 from vlmprune.integrations.vllm.common import PruningModel, all_heads, whole
+from vlmprune.integrations.vllm.lse import SdpaLseRecorder
 
 EXTRA = 3  # appended columns: (t, h, w) offsets of a kept token in its image
 
@@ -138,17 +139,21 @@ def to_raster(record: dict, unit: int) -> dict:
     return out
 
 
-def grab_received(block_attn, record: dict, total_heads: int):
-    """A forward pre-hook handle on a vision block's inner attention (``query``/``key`` rotated,
-    ``cu_seqlens``) that stores the attention each patch receives in ``record["received"]``."""
+def grab_received(block_attn, record: dict, total_heads: int) -> list:
+    """Hooks on a vision block's inner attention (``query``/``key`` rotated, ``cu_seqlens``) that
+    store the attention each patch receives in ``record["received"]``; on the CPU the block's own
+    attention call gives each segment's log-sum-exp (:class:`SdpaLseRecorder`), so the signal
+    costs one fused pass more, else two."""
 
-    def grab(module, args, kwargs):
+    def grab(args, kwargs, calls):
         q, k = kwargs["query"][0].float(), kwargs["key"][0].float()  # (1, S, H, hd) -> (S, H, hd)
+        cu = kwargs["cu_seqlens"]
+        lses = [c[3] for c in calls] if len(calls) == cu.numel() - 1 else None
         with torch.no_grad():
-            got = received_segments(q, k, kwargs["cu_seqlens"], q.shape[-1] ** -0.5, total_heads)
+            got = received_segments(q, k, cu, q.shape[-1] ** -0.5, total_heads, lses)
             record["received"] = all_heads(got, q.shape[1], total_heads)
 
-    return block_attn.register_forward_pre_hook(grab, with_kwargs=True)
+    return on_attention_calls(block_attn, grab, SdpaLseRecorder)
 
 
 def grab_merger_input(merger, record: dict):

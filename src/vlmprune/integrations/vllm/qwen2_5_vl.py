@@ -70,7 +70,7 @@ class PrunedQwen2_5_VLForConditionalGeneration(MRopePruningModel, Qwen2_5_VLForC
         handles = [visual.register_forward_pre_hook(with_metadata, with_kwargs=True)]
         if "saliency" in needs:
             block = visual.blocks[int(self.config.vision_config.fullatt_block_indexes[-1])]
-            handles.append(grab_received(block.attn.attn, record, int(self.config.vision_config.num_heads)))
+            handles += grab_received(block.attn.attn, record, int(self.config.vision_config.num_heads))
         if "pre_features" in needs:
             handles.append(grab_merger_input(visual.merger, record))
         with hooks(handles):

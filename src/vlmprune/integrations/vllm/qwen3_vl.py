@@ -46,7 +46,7 @@ class PrunedQwen3VLForConditionalGeneration(MRopePruningModel, Qwen3VLForConditi
         handles = []
         if "saliency" in needs:
             block = visual.blocks[len(visual.blocks) - 1]
-            handles.append(grab_received(block.attn.attn, record, int(self.config.vision_config.num_heads)))
+            handles += grab_received(block.attn.attn, record, int(self.config.vision_config.num_heads))
         if "pre_features" in needs:
             handles.append(grab_merger_input(visual.merger, record))
         with hooks(handles):
