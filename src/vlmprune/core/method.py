@@ -15,14 +15,16 @@ Capability flags (class variables) tell the session what to compute for the meth
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
-from vlmprune.core.budget import check_size, resolve_budget, split_across_regions
+from vlmprune.core.budget import resolve_budget, split_across_regions
 from vlmprune.core.ops import top_sorted
+from vlmprune.core.options import BUDGET, RATIO, Option, check_size, choice, option, options_of
 from vlmprune.core.types import ImageTokens, Kept, LayerTokens, Selection
 
 POSITION_POLICIES = ("compact", "original")
@@ -45,9 +47,9 @@ class Method:
     ``"original"`` (the unpruned positions, gathered); None takes the model family's default.
     """
 
-    budget: int | None = None
-    ratio: float | None = None
-    positions: str | None = None
+    budget: int | None = option(None, BUDGET)
+    ratio: float | None = option(None, RATIO)
+    positions: str | None = option(None, choice(*POSITION_POLICIES, optional=True))
 
     name: ClassVar[str] = ""
     pre_llm: ClassVar[bool] = True
@@ -59,15 +61,40 @@ class Method:
     per_region: ClassVar[bool] = False
 
     def __post_init__(self) -> None:
+        self._checked()
+        object.__setattr__(self, "_ready", True)
+
+    # -- options ----------------------------------------------------------------------------
+    def check(self) -> None:
+        """Rules between options (each option's own type and range is checked on assignment);
+        subclasses extend it and call ``super().check()``. Raise ``ValueError`` naming the option."""
+        check_size(self.budget, self.ratio)
+
+    def _checked(self) -> None:
         try:
-            check_size(self.budget, self.ratio)
+            self.check()
         except ValueError as err:
             raise ValueError(f"{type(self).__name__}: {err}") from None
-        if self.positions is not None and self.positions not in POSITION_POLICIES:
-            raise ValueError(
-                f"`positions` must be one of {POSITION_POLICIES} or None, got {self.positions!r}"
-            )
-        self._session = None
+
+    def __setattr__(self, name: str, value) -> None:
+        spec = _option_specs(type(self)).get(name)
+        if spec is None:
+            object.__setattr__(self, name, value)
+            return
+        try:
+            value = spec.check(name, value)
+        except ValueError as err:
+            raise ValueError(f"{type(self).__name__}: {err}") from None
+        if not self.__dict__.get("_ready"):  # during __init__: __post_init__ checks the rules
+            object.__setattr__(self, name, value)
+            return
+        old = self.__dict__[name]
+        object.__setattr__(self, name, value)
+        try:
+            self._checked()
+        except ValueError:
+            object.__setattr__(self, name, old)  # nothing half-applied
+            raise
 
     # -- budgets ---------------------------------------------------------------------------
     def keep_count(self, n: int) -> int:
@@ -142,6 +169,11 @@ class ScoringMethod(Method):
 
     def select_layer(self, images: list[LayerTokens]) -> list[torch.Tensor]:
         return [top_sorted(self.score(t), t.budget) for t in images]
+
+
+@functools.cache
+def _option_specs(cls) -> dict[str, Option]:
+    return options_of(cls)
 
 
 def select_per_region(images: list[ImageTokens], select_units) -> list[Kept]:

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from vlmprune.core.greedy import dpp_factor_steps, dpp_steps
 from vlmprune.core.method import Method
 from vlmprune.core.ops import ranked
+from vlmprune.core.options import check_count, number, option
 from vlmprune.core.registry import register
 from vlmprune.core.types import ImageTokens, Kept
 
@@ -178,8 +179,7 @@ def select(
     """
     if features.dim() != 2:
         raise ValueError(f"`features` must be (N, D), got shape {tuple(features.shape)}")
-    if budget < 0:
-        raise ValueError(f"`budget` must be >= 0, got {budget}")
+    budget = check_count(budget)
     if theta is not None and not 0.0 <= theta < 1.0:
         raise ValueError(f"`theta` must be None or in [0, 1), got {theta}")
     n = features.shape[0]
@@ -200,18 +200,10 @@ class CDPruner(Method):
     Global over all of an image's tokens (the crops of a multi-crop image together).
     """
 
-    theta: float | None = None
+    theta: float | None = option(None, number(0.0, 1.0, open_high=True, optional=True))
 
     name: ClassVar[str] = "cdpruner"
     needs_text: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        theta = self.theta
-        if theta is not None and (
-            isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0.0 <= float(theta) < 1.0
-        ):
-            raise ValueError(f"`theta` must be None or a number in [0, 1), got {theta!r}")
 
     def select_image(self, image: ImageTokens) -> Kept:
         theta = None if self.theta is None else float(self.theta)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from vlmprune.core.greedy import max_min_steps
 from vlmprune.core.method import Method
+from vlmprune.core.options import check_count
 from vlmprune.core.registry import register
 from vlmprune.core.types import ImageTokens, Kept
 
@@ -65,8 +66,7 @@ def select_batched(features: torch.Tensor, budget: int) -> torch.Tensor:
     """
     if features.dim() != 3:
         raise ValueError(f"`features` must be (B, N, D), got shape {tuple(features.shape)}")
-    if budget < 0:
-        raise ValueError(f"`budget` must be >= 0, got {budget}")
+    budget = check_count(budget)
     b, n, _ = features.shape
     device = features.device
     k = min(int(budget), n)

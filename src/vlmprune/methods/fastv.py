@@ -18,6 +18,7 @@ import torch
 
 from vlmprune.core.method import ScoringMethod
 from vlmprune.core.ops import top_sorted
+from vlmprune.core.options import check_count, integer, option
 from vlmprune.core.registry import register
 from vlmprune.core.types import LayerTokens
 
@@ -27,8 +28,7 @@ def select(attention: torch.Tensor, budget: int) -> torch.Tensor:
 
     Ties break toward the lowest index (stable sort on the negated scores).
     """
-    if budget < 1:
-        raise ValueError(f"`budget` must be >= 1, got {budget}")
+    budget = check_count(budget)
     return top_sorted(attention, budget)
 
 
@@ -40,15 +40,10 @@ class FastV(ScoringMethod):
     ``layer`` (default 2) is the decoder layer at whose input the tokens are dropped (see the
     module docstring)."""
 
-    layer: int = 2
+    layer: int = option(2, integer(1))
 
     name = "fastv"
     pre_llm = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 1:
-            raise ValueError(f"`layer` must be an int >= 1, got {self.layer!r}")
 
     @property
     def llm_layer(self) -> int:

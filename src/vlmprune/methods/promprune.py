@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from vlmprune.core.greedy import dpp_factor_steps, dpp_steps, reads_on_host
 from vlmprune.core.method import Method
 from vlmprune.core.ops import ranked
+from vlmprune.core.options import check_count, number, option
 from vlmprune.core.registry import register
 from vlmprune.core.types import ImageTokens, Kept
 
@@ -82,9 +83,7 @@ def check_params(kr_min: float, kr_max: float, mu: float, tau: float) -> None:
 
 
 def _check_budget(budget: int) -> int:
-    if isinstance(budget, bool) or int(budget) != budget or budget < 0:
-        raise ValueError(f"`budget` must be an int >= 0, got {budget!r}")
-    return int(budget)
+    return check_count(budget)
 
 
 # -- building blocks -----------------------------------------------------------------------------
@@ -438,17 +437,17 @@ class PromPrune(Method):
     same token count are selected in one batch.
     """
 
-    kr_min: float = 0.0
-    kr_max: float = 1.0
-    mu: float = 0.42
-    tau: float = 0.02
+    kr_min: float = option(0.0, number(0.0, 1.0))
+    kr_max: float = option(1.0, number(0.0, 1.0))
+    mu: float = option(0.42, number())
+    tau: float = option(0.02, number(0.0))
 
     name: ClassVar[str] = "promprune"
     needs_saliency: ClassVar[bool] = True
     per_region: ClassVar[bool] = True
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check(self) -> None:
+        super().check()
         check_params(self.kr_min, self.kr_max, self.mu, self.tau)
 
     def select_units(self, units: list[ImageTokens]) -> list[Kept]:

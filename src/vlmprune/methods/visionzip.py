@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from vlmprune.core.budget import split_across_regions
 from vlmprune.core.method import Method, select_per_region
 from vlmprune.core.ops import ranked
+from vlmprune.core.options import check_count, choice, integer, option
 from vlmprune.core.registry import register
 from vlmprune.core.types import ImageTokens, Kept
 
@@ -93,8 +94,7 @@ def select(
         raise ValueError(f"`saliency` must be ({n},), got shape {tuple(saliency.shape)}")
     if keys is not None and (keys.dim() != 2 or keys.shape[0] != n):
         raise ValueError(f"`keys` must be ({n}, Dk), got shape {tuple(keys.shape)}")
-    if budget < 0:
-        raise ValueError(f"`budget` must be >= 0, got {budget}")
+    budget = check_count(budget)
     if merge not in MERGE_MODES:
         raise ValueError(f"`merge` must be one of {MERGE_MODES}, got {merge!r}")
     device = features.device
@@ -166,23 +166,14 @@ class VisionZip(Method):
     assigned tokens). See the module docstring for the algorithm and the differences from the paper.
     """
 
-    dominant: int | None = None
-    merge: str = "mean"
+    dominant: int | None = option(None, integer(0, optional=True))
+    merge: str = option("mean", choice(*MERGE_MODES))
 
     name: ClassVar[str] = "visionzip"
     needs_saliency: ClassVar[bool] = True
     needs_keys: ClassVar[bool] = True
     merges: ClassVar[bool] = True
     per_region: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.dominant is not None and (
-            isinstance(self.dominant, bool) or not isinstance(self.dominant, int) or self.dominant < 0
-        ):
-            raise ValueError(f"`dominant` must be None or an int >= 0, got {self.dominant!r}")
-        if self.merge not in MERGE_MODES:
-            raise ValueError(f"`merge` must be one of {MERGE_MODES}, got {self.merge!r}")
 
     def select_images(self, images: list[ImageTokens]) -> list[Kept]:
         if self.dominant is None:

@@ -111,13 +111,14 @@ def resolve(options: dict | None, positions: tuple[str, ...]) -> Spec | None:
         raise ConfigError(
             f"vlmprune: 'positions' must be one of {positions} for this model under vLLM, got {options['positions']!r}"
         )
-    key = tuple(sorted(options.items()))
     try:
-        _build(name, key)
+        method = cls(**options)  # every option checked by the methods' one validator
     except TypeError as err:
         raise ConfigError(f"vlmprune: {name}: {err}") from None
     except ValueError as err:
         raise ConfigError(f"vlmprune: {err}") from None
+    # the checked values (Python scalars: NumPy and tensor scalars are read as numbers)
+    key = tuple(sorted((k, getattr(method, k)) for k in options))
     return Spec(key, name, saliency)
 
 
