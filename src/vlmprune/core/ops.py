@@ -10,6 +10,10 @@ import torch
 
 from vlmprune.core.options import check_count
 
+#: a greedy DPP's pivot (squared distance) at or below this, relative to the kernel's largest
+#: diagonal entry, counts as 0: float32 rounding noise once the kernel's rank is spent
+RANK_EPS = 1e-5
+
 
 def ranked(scores: torch.Tensor, descending: bool = True) -> torch.Tensor:
     """(N,) -> (N,) indices ordering ``scores`` (largest first by default), ties to the lowest

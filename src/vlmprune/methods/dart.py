@@ -126,6 +126,7 @@ class DART(Method):
 
     name: ClassVar[str] = "dart"
     pre_llm: ClassVar[bool] = False
+    in_llm_option: ClassVar[str | None] = "layer"
 
     def check(self) -> None:
         super().check()

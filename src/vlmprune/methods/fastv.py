@@ -17,19 +17,9 @@ from dataclasses import dataclass
 import torch
 
 from vlmprune.core.method import ScoringMethod
-from vlmprune.core.ops import top_sorted
-from vlmprune.core.options import check_count, integer, option
+from vlmprune.core.options import integer, option
 from vlmprune.core.registry import register
 from vlmprune.core.types import LayerTokens
-
-
-def select(attention: torch.Tensor, budget: int) -> torch.Tensor:
-    """Sorted indices of the ``min(budget, N)`` largest entries of ``attention`` (N,).
-
-    Ties break toward the lowest index (stable sort on the negated scores).
-    """
-    budget = check_count(budget)
-    return top_sorted(attention, budget)
 
 
 @register
@@ -44,6 +34,7 @@ class FastV(ScoringMethod):
 
     name = "fastv"
     pre_llm = False
+    in_llm_option = "layer"
 
     @property
     def llm_layer(self) -> int:

@@ -38,6 +38,6 @@ class RandomPrune(Method):
 
     name = "random"
 
-    def select_image(self, image: ImageTokens) -> Kept:
+    def select_unit(self, image: ImageTokens) -> Kept:
         kept = select(image.num_tokens, image.budget, self.seed + image.seed)
         return Kept(kept.to(image.features.device))

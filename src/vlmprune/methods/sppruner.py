@@ -424,6 +424,7 @@ class SPPruner(Method):
     needs_saliency: ClassVar[bool] = True
     needs_text: ClassVar[bool] = True
     per_region: ClassVar[bool] = True
+    in_llm_option: ClassVar[str | None] = "llm_layer"
 
     def select_unit(self, unit: ImageTokens) -> Kept:
         kept, merged, assignment, is_focus = _select(

@@ -63,7 +63,7 @@ class TemporalPrune(Method):
 
     name: ClassVar[str] = "temporal"
 
-    def select_image(self, image: ImageTokens) -> Kept:
+    def select_unit(self, image: ImageTokens) -> Kept:
         regions = image.region_list()
         frames = len(regions) if image.kind == "video" else 1
         if frames > 1 and len({r.indices.numel() for r in regions}) != 1:

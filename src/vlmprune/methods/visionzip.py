@@ -46,8 +46,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from vlmprune.core.budget import split_across_regions
-from vlmprune.core.method import Method, select_per_region
+from vlmprune.core.method import Method
 from vlmprune.core.ops import ranked
 from vlmprune.core.options import check_count, choice, integer, option
 from vlmprune.core.registry import register
@@ -175,23 +174,10 @@ class VisionZip(Method):
     merges: ClassVar[bool] = True
     per_region: ClassVar[bool] = True
 
-    def select_images(self, images: list[ImageTokens]) -> list[Kept]:
-        if self.dominant is None:
-            return super().select_images(images)
-        # a given `dominant` is shared across an image's regions like its budget
-        doms = []
-        for image in images:
-            sizes = [int(r.indices.numel()) for r in image.region_list()]
-            shares = split_across_regions(image.budget, sizes)
-            dom = split_across_regions(min(self.dominant, image.budget), sizes)
-            doms += [min(d, s) for d, s in zip(dom, shares) if s > 0]
-        it = iter(doms)
-        return select_per_region(images, lambda units: [self._zip(u, next(it)) for u in units])
-
     def select_unit(self, unit: ImageTokens) -> Kept:
-        return self._zip(unit, None)
-
-    def _zip(self, unit: ImageTokens, dominant: int | None) -> Kept:
+        dominant = None
+        if self.dominant is not None:  # shared across an image's regions like its budget
+            dominant = min(unit.share(min(self.dominant, unit.image_budget)), unit.budget)
         n = unit.num_tokens
         if unit.budget >= n:
             everything = torch.arange(n, device=unit.features.device)
