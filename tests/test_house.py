@@ -150,3 +150,51 @@ def test_family_registry_drives_the_matrix():
         for attr in ("label", "model_class", "config_class", "image_token", "tiny_name", "saliency_doc"):
             assert getattr(cls, attr), (cls.family, attr)
         assert callable(cls.tiny_config) and callable(cls.tiny_processor) and callable(cls.vision_shape)
+
+
+def _adapter_members() -> set[str]:
+    """Every member an adapter class declares (the family contract and the fixtures)."""
+    from vlmprune.adapters import families
+    from vlmprune.adapters.base import Adapter
+
+    names = set(dir(Adapter))
+    for cls in families():
+        names |= set(vars(cls))
+    return {n for n in names if not n.startswith("__")}
+
+
+def test_no_module_outside_the_adapters_probes_an_adapter():
+    """Outside ``adapters/``, no ``hasattr``/``getattr`` names an adapter member: what a family
+    offers is declared (``adapters/base.py``, ``adapters/fixtures.py``), never probed."""
+    members = _adapter_members()
+    found = []
+    for module, path in sources().items():
+        if module.startswith("vlmprune.adapters"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+                continue
+            if node.func.id not in ("hasattr", "getattr") or len(node.args) < 2:
+                continue
+            target, name = ast.unparse(node.args[0]), node.args[1]
+            if not (target == "cls" or "adapter" in target or "family" in target):
+                continue  # an object that is not a family (a config, a processor, ...)
+            if isinstance(name, ast.Constant) and name.value in members:
+                found.append(f"{module}:{node.lineno} {node.func.id}(..., {name.value!r})")
+    assert not found, found
+
+
+def test_one_image_tokens_builder_and_no_attention_math_in_the_vllm_plugin():
+    """``ImageTokens`` is built in one function (``core/tokens.py``) for both engines, and the vLLM
+    plugin computes no attention of its own (it calls ``adapters/signals.py``)."""
+    built = []
+    for module, path in sources().items():
+        text = path.read_text()
+        if re.search(r"\bImageTokens\(", text) and module not in (
+            "vlmprune.core.types",
+            "vlmprune.core.tokens",
+        ):
+            built.append(module)
+        if module.startswith("vlmprune.integrations.vllm"):
+            assert "softmax" not in text, module
+    assert not built, built

@@ -137,8 +137,9 @@ def test_method_is_global_over_regions_and_batches():
     images = [image, others[0], small, others[1]]
     batched = m.select_images(sized(m, images))
     assert [len(k.indices) for k in batched] == [9, 9, 9, 9]
-    for img, k in zip(images, batched):
-        assert torch.equal(k.indices, m.select_image(sized(m, img)).indices)
+    for img, k in zip(images, batched):  # batched by shape and budget = each image alone, unbatched
+        assert torch.equal(k.indices, divprune.select(img.features, min(9, img.num_tokens)))
+        assert torch.equal(k.indices, m.select_unit(sized(m, img)).indices)
     half = DivPrune(ratio=0.5)  # the session resolves the budget once and passes it in the tokens
     assert half.keep_count(small.num_tokens) == 6
     assert half.select_image(sized(half, small)).indices.numel() == 6

@@ -49,7 +49,8 @@ def test_server_config_chunked_prefill_and_prefix_cache(name, tiny_dir, tmp_path
 
 BAD = [
     ({"method": "nope", "budget": 4}, "unknown method 'nope'"),
-    ({"method": "fastv", "budget": 4}, "prunes inside the LLM"),
+    ({"method": "fastv", "budget": 4}, "`layer`=2 asks for pruning inside the LLM"),
+    ({"method": "sppruner", "budget": 8, "llm_layer": 2}, "`llm_layer`=2 asks for pruning inside the LLM"),
     ({"method": "divprune"}, "give exactly one of `budget`"),
     ({"method": "divprune", "budget": 4, "positions": "compact"}, "'positions' must be one of"),
     ({"method": "promprune", "ratio": 0.2, "mu": "x", "bogus": 1}, "unexpected keyword argument 'bogus'"),

@@ -11,9 +11,10 @@ attention at a layer and the causal mask of a shortened sequence (``last_token_a
 family-independent and live in :mod:`vlmprune.session`.
 
 *The family* (class attributes and class methods), for the tools built on the library: the stock
-classes, the real-size configs (``archs``), the tiny test model (``tiny_config``,
-``tiny_processor``), the prompt format and placeholder, the vision tower's FLOPs shape
-(``vision_shape``) and the token geometry drawn by the visualisations (``token_geometry``).
+classes, the real-size configs (``archs``), the prompt format and placeholder, the vision tower's
+FLOPs shape (``vision_shape``) and the token geometry drawn by the visualisations
+(``token_geometry``). The tiny test model and the bench fixtures are declared apart, in
+:class:`~vlmprune.adapters.fixtures.Fixtures` (a base of :class:`Adapter`).
 
 Families register with :func:`register_adapter`; the registry, keyed by ``model_type``, drives
 the method x family test matrix.
@@ -27,7 +28,9 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from vlmprune.adapters.fixtures import Fixtures
 from vlmprune.core.errors import UnsupportedModelError
+from vlmprune.core.sequence import last_real
 from vlmprune.core.types import Region
 
 SALIENCY_SIGNALS = ("auto", "cls_attention", "attention_received", "feature_norm")
@@ -258,7 +261,8 @@ def decoder_last_token_attention(
     carries an output gate (per head: query, then gate) and partial rotary embeddings. Returns
     ``(attention, keys)``: attention (B, L) =
     softmax over keys of the last query, mean over heads (what eager attention returns as
-    ``attn_weights[:, :, -1]``, averaged), and keys (B, L, Hkv*hd) un-rotated key projections.
+    ``attn_weights[:, :, -1]``, averaged; the last *real* token's row under right padding), and keys
+    (B, L, Hkv*hd) un-rotated key projections.
     Cost O(L D Dkv) for the keys, O(L D) for the query row.
     """
     attn = layer.self_attn
@@ -266,13 +270,16 @@ def decoder_last_token_attention(
     bsz, length, _ = x.shape
     hd = attn.head_dim
     heads = attn.config.num_attention_heads
-    q = _linear(attn.q_proj, x[:, -1:]).view(bsz, 1, heads, -1)[..., :hd].transpose(1, 2)  # (B, H, 1, hd)
+    last = last_real(mask2d)  # (B,) the last real token of each row (right padding: not the last column)
+    rows = torch.arange(bsz, device=x.device)
+    q = _linear(attn.q_proj, x[rows, last][:, None])  # (B, 1, H*hd[*2])
+    q = q.view(bsz, 1, heads, -1)[..., :hd].transpose(1, 2)  # (B, H, 1, hd)
     k_flat = _linear(attn.k_proj, x)  # (B, L, Hkv*hd)
     k = k_flat.view(bsz, length, -1, hd).transpose(1, 2)  # (B, Hkv, L, hd)
     if getattr(attn, "q_norm", None) is not None:  # per-head RMSNorm of q and k before RoPE
         q, k = attn.q_norm(q), attn.k_norm(k)
-    cos, sin = (t.float().unsqueeze(1) for t in position_embeddings)  # (B, 1, L, r), r <= hd rotated dims
-    q = _rope(q, cos[:, :, -1:], sin[:, :, -1:])
+    cos, sin = (t.float().expand(bsz, *t.shape[1:]).unsqueeze(1) for t in position_embeddings)  # (B, 1, L, r)
+    q = _rope(q, cos[rows, :, last][:, :, None], sin[rows, :, last][:, :, None])  # at each row's last token
     k = _rope(k, cos, sin)
     groups = q.shape[1] // k.shape[1]
     k = k.repeat_interleave(groups, dim=1)  # (B, H, L, hd)
@@ -282,8 +289,9 @@ def decoder_last_token_attention(
     return probs.mean(1), k_flat
 
 
-class Adapter:
-    """Base adapter. Subclasses set the class variables and implement the vision and layout hooks."""
+class Adapter(Fixtures):
+    """Base adapter. Subclasses set the class variables and implement the vision and layout hooks;
+    the test and bench fixtures are declared in :class:`~vlmprune.adapters.fixtures.Fixtures`."""
 
     # -- the family ---------------------------------------------------------------------------
     family: ClassVar[str] = ""  # registry key and the name tools print
@@ -294,8 +302,6 @@ class Adapter:
     image_token: ClassVar[str] = ""  # the processor's image placeholder
     special_tokens: ClassVar[dict[str, str]] = {}  # token -> config attribute holding its id
     archs: ClassVar[tuple[str, ...]] = ()  # real-size configs in adapters/configs/*.json
-    tiny_name: ClassVar[str] = ""  # the built-in random model of this family (`--model tiny-...`)
-    test_image: ClassVar[tuple[int, int]] = (112, 112)  # (W, H) of the test-suite size's images
     default_positions: ClassVar[str] = "original"
     supports_compact: ClassVar[bool] = True
     default_saliency: ClassVar[str] = "cls_attention"

@@ -21,6 +21,7 @@ from vlmprune.adapters.base import (
     register_adapter,
     single_view,
 )
+from vlmprune.adapters.signals import cls_attention as cls_query_attention
 from vlmprune.core.errors import UnsupportedModelError
 from vlmprune.core.flops import VisionShape
 from vlmprune.core.types import Region
@@ -45,8 +46,7 @@ def cls_attention(attn, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     k = torch.nn.functional.linear(h, w_k, None if b_k is None else b_k.float())  # (V, T, Dv)
     q = q.view(n_views, 1, heads, hd).transpose(1, 2)  # (V, H, 1, hd)
     k = k.view(n_views, t, heads, hd).transpose(1, 2)  # (V, H, T, hd)
-    probs = torch.softmax((q @ k.transpose(-1, -2)) * attn.scale, dim=-1)  # (V, H, 1, T)
-    return probs.mean(1)[:, 0], k.mean(1)  # (V, T), (V, T, hd)
+    return cls_query_attention(q, k, attn.scale)  # (V, T), (V, T, hd)
 
 
 def clip_vision_shape(config, cls_token: bool = True, connector_out: int | None = None) -> VisionShape:

@@ -11,7 +11,8 @@ steps are fused attention calls that return the log-sum-exp and never hold the (
    ``log received_j``.
 
 The engine-independent math lives here once: the HF adapters and the vLLM plugin take ``q``/``k``
-from whatever module layout they have and call :func:`received` / :func:`received_segments`.
+from whatever module layout they have and call :func:`received` / :func:`received_segments` /
+:func:`cls_attention`.
 """
 
 from __future__ import annotations
@@ -85,6 +86,16 @@ def received_segments(
         got = received(qs, ks, scale, None if lses is None else lses[i])  # (1, H, S_i)
         out[a:b] = got[0].sum(0) / (heads * (b - a))  # (1, H, S_i) -> (S_i,)
     return out
+
+
+def cls_attention(q: torch.Tensor, k: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CLS query's attention, from the CLS query ``q`` (V, H, 1, hd) and the keys ``k``
+    (V, H, T, hd) of the heads given (float32): ``(saliency (V, T), keys (V, T, hd))``, the
+    softmax row ``softmax(q_cls k^T * scale)`` and the keys, each averaged over those heads. One
+    query row instead of T: O(V H T hd)."""
+    q, k = q.float(), k.float()
+    probs = torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1)  # (V, H, 1, T)
+    return probs.mean(1)[:, 0], k.mean(1)  # (V, T), (V, T, hd)
 
 
 class LseRecorder(TorchDispatchMode):

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from vlmprune.apps.errors import UsageError
+from vlmprune.core.options import integer, number
 
 OUT_ROOT = "vlmprune-out"
 
@@ -71,34 +72,28 @@ def comma_list(kind=str):
     return parse
 
 
-def positive_int(text: str) -> int:
+def _checked(text: str, kind, spec):
+    """``text`` read as ``kind`` and checked by the method options' validator (one line)."""
     try:
-        value = int(text)
+        value = kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected {spec.describe()}, got {text!r}") from None
+    try:
+        return spec.check("value", value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {spec.describe()}, got {value}") from None
+
+
+def positive_int(text: str) -> int:
+    return _checked(text, int, integer(1))
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+    return _checked(text, int, integer(0))
 
 
 def ratio(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {value}")
-    return value
+    return _checked(text, float, number(0.0, 1.0, open_low=True))
 
 
 def add_model(parser, default: str | None, what: str = "") -> None:

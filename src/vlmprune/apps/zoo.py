@@ -78,8 +78,7 @@ def _text_config(cls, tok, layers: int) -> dict:
     cfg = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4)
     cfg.update(num_key_value_heads=2, vocab_size=len(tok), max_position_embeddings=4096)
     cfg.update(pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    if hasattr(cls, "tiny_text"):
-        cfg.update(cls.tiny_text())
+    cfg.update(cls.tiny_text())
     return cfg
 
 
@@ -106,8 +105,7 @@ def tiny_model(name: str, attn: str = "sdpa", seed: int = 0, layers: int = 4, dt
     config = cls.tiny_config(tok, _text_config(cls, tok, layers), attn, **size)
     torch.manual_seed(seed)
     model = getattr(transformers, cls.model_class)(config)
-    if hasattr(cls, "tiny_init"):
-        cls.tiny_init(model)
+    cls.tiny_init(model)
     return _finish(model, dtype), cls.tiny_processor(tok, **size)
 
 
@@ -160,15 +158,13 @@ def bench_model(
     cls = family(builtin_names()[name])
     size = (
         dict(cls.bench_size)
-        if hasattr(cls, "bench_size")
+        if cls.bench_size is not None
         else cls.processor_size(None, image_size or cls.bench_image)
     )
     small, proc = tiny_model(cls.family, attn=attn, **size)
     d = small.config.to_dict()
     d["text_config"].pop("layer_types", None)  # sized for the tiny depth; the bench text sets its own or none
-    d["text_config"] = _merge(
-        d["text_config"], {**BENCH_TEXT, **(cls.bench_text() if hasattr(cls, "bench_text") else {})}
-    )
+    d["text_config"] = _merge(d["text_config"], {**BENCH_TEXT, **cls.bench_text()})
     d["vision_config"] = {**d["vision_config"], **copy.deepcopy(cls.bench_vision())}
     for key in ("dtype", "torch_dtype"):
         for sub in (d, d["text_config"], d["vision_config"]):
@@ -177,8 +173,7 @@ def bench_model(
     torch.manual_seed(seed)
     with torch.device(device):
         model = type(small)._from_config(config, dtype=dtype, attn_implementation=attn)
-    if hasattr(cls, "tiny_init"):
-        cls.tiny_init(model)
+    cls.tiny_init(model)
     model.generation_config = small.generation_config
     t = d["text_config"]
     desc = (

@@ -3,26 +3,6 @@
 from __future__ import annotations
 
 
-def check_size(budget, ratio) -> None:
-    """``ValueError`` naming the argument unless exactly one of ``budget`` (int >= 1) and ``ratio``
-    (number in (0, 1]) is given."""
-    if (budget is None) == (ratio is None):
-        raise ValueError(
-            "give exactly one of `budget` (tokens kept per image) or `ratio` (kept fraction); "
-            f"got budget={budget!r}, ratio={ratio!r}"
-        )
-    if budget is not None:
-        if isinstance(budget, bool) or not isinstance(budget, int):
-            raise ValueError(f"`budget` must be an int >= 1, got {budget!r}")
-        if budget < 1:
-            raise ValueError(f"`budget` must be >= 1, got {budget}")
-    if ratio is not None:
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
-            raise ValueError(f"`ratio` must be a number in (0, 1], got {ratio!r}")
-        if not 0.0 < float(ratio) <= 1.0:
-            raise ValueError(f"`ratio` must be in (0, 1], got {ratio}")
-
-
 def resolve_budget(budget: int | None, ratio: float | None, n: int) -> int:
     """Visual tokens kept for an image of ``n`` tokens: ``min(budget, n)`` or ``max(1, round(ratio*n))``."""
     if budget is not None:

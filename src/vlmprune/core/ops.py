@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import torch
 
+from vlmprune.core.options import check_count
+
+#: a greedy DPP's pivot (squared distance) at or below this, relative to the kernel's largest
+#: diagonal entry, counts as 0: float32 rounding noise once the kernel's rank is spent
+RANK_EPS = 1e-5
+
 
 def ranked(scores: torch.Tensor, descending: bool = True) -> torch.Tensor:
     """(N,) -> (N,) indices ordering ``scores`` (largest first by default), ties to the lowest
@@ -24,8 +30,7 @@ def top(scores: torch.Tensor, k: int, largest: bool = True) -> torch.Tensor:
 
 def top_sorted(scores: torch.Tensor, k: int) -> torch.Tensor:
     """The ``min(k, N)`` largest ``scores`` (N,) as sorted indices: the kept set of a scorer."""
-    if k < 0:
-        raise ValueError(f"`budget` must be >= 0, got {k}")
+    k = check_count(k)
     return top(scores, k).sort().values
 
 

@@ -57,3 +57,10 @@ def compact_positions(mask: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
 def first_real(mask: torch.Tensor) -> torch.Tensor:
     """(B,) index of the first mask-1 position of each row of a (B, L) mask (0 for empty rows)."""
     return mask.long().argmax(1)
+
+
+def last_real(mask: torch.Tensor) -> torch.Tensor:
+    """(B,) index of the last mask-1 position of each row of a (B, L) mask: the last column under
+    left padding, the last real token under right padding (0 for empty rows)."""
+    cols = torch.arange(mask.shape[1], device=mask.device)
+    return (mask.bool() * (cols + 1)).argmax(dim=1)

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from vlmprune.core.budget import split_across_regions
+
 
 @dataclass(frozen=True)
 class Region:
@@ -50,6 +52,8 @@ class ImageTokens:
     text: torch.Tensor | None = None
     seed: int = 0
     kind: str = "image"  # "video": ``regions`` are its frames, in time order
+    #: a per-region unit's image: (its budget, its regions' sizes, this region's index)
+    parent: tuple[int, tuple[int, ...], int] | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -66,12 +70,25 @@ class ImageTokens:
             grid = (1, n)
         return [Region(torch.arange(n, device=self.features.device), grid)]
 
-    def crop(self, region: Region, budget: int) -> ImageTokens:
+    def share(self, count: int) -> int:
+        """This unit's part of ``count`` shared across its image's regions as the budget is (by
+        size, :func:`~vlmprune.core.budget.split_across_regions`); a whole image: ``count``."""
+        if self.parent is None:
+            return count
+        _, sizes, index = self.parent
+        return split_across_regions(count, list(sizes))[index]
+
+    @property
+    def image_budget(self) -> int:
+        """The budget of the whole image (a per-region unit's own is :attr:`budget`)."""
+        return self.budget if self.parent is None else self.parent[0]
+
+    def crop(self, region: Region, budget: int, parent=None) -> ImageTokens:
         """The tokens of one ``region`` as an image of their own (one region, its grid), keeping
         ``budget`` of them; side signals are sliced alike, ``text`` and ``seed`` shared. A region
         over all N tokens returns the same tensors, not copies."""
         if region.indices.numel() == self.num_tokens:
-            return replace(self, budget=budget, regions=[region], grid=tuple(region.grid))
+            return replace(self, budget=budget, regions=[region], grid=tuple(region.grid), parent=parent)
         idx = region.indices.to(self.features.device)
 
         def take(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -87,6 +104,7 @@ class ImageTokens:
             pre_features=take(self.pre_features),
             saliency=take(self.saliency),
             keys=take(self.keys),
+            parent=parent,
         )
 
 

@@ -1,4 +1,4 @@
-"""Built-in methods. Importing this package registers each of them (see ``vlmprune.registry``)."""
+"""Built-in methods. Importing this package registers each of them (see ``vlmprune.core.registry``)."""
 
 from vlmprune.methods.cdpruner import CDPruner
 from vlmprune.methods.dart import DART

@@ -43,11 +43,10 @@ import torch.nn.functional as F
 
 from vlmprune.core.greedy import dpp_factor_steps, dpp_steps
 from vlmprune.core.method import Method
-from vlmprune.core.ops import ranked
+from vlmprune.core.ops import RANK_EPS, ranked
+from vlmprune.core.options import check_count, number, option
 from vlmprune.core.registry import register
 from vlmprune.core.types import ImageTokens, Kept
-
-RANK_EPS = 1e-5
 
 
 def relevance(features: torch.Tensor, text: torch.Tensor | None) -> torch.Tensor:
@@ -80,8 +79,8 @@ def greedy_dpp(features: torch.Tensor, quality: torch.Tensor, budget: int) -> to
     per step; with more tokens than dimensions, ``D < N``,
     :func:`vlmprune.core.greedy.dpp_factor_steps` on its (N, D) factor; one host sync per call to
     check the pivots; where the kernel's rank runs out before ``budget`` picks, the fill rule in
-    tensor operations). :func:`greedy_dpp_exact` is the same selection one Cholesky row
-    per step (the reference the tests compare with).
+    tensor operations). The tests compare it with the same selection one Cholesky row per
+    step (``tests/dpp_reference.py``).
 
     Args:
         features: (N, D) token features (normalised here).
@@ -129,36 +128,6 @@ def _fill_by_quality(picks: torch.Tensor, ok: torch.Tensor, q: torch.Tensor, k: 
     return torch.sort(keys, stable=True).indices[:k]
 
 
-def greedy_dpp_exact(features: torch.Tensor, quality: torch.Tensor, budget: int) -> torch.Tensor:
-    """The greedy DPP one Cholesky row per step, with the rank-exhaustion rule of the module
-    docstring (used when the kernel's rank runs out before ``budget`` picks)."""
-    n = features.shape[0]
-    device = features.device
-    k = min(int(budget), n)
-    f = F.normalize(features.float(), dim=-1, eps=1e-6)  # (N, D)
-    q = quality.float().to(device)  # (N,)
-    d2 = q * q * (f * f).sum(dim=1)  # (N,) diag(L): q² (0 for an all-zero token)
-    floor = RANK_EPS * float(d2.max()) if n else 0.0
-    chosen = torch.zeros(n, dtype=torch.bool, device=device)
-    picks = torch.empty(k, dtype=torch.long, device=device)
-    c = torch.zeros(k, n, dtype=torch.float32, device=device)  # Cholesky rows c_t
-    for i in range(k):
-        score = d2.masked_fill(chosen, float("-inf"))
-        j = int(score.argmax())  # first maximum: lowest index on ties
-        if float(score[j]) <= floor:  # rank exhausted: fill by quality
-            rest = q.masked_fill(chosen, float("-inf"))
-            fill = ranked(rest)[: k - i]
-            picks[i:] = fill
-            break
-        picks[i] = j
-        chosen[j] = True
-        row = q[j] * q * (f @ f[j])  # (N, D) @ (D,) -> (N,) L[j]
-        e = (row - c[:i, j] @ c[:i]) / torch.sqrt(torch.clamp(d2[j], min=1e-8))  # (i,) @ (i, N) -> (N,)
-        c[i] = e
-        d2 = torch.clamp(d2 - e * e, min=0.0)
-    return picks
-
-
 def select(
     features: torch.Tensor,
     text: torch.Tensor | None,
@@ -178,8 +147,7 @@ def select(
     """
     if features.dim() != 2:
         raise ValueError(f"`features` must be (N, D), got shape {tuple(features.shape)}")
-    if budget < 0:
-        raise ValueError(f"`budget` must be >= 0, got {budget}")
+    budget = check_count(budget)
     if theta is not None and not 0.0 <= theta < 1.0:
         raise ValueError(f"`theta` must be None or in [0, 1), got {theta}")
     n = features.shape[0]
@@ -200,19 +168,11 @@ class CDPruner(Method):
     Global over all of an image's tokens (the crops of a multi-crop image together).
     """
 
-    theta: float | None = None
+    theta: float | None = option(None, number(0.0, 1.0, open_high=True, optional=True))
 
     name: ClassVar[str] = "cdpruner"
     needs_text: ClassVar[bool] = True
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        theta = self.theta
-        if theta is not None and (
-            isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0.0 <= float(theta) < 1.0
-        ):
-            raise ValueError(f"`theta` must be None or a number in [0, 1), got {theta!r}")
-
-    def select_image(self, image: ImageTokens) -> Kept:
+    def select_unit(self, image: ImageTokens) -> Kept:
         theta = None if self.theta is None else float(self.theta)
         return Kept(indices=select(image.features, image.text, image.budget, theta))

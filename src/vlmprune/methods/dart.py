@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from vlmprune.core.method import Method
 from vlmprune.core.ops import ranked
+from vlmprune.core.options import check_count, integer, option
 from vlmprune.core.registry import register
 from vlmprune.core.types import LayerTokens
 
@@ -65,8 +66,7 @@ def select(
     n = hidden.shape[0]
     if keys.dim() != 2 or keys.shape[0] != n:
         raise ValueError(f"`keys` must be ({n}, Dk), got shape {tuple(keys.shape)}")
-    if budget < 0:
-        raise ValueError(f"`budget` must be >= 0, got {budget}")
+    budget = check_count(budget)
     if pivots_image < 0 or pivots_text < 0:
         raise ValueError(f"pivot counts must be >= 0, got {pivots_image}, {pivots_text}")
     device = hidden.device
@@ -120,19 +120,16 @@ class DART(Method):
     ``layer - 1``). ``pivots_image`` / ``pivots_text`` (default 4 / 4): pivot counts.
     """
 
-    layer: int = 2
-    pivots_image: int = 4
-    pivots_text: int = 4
+    layer: int = option(2, integer(1))
+    pivots_image: int = option(4, integer(0))
+    pivots_text: int = option(4, integer(0))
 
     name: ClassVar[str] = "dart"
     pre_llm: ClassVar[bool] = False
+    in_llm_option: ClassVar[str | None] = "layer"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        for field_name, lowest in (("layer", 1), ("pivots_image", 0), ("pivots_text", 0)):
-            value = getattr(self, field_name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < lowest:
-                raise ValueError(f"`{field_name}` must be an int >= {lowest}, got {value!r}")
+    def check(self) -> None:
+        super().check()
         if self.pivots_image + self.pivots_text < 1:
             raise ValueError("`pivots_image` + `pivots_text` must be >= 1, got 0 pivots")
 

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from vlmprune.core.greedy import max_min_steps
 from vlmprune.core.method import Method
+from vlmprune.core.options import check_count
 from vlmprune.core.registry import register
 from vlmprune.core.types import ImageTokens, Kept
 
@@ -65,8 +66,7 @@ def select_batched(features: torch.Tensor, budget: int) -> torch.Tensor:
     """
     if features.dim() != 3:
         raise ValueError(f"`features` must be (B, N, D), got shape {tuple(features.shape)}")
-    if budget < 0:
-        raise ValueError(f"`budget` must be >= 0, got {budget}")
+    budget = check_count(budget)
     b, n, _ = features.shape
     device = features.device
     k = min(int(budget), n)
@@ -126,18 +126,13 @@ class DivPrune(Method):
 
     name: ClassVar[str] = "divprune"
 
-    def select_image(self, image: ImageTokens) -> Kept:
+    def select_unit(self, image: ImageTokens) -> Kept:
         return Kept(indices=select(image.features, image.budget))
 
-    def select_images(self, images: list[ImageTokens]) -> list[Kept]:
-        out: list[Kept | None] = [None] * len(images)
-        groups: dict[tuple, list[int]] = {}
-        for i, image in enumerate(images):
-            key = (tuple(image.features.shape), image.features.dtype, image.features.device, image.budget)
-            groups.setdefault(key, []).append(i)
-        for (_, _, _, k), members in groups.items():
-            stacked = torch.stack([images[i].features for i in members])  # (B, N, D)
-            kept = select_batched(stacked, k)  # (B, K)
-            for row, i in enumerate(members):
-                out[i] = Kept(indices=kept[row])
-        return out  # type: ignore[return-value]
+    def batch_key(self, image: ImageTokens) -> tuple:
+        return (*super().batch_key(image), image.budget)  # one budget per batch
+
+    def select_units(self, images: list[ImageTokens]) -> list[Kept]:
+        stacked = torch.stack([image.features for image in images])  # B x (N, D) -> (B, N, D)
+        kept = select_batched(stacked, images[0].budget)  # (B, K)
+        return [Kept(indices=row) for row in kept]

@@ -17,19 +17,9 @@ from dataclasses import dataclass
 import torch
 
 from vlmprune.core.method import ScoringMethod
-from vlmprune.core.ops import top_sorted
+from vlmprune.core.options import integer, option
 from vlmprune.core.registry import register
 from vlmprune.core.types import LayerTokens
-
-
-def select(attention: torch.Tensor, budget: int) -> torch.Tensor:
-    """Sorted indices of the ``min(budget, N)`` largest entries of ``attention`` (N,).
-
-    Ties break toward the lowest index (stable sort on the negated scores).
-    """
-    if budget < 1:
-        raise ValueError(f"`budget` must be >= 1, got {budget}")
-    return top_sorted(attention, budget)
 
 
 @register
@@ -40,15 +30,11 @@ class FastV(ScoringMethod):
     ``layer`` (default 2) is the decoder layer at whose input the tokens are dropped (see the
     module docstring)."""
 
-    layer: int = 2
+    layer: int = option(2, integer(1))
 
     name = "fastv"
     pre_llm = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 1:
-            raise ValueError(f"`layer` must be an int >= 1, got {self.layer!r}")
+    in_llm_option = "layer"
 
     @property
     def llm_layer(self) -> int:

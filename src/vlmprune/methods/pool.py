@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from vlmprune.core.method import Method
+from vlmprune.core.options import check_count
 from vlmprune.core.registry import register
 from vlmprune.core.types import ImageTokens, Kept
 
@@ -91,9 +92,11 @@ def select(features: torch.Tensor, grid: tuple[int, int], budget: int):
     n = h * w
     if features.shape[0] != n:
         raise ValueError(f"`features` has {features.shape[0]} rows, grid {grid} needs {n}")
-    if budget < 1:
-        raise ValueError(f"`budget` must be >= 1, got {budget}")
+    budget = check_count(budget)
     dev = features.device
+    if budget == 0:
+        empty = torch.empty(0, dtype=torch.long, device=dev)
+        return empty, features[:0], torch.full((n,), -1, dtype=torch.long, device=dev)
     if budget >= n:
         idx = torch.arange(n, device=dev)
         return idx, features, idx.clone()

@@ -58,13 +58,13 @@ import torch.nn.functional as F
 
 from vlmprune.core.greedy import dpp_factor_steps, dpp_steps, reads_on_host
 from vlmprune.core.method import Method
-from vlmprune.core.ops import ranked
+from vlmprune.core.ops import RANK_EPS, ranked
+from vlmprune.core.options import check_count, number, option
 from vlmprune.core.registry import register
 from vlmprune.core.types import ImageTokens, Kept
 
 ENTROPY_EPS = 1e-8  # row normalisation eps of the entropy features
 KERNEL_EPS = 1e-6  # row normalisation eps of the DPP features
-RANK_EPS = 1e-5  # d² at or below this counts as 0 (float32 rounding noise once the kernel's rank is spent)
 
 
 # -- parameters ----------------------------------------------------------------------------------
@@ -82,9 +82,7 @@ def check_params(kr_min: float, kr_max: float, mu: float, tau: float) -> None:
 
 
 def _check_budget(budget: int) -> int:
-    if isinstance(budget, bool) or int(budget) != budget or budget < 0:
-        raise ValueError(f"`budget` must be an int >= 0, got {budget!r}")
-    return int(budget)
+    return check_count(budget)
 
 
 # -- building blocks -----------------------------------------------------------------------------
@@ -438,38 +436,31 @@ class PromPrune(Method):
     same token count are selected in one batch.
     """
 
-    kr_min: float = 0.0
-    kr_max: float = 1.0
-    mu: float = 0.42
-    tau: float = 0.02
+    kr_min: float = option(0.0, number(0.0, 1.0))
+    kr_max: float = option(1.0, number(0.0, 1.0))
+    mu: float = option(0.42, number())
+    tau: float = option(0.02, number(0.0))
 
     name: ClassVar[str] = "promprune"
     needs_saliency: ClassVar[bool] = True
     per_region: ClassVar[bool] = True
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
+    def check(self) -> None:
+        super().check()
         check_params(self.kr_min, self.kr_max, self.mu, self.tau)
 
     def select_units(self, units: list[ImageTokens]) -> list[Kept]:
-        # units (image regions) of equal size are selected together, one batch per size
-        groups: dict[tuple, list[int]] = {}
-        for u, unit in enumerate(units):
-            f = unit.features
-            groups.setdefault((unit.num_tokens, f.shape[1], f.device), []).append(u)
-        out: list[Kept | None] = [None] * len(units)
-        for (n, _, device), members in groups.items():
-            given = [units[u].saliency for u in members]
-            if all(a is not None for a in given):
-                sal = torch.stack(given).to(device=device, dtype=torch.float32)  # B x (N,) -> (B, N)
-            else:
-                sal = torch.zeros(len(members), n, dtype=torch.float32, device=device)  # (B, N)
-                for row, a in enumerate(given):
-                    if a is not None:
-                        sal[row] = a.to(device)
-            feats = _stack([units[u].features for u in members])  # (B, N, D)
-            budgets = [units[u].budget for u in members]
-            rows = select_rows(feats, sal, budgets, self.kr_min, self.kr_max, self.mu, self.tau)
-            for u, kept in zip(members, rows):
-                out[u] = Kept(indices=kept)
-        return out  # type: ignore[return-value]
+        # units (image regions) of one size, selected as one batch
+        n, device = units[0].num_tokens, units[0].features.device
+        given = [u.saliency for u in units]
+        if all(a is not None for a in given):
+            sal = torch.stack(given).to(device=device, dtype=torch.float32)  # B x (N,) -> (B, N)
+        else:
+            sal = torch.zeros(len(units), n, dtype=torch.float32, device=device)  # (B, N)
+            for row, a in enumerate(given):
+                if a is not None:
+                    sal[row] = a.to(device)
+        feats = _stack([u.features for u in units])  # (B, N, D)
+        budgets = [u.budget for u in units]
+        rows = select_rows(feats, sal, budgets, self.kr_min, self.kr_max, self.mu, self.tau)
+        return [Kept(indices=kept) for kept in rows]

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from vlmprune.core.method import Method
+from vlmprune.core.options import SEED, check_count, option
 from vlmprune.core.registry import register
 from vlmprune.core.types import ImageTokens, Kept
 
@@ -19,8 +20,7 @@ def select(num_tokens: int, budget: int, seed: int = 0) -> torch.Tensor:
 
     The draw depends only on ``(num_tokens, budget, seed)``, never on the global RNG state.
     """
-    if budget < 1:
-        raise ValueError(f"`budget` must be >= 1, got {budget}")
+    budget = check_count(budget)
     k = min(budget, num_tokens)
     gen = torch.Generator().manual_seed(int(seed))
     return torch.randperm(num_tokens, generator=gen)[:k].sort().values
@@ -34,15 +34,10 @@ class RandomPrune(Method):
     ``seed`` fixes the draw; image ``i`` of a call uses ``seed + i`` so the images of a batch do
     not share one pattern."""
 
-    seed: int = 0
+    seed: int = option(0, SEED)
 
     name = "random"
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if not isinstance(self.seed, int):
-            raise ValueError(f"`seed` must be an int, got {self.seed!r}")
-
-    def select_image(self, image: ImageTokens) -> Kept:
+    def select_unit(self, image: ImageTokens) -> Kept:
         kept = select(image.num_tokens, image.budget, self.seed + image.seed)
         return Kept(kept.to(image.features.device))

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from vlmprune.core.method import Method
 from vlmprune.core.ops import minmax, top
+from vlmprune.core.options import check_count, choice, flag, integer, number, option
 from vlmprune.core.registry import register
 from vlmprune.core.types import ImageTokens, Kept, LayerTokens
 
@@ -309,8 +310,7 @@ def _select(
     h, w = int(grid[0]), int(grid[1])
     if h * w != n:
         raise ValueError(f"`grid` {tuple(grid)} does not match {n} tokens")
-    if isinstance(budget, bool) or int(budget) != budget or budget < 0:
-        raise ValueError(f"`budget` must be an int >= 0, got {budget!r}")
+    budget = check_count(budget)
     if saliency is not None and saliency.numel() != n:
         raise ValueError(f"`saliency` must have {n} entries, got shape {tuple(saliency.shape)}")
     device, dtype = features.device, features.dtype
@@ -410,30 +410,21 @@ class SPPruner(Method):
     ``Kept.pinned``; the method keeps no state between calls or stages.
     """
 
-    rho: float = 0.75
-    union: str = "soft"
-    scan: str = "serpentine"
-    window: int = 4
-    merge_neighbors: bool = True
+    rho: float = option(0.75, number(0.0, 1.0))
+    union: str = option("soft", choice(*UNIONS))
+    scan: str = option("serpentine", choice(*SCANS))
+    window: int = option(4, integer(1))
+    merge_neighbors: bool = option(True, flag())
     # A field named like Method's ``llm_layer`` property overrides it: the session reads the value.
-    llm_layer: int | None = None  # type: ignore[assignment]
-    llm_keep: float = 0.5
+    llm_layer: int | None = option(None, integer(1, optional=True))  # type: ignore[assignment]
+    llm_keep: float = option(0.5, number(0.0, 1.0))
 
     name: ClassVar[str] = "sppruner"
     merges: ClassVar[bool] = True
     needs_saliency: ClassVar[bool] = True
     needs_text: ClassVar[bool] = True
     per_region: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_params(self.rho, self.union, self.scan, self.window, self.merge_neighbors)
-        layer = self.llm_layer
-        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int) or layer < 1):
-            raise ValueError(f"`llm_layer` must be None or an int >= 1, got {layer!r}")
-        keep = self.llm_keep
-        if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0.0 <= keep <= 1.0:
-            raise ValueError(f"`llm_keep` must be a number in [0, 1], got {keep!r}")
+    in_llm_option: ClassVar[str | None] = "llm_layer"
 
     def select_unit(self, unit: ImageTokens) -> Kept:
         kept, merged, assignment, is_focus = _select(

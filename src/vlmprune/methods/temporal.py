@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from vlmprune.core.method import Method
 from vlmprune.core.ops import top_sorted
+from vlmprune.core.options import check_count
 from vlmprune.core.registry import register
 from vlmprune.core.types import ImageTokens, Kept
 
@@ -46,8 +47,7 @@ def frame_change(features: torch.Tensor, frames: int) -> torch.Tensor:
 
 def select(features: torch.Tensor, frames: int, budget: int) -> torch.Tensor:
     """``(T*P, D)`` video tokens -> sorted ``min(budget, T*P)`` kept indices (see the module)."""
-    if budget < 0:
-        raise ValueError(f"`budget` must be >= 0, got {budget}")
+    budget = check_count(budget)
     if frames == 1:  # a still image: a stride
         n = features.shape[0]
         k = min(budget, n)
@@ -63,7 +63,7 @@ class TemporalPrune(Method):
 
     name: ClassVar[str] = "temporal"
 
-    def select_image(self, image: ImageTokens) -> Kept:
+    def select_unit(self, image: ImageTokens) -> Kept:
         regions = image.region_list()
         frames = len(regions) if image.kind == "video" else 1
         if frames > 1 and len({r.indices.numel() for r in regions}) != 1:

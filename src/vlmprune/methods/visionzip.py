@@ -46,9 +46,9 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from vlmprune.core.budget import split_across_regions
-from vlmprune.core.method import Method, select_per_region
+from vlmprune.core.method import Method
 from vlmprune.core.ops import ranked
+from vlmprune.core.options import check_count, choice, integer, option
 from vlmprune.core.registry import register
 from vlmprune.core.types import ImageTokens, Kept
 
@@ -93,8 +93,7 @@ def select(
         raise ValueError(f"`saliency` must be ({n},), got shape {tuple(saliency.shape)}")
     if keys is not None and (keys.dim() != 2 or keys.shape[0] != n):
         raise ValueError(f"`keys` must be ({n}, Dk), got shape {tuple(keys.shape)}")
-    if budget < 0:
-        raise ValueError(f"`budget` must be >= 0, got {budget}")
+    budget = check_count(budget)
     if merge not in MERGE_MODES:
         raise ValueError(f"`merge` must be one of {MERGE_MODES}, got {merge!r}")
     device = features.device
@@ -166,8 +165,8 @@ class VisionZip(Method):
     assigned tokens). See the module docstring for the algorithm and the differences from the paper.
     """
 
-    dominant: int | None = None
-    merge: str = "mean"
+    dominant: int | None = option(None, integer(0, optional=True))
+    merge: str = option("mean", choice(*MERGE_MODES))
 
     name: ClassVar[str] = "visionzip"
     needs_saliency: ClassVar[bool] = True
@@ -175,32 +174,10 @@ class VisionZip(Method):
     merges: ClassVar[bool] = True
     per_region: ClassVar[bool] = True
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.dominant is not None and (
-            isinstance(self.dominant, bool) or not isinstance(self.dominant, int) or self.dominant < 0
-        ):
-            raise ValueError(f"`dominant` must be None or an int >= 0, got {self.dominant!r}")
-        if self.merge not in MERGE_MODES:
-            raise ValueError(f"`merge` must be one of {MERGE_MODES}, got {self.merge!r}")
-
-    def select_images(self, images: list[ImageTokens]) -> list[Kept]:
-        if self.dominant is None:
-            return super().select_images(images)
-        # a given `dominant` is shared across an image's regions like its budget
-        doms = []
-        for image in images:
-            sizes = [int(r.indices.numel()) for r in image.region_list()]
-            shares = split_across_regions(image.budget, sizes)
-            dom = split_across_regions(min(self.dominant, image.budget), sizes)
-            doms += [min(d, s) for d, s in zip(dom, shares) if s > 0]
-        it = iter(doms)
-        return select_per_region(images, lambda units: [self._zip(u, next(it)) for u in units])
-
     def select_unit(self, unit: ImageTokens) -> Kept:
-        return self._zip(unit, None)
-
-    def _zip(self, unit: ImageTokens, dominant: int | None) -> Kept:
+        dominant = None
+        if self.dominant is not None:  # shared across an image's regions like its budget
+            dominant = min(unit.share(min(self.dominant, unit.image_budget)), unit.budget)
         n = unit.num_tokens
         if unit.budget >= n:
             everything = torch.arange(n, device=unit.features.device)

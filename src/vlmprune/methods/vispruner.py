@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from vlmprune.core.greedy import maybe_compiled, reads_on_host
 from vlmprune.core.method import Method
 from vlmprune.core.ops import ranked
+from vlmprune.core.options import check_count, integer, number, option
 from vlmprune.core.registry import register
 from vlmprune.core.types import ImageTokens, Kept
 
@@ -254,8 +255,7 @@ def select(
     n = pre_features.shape[0]
     if saliency.shape != (n,):
         raise ValueError(f"`saliency` must be ({n},), got shape {tuple(saliency.shape)}")
-    if budget < 0:
-        raise ValueError(f"`budget` must be >= 0, got {budget}")
+    budget = check_count(budget)
     if not 0.0 <= important_ratio <= 1.0:
         raise ValueError(f"`important_ratio` must be in [0, 1], got {important_ratio}")
     if drop_per_round < 1:
@@ -281,22 +281,13 @@ class VisPruner(Method):
     See the module docstring for the open choices.
     """
 
-    important_ratio: float = 0.5
-    drop_per_round: int = 8
+    important_ratio: float = option(0.5, number(0.0, 1.0))
+    drop_per_round: int = option(8, integer(1))
 
     name: ClassVar[str] = "vispruner"
     needs_saliency: ClassVar[bool] = True
     needs_pre_features: ClassVar[bool] = True
     per_region: ClassVar[bool] = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        ratio = self.important_ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= float(ratio) <= 1.0:
-            raise ValueError(f"`important_ratio` must be a number in [0, 1], got {ratio!r}")
-        step = self.drop_per_round
-        if isinstance(step, bool) or not isinstance(step, int) or step < 1:
-            raise ValueError(f"`drop_per_round` must be an int >= 1, got {step!r}")
 
     def select_unit(self, unit: ImageTokens) -> Kept:
         n = unit.num_tokens

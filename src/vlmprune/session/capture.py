@@ -15,7 +15,10 @@ of each method gives (``tests/test_capture.py``).
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 
@@ -25,18 +28,30 @@ from vlmprune.adapters.base import VisionRecord
 ALL_SIGNALS = frozenset({"saliency", "keys", "pre_features"})
 
 
-@dataclass
+@dataclass(frozen=True)
 class VisionCapture:
-    """The vision tower's outputs and side signals for one batch of inputs.
+    """The vision tower's outputs and side signals for one batch of inputs, for one model.
 
-    ``inputs``: the model inputs without the pixels, with ``mm_encoder_outputs`` (pass them to
-    ``generate`` / ``forward`` as they are); ``record``: what the vision hooks captured;
-    ``saliency``: the saliency signal it holds.
+    ``inputs``: the model inputs without the pixels, with ``mm_encoder_outputs`` (a read-only
+    mapping: pass it to ``generate`` / ``forward`` as it is); ``record``: what the vision hooks
+    captured; ``saliency``: the saliency signal it holds. A capture is read-only: a block given it
+    refuses raw pixel inputs (its tower would run again), and it serves only the model it was
+    taken from (held weakly: a capture does not keep its model alive).
     """
 
-    inputs: dict
+    inputs: Mapping
     record: VisionRecord
     saliency: str
+    family: str
+    model: weakref.ref
+
+    def check_model(self, model) -> None:
+        """``ValueError`` unless this capture was taken from ``model``."""
+        if self.model() is not model:
+            raise ValueError(
+                f"vlmprune: this capture belongs to another model (a {self.family} model); "
+                "run `capture_vision(model, inputs)` on this one"
+            )
 
 
 def capture_vision(model, inputs: dict, saliency: str = "auto") -> VisionCapture:
@@ -56,4 +71,4 @@ def capture_vision(model, inputs: dict, saliency: str = "auto") -> VisionCapture
     finally:
         for h in handles:
             h.remove()
-    return VisionCapture(rest, record, adapter.saliency)
+    return VisionCapture(MappingProxyType(rest), record, adapter.saliency, adapter.family, weakref.ref(model))

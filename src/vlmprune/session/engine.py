@@ -16,23 +16,26 @@ Hooks, in the order they fire during one forward:
    position ids so they match the shortened KV cache;
 5. decoder layers ``K-1 .. end`` (in-LLM stage only, :mod:`vlmprune.session.in_llm`).
 
-Position policies (integration.md): ``"original"`` gathers the unpruned position ids at the kept
+Position policies (``docs/exactness.md``): ``"original"`` gathers the unpruned position ids at the kept
 tokens (equals the stock model with ``attention_mask = 0`` at dropped tokens); ``"compact"``
 renumbers the kept tokens consecutively (equals the stock model fed only the kept tokens).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field
 
 import torch
 
+import vlmprune.session.guards as guards
 from vlmprune.adapters import get_adapter
 from vlmprune.adapters.base import VisionRecord
 from vlmprune.core.errors import UnsupportedFeatureError
-from vlmprune.core.method import Method, register_applier
+from vlmprune.core.method import CAPABILITIES, Method, check_engine, register_applier
 from vlmprune.core.sequence import compact_index, compact_positions, first_real, gather_seq, new_positions
+from vlmprune.core.tokens import image_tokens
 from vlmprune.core.types import ImageTokens, Selection
 from vlmprune.session.in_llm import InLLMStage, sync
 from vlmprune.session.spans import ImageSpan, assign_spans
@@ -45,6 +48,7 @@ class _PrefillState:
     prefix: torch.Tensor  # (B, L') 2-D mask of the shortened prompt
     shift: torch.Tensor  # (B,) original minus new position of the last prompt token
     images: list[ImageSpan]
+    seen: torch.Tensor  # (B, L + decoded) the unpruned sequence so far (ids)
     decoded: int = 0  # tokens fed after the prompt so far
     cur_mask: torch.Tensor | None = None  # (B, L' + decoded) mask of the current call
     layer_prefix: torch.Tensor | None = None  # (B, L'') prompt mask for layers >= K
@@ -53,13 +57,20 @@ class _PrefillState:
     layer_input: tuple | None = None  # (hidden, position_embeddings) captured at layer K-1
 
 
+_ENTER_LOCK = threading.Lock()
+ENGINE = frozenset(CAPABILITIES)  # the HF session runs every stage; its limits per model: __init__
+
+
 class PruningSession(InLLMStage):
     """Context manager returned by ``method(model)``; ``selections`` holds one
     :class:`~vlmprune.core.types.Selection` per image of the last call (batch order)."""
 
     def __init__(self, method: Method, model, saliency: str = "auto", vision=None):
+        check_engine(method, "the Hugging Face session", ENGINE)
         self.method = method
         self.model = model
+        if vision is not None:
+            vision.check_model(model)
         if vision is not None and saliency == "auto":
             saliency = vision.saliency
         self.adapter = get_adapter(model, saliency)
@@ -84,7 +95,11 @@ class PruningSession(InLLMStage):
         self.needs = {name for name, flag in flags if flag}
         if self.adapter.saliency == "feature_norm":
             self.needs.discard("saliency")
-        self.selections: list[Selection] = []
+        self._selections: list[Selection] = []
+        #: (B, L') after a pruned prefill: the input position of each entry of the pruned sequence
+        #: (its logits' rows), -1 for padding; None before one
+        self.kept_positions: torch.Tensor | None = None
+        self._prefilled = False  # a prefill ran in this block (a decode step may follow)
         self._handles: list = []
         self._record: VisionRecord | None = None if vision is None else vision.record
         self._call: dict = {}
@@ -92,11 +107,24 @@ class PruningSession(InLLMStage):
         self._phase: str | None = None
 
     # -- install / remove -----------------------------------------------------------------
+    @property
+    def selections(self) -> list[Selection]:
+        return self._selections
+
+    @selections.setter
+    def selections(self, value: list[Selection]) -> None:
+        self._selections = value
+        self.method.remember(value)  # the same list: the in-LLM stage updates it in place
+
     def __enter__(self):
-        if getattr(self.model, "_vlmprune_session", None) is not None:
-            raise RuntimeError(
-                "a vlmprune method is already applied to this model; nested `with` blocks are not supported"
-            )
+        with _ENTER_LOCK:  # claim the model atomically: two threads cannot both install hooks
+            if getattr(self.model, "_vlmprune_session", None) is not None:
+                raise RuntimeError(
+                    "a vlmprune method is already applied to this model (nested `with` blocks, or "
+                    "another thread's, are not supported)"
+                )
+            self.model._vlmprune_session = self
+        self.selections, self._prefilled, self.kept_positions = [], False, None
         try:
             hook = self._handles.append
             hook(self.model.register_forward_pre_hook(self._on_model, with_kwargs=True))
@@ -116,8 +144,6 @@ class PruningSession(InLLMStage):
         except BaseException:
             self._remove()
             raise
-        self.model._vlmprune_session = self
-        self.method._session = self
         return self
 
     def __exit__(self, *exc):
@@ -135,16 +161,17 @@ class PruningSession(InLLMStage):
 
     # -- hooks ------------------------------------------------------------------------------
     def _on_model(self, module, args, kwargs):
-        if kwargs.get("labels") is not None:
-            raise UnsupportedFeatureError(
-                "vlmprune: `labels` (a training loss) is not supported while pruning: the pruned sequence "
-                "is shorter than the labels; compute the loss outside the `with` block"
-            )
+        guards.check_call(args, kwargs)
         return None
 
     def _new_record(self, module, args, kwargs):
         """A run of the vision tower: the first of a call starts a new record; a second one in the
         same call (a family encoding videos after images) adds a run to it."""
+        if self.vision is not None:  # a capture is read-only: its inputs carry no pixels
+            raise ValueError(
+                "vlmprune: the vision tower ran inside a block given `vision=` (a capture): pass the "
+                "capture's own inputs (`capture.inputs`), not raw pixel values"
+            )
         if self._record is None or self._record.used:
             self._record = VisionRecord()
         self._record.new_run(args[0] if args else next(iter(kwargs.values()), None))
@@ -154,10 +181,12 @@ class PruningSession(InLLMStage):
         self._call = {k: kwargs.get(k) for k in ("image_sizes", "image_grid_thw", "video_grid_thw")}
         self._call["input_ids"] = input_ids
         st, cache = self._state, kwargs.get("past_key_values")
-        if st is None or cache is None or kwargs.get("attention_mask") is not None or input_ids is None:
+        if st is None or cache is None or input_ids is None:
             return None
         past = cache.get_seq_length()
         if past > 0:
+            guards.check_resend(st.seen, input_ids, past)
+        if past > 0 and kwargs.get("attention_mask") is None:
             full = st.orig_len + (past - st.new_len) + input_ids.shape[1]
             kwargs["attention_mask"] = torch.ones(
                 input_ids.shape[0], full, dtype=torch.long, device=input_ids.device
@@ -174,7 +203,7 @@ class PruningSession(InLLMStage):
             self._state = None
             return None
         if past == 0:
-            self._state = None
+            self._state, self._prefilled = None, True
             ids = self._call.get("input_ids")
             if self._record is not None and self._record is not getattr(self.vision, "record", None):
                 self._record.used = True  # the next run of the tower belongs to a new call
@@ -184,38 +213,22 @@ class PruningSession(InLLMStage):
                 return None
             return args, self._prefill(ids, embeds, kwargs)
         if self._state is None:
+            guards.check_outside_cache(past, self._prefilled)
             return None
         return args, self._decode(embeds, kwargs, past)
 
     # -- prefill ------------------------------------------------------------------------------
     def _image_tokens(self, embeds, mask2d, is_image, index, row, ph, layout) -> ImageTokens:
-        method = self.method
         feats = embeds[row, ph[layout.content]]  # (N, D)
         signals = self.adapter.image_signals(self._record, index, layout) if self._record is not None else {}
-        saliency = signals.get("saliency")
-        if method.needs_saliency and self.adapter.saliency == "feature_norm":
-            saliency = feats.float().norm(dim=-1)
-        if method.needs_saliency and saliency is None:
-            raise RuntimeError(
-                f"{method.name}: no saliency was captured (did the vision tower run in this call?)"
-            )
         text = None
-        if method.needs_text:  # the prompt's text after the image, else all of it: one host sync
+        if self.method.needs_text:  # the prompt's text after the image, else all of it: one host sync
             real = mask2d[row].bool() & ~is_image[row]  # (L,)
             after = real & (torch.arange(real.numel(), device=real.device) > ph.max())
             text = embeds[row][torch.where(after.any(), after, real)]  # (T, D)
-        n = int(layout.content.numel())
-        return ImageTokens(
-            features=feats,
-            budget=method.keep_count(n),
-            regions=layout.regions,
-            grid=layout.grid,
-            pre_features=signals.get("pre_features"),
-            saliency=saliency,
-            keys=signals.get("keys"),
-            text=text,
-            seed=index,
-            kind=layout.kind,
+        feature_norm = self.adapter.saliency == "feature_norm"
+        return image_tokens(
+            self.method, feats, layout.regions, layout.grid, signals, feature_norm, text, index, layout.kind
         )
 
     def _select(self, embeds, mask2d, is_image, spans, layouts, vision_index):
@@ -260,8 +273,9 @@ class PruningSession(InLLMStage):
                 replaced = embeds.clone() if replaced is None else replaced
                 replaced[row, seq_pos] = k.features.to(embeds.dtype)
             images.append(ImageSpan(row, seq_pos, idx, tok.num_tokens, lay, k.pinned))
+            assignment = None if k.assignment is None else k.assignment.cpu()
             selections.append(
-                Selection(idx.cpu(), tok.num_tokens, lay.grid, lay.regions, k.assignment, "pre_llm", ms)
+                Selection(idx.cpu(), tok.num_tokens, lay.grid, lay.regions, assignment, "pre_llm", ms)
             )
         self.selections = selections
         return keep, (replaced if replaced is not None else embeds), images, max(kept_len, default=0)
@@ -288,7 +302,8 @@ class PruningSession(InLLMStage):
         for span in images:
             span.positions = old_to_new[span.row, span.positions]
 
-        self._state = _PrefillState(length, index.shape[1], new_mask, shift, images, cur_mask=new_mask)
+        self._state = _PrefillState(length, index.shape[1], new_mask, shift, images, ids, cur_mask=new_mask)
+        self.kept_positions = torch.where(valid, index, -1)  # (B, L'): each entry's position in the input
         self._phase = "prefill"
         kwargs["inputs_embeds"] = gather_seq(embeds, index, 1)
         kwargs["attention_mask"] = new_mask
@@ -356,6 +371,9 @@ class PruningSession(InLLMStage):
         shift = st.shift.to(pos.device)
         new_pos = pos - (shift.view(1, -1, 1) if pos.dim() == 3 else shift[:, None])
         st.decoded += s
+        ids = self._call.get("input_ids")
+        if ids is not None and ids.shape == (bsz, s):
+            st.seen = torch.cat([st.seen, ids.to(st.seen.device)], dim=1)
         st.cur_mask = new_mask
         self._phase = "decode"
         kwargs["attention_mask"] = new_mask

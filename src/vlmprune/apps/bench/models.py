@@ -97,7 +97,7 @@ def _builtin(name, device, dtype, tiny_arch, size, attn, seed) -> BenchModel:
     cls = family(zoo.builtin_names()[name])
     if tiny_arch:  # the test-suite size: a few tokens, for smoke tests only
         size = size or cls.test_image
-        kwargs = cls.processor_size(None, size) if hasattr(cls, "bench_ratios") else {}
+        kwargs = cls.processor_size(None, size) if cls.bench_ratios is not None else {}
         model, proc = zoo.tiny_model(cls.family, attn=attn, seed=seed, dtype=dtype, **kwargs)
         desc = f"{name} at the test-suite size (vlmprune.testing defaults): smoke runs only"
         return BenchModel(model.to(device), proc, cls, name, size, {}, desc)
@@ -115,9 +115,10 @@ def _arch(name, device, dtype, tiny_arch, size, attn, seed) -> BenchModel:
         name, dtype=dtype, device=device, attn_implementation=attn, tiny=tiny_arch, seed=seed
     )
     cls = adapter_class(model.config)
-    if hasattr(cls, "default_bench_image"):
-        size = size or cls.default_bench_image(model.config)
-    elif hasattr(cls, "bench_ratios"):
+    default = cls.default_bench_image(model.config)
+    if default is not None:
+        size = size or default
+    elif cls.bench_ratios is not None:
         size = size or ((112, 112) if tiny_arch else cls.bench_image)
     else:
         v = model.config.vision_config

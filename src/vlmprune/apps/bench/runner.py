@@ -110,7 +110,7 @@ def default_budgets(adapter, num_tokens: int) -> tuple[list[int] | None, list[fl
     """Default ``(budgets, ratios)`` for a family whose images have ``num_tokens`` visual tokens:
     the family's ``bench_ratios`` (dynamic resolution), or its ``bench_budgets`` rescaled to
     ``num_tokens`` when that differs from the reference count."""
-    if hasattr(adapter, "bench_ratios"):
+    if adapter.bench_ratios is not None:
         return None, list(adapter.bench_ratios)
     ref, budgets = adapter.bench_budgets
     if num_tokens == ref:
@@ -145,7 +145,7 @@ def prepare(settings: BenchSettings) -> Bench:
         settings.model, device=str(device), dtype=dtype, tiny_arch=settings.tiny_arch,
         image_size=settings.image_size, attn=settings.attn, seed=settings.seed,
     )  # fmt: skip
-    if settings.video_frames and not (bm.adapter.prunes_video and hasattr(bm.adapter, "tiny_video")):
+    if settings.video_frames and not bm.adapter.prunes_video:
         raise UsageError("--video-frames", f"{bm.family} does not prune videos")
     inputs = make_bench_inputs(bm, settings.batch, settings.text_tokens, device, settings.video_frames)
     methods = settings.methods or vlmprune.list_methods()

@@ -16,7 +16,8 @@ from contextlib import contextmanager
 
 import torch
 
-from vlmprune.core.types import ImageTokens, Region
+from vlmprune.core.tokens import image_tokens
+from vlmprune.core.types import Region
 from vlmprune.integrations.vllm.config import KEY, Spec, decode, encode_rows, merge, resolve
 
 SPEC_FIELD = "vlmprune_spec"
@@ -166,23 +167,14 @@ class PruningModel:
         width = self._vlmprune_main_width()
         emb, extra = (emb, None) if width is None else (emb[:, :width], emb[:, width:])
         method = spec.method
-        saliency = info.get("saliency")
-        if method.needs_saliency and (spec.saliency == "feature_norm" or saliency is None):
-            saliency = emb.float().norm(dim=-1)
         text_embeds = None
         if method.needs_text and text is not None:
             ids = torch.as_tensor(text, device=emb.device).long().flatten()
             text_embeds = self.get_language_model().embed_input_ids(ids)
-        tokens = ImageTokens(
-            features=emb,
-            budget=method.keep_count(n),
-            regions=info["regions"],
-            grid=info["grid"],
-            pre_features=info.get("pre_features"),
-            saliency=saliency,
-            keys=info.get("keys"),
-            text=text_embeds,
-            seed=spec.seed,
+        signals = {k: info[k] for k in ("saliency", "keys", "pre_features") if k in info}
+        norm = spec.saliency == "feature_norm"
+        tokens = image_tokens(
+            method, emb, info["regions"], info["grid"], signals, norm, text_embeds, spec.seed
         )
         with torch.no_grad():
             kept = method.select_images([tokens])[0]
@@ -237,3 +229,10 @@ def all_heads(t: torch.Tensor, local_heads: int, total_heads: int) -> torch.Tens
 def head_sum(t: torch.Tensor, local_heads: int, total_heads: int) -> torch.Tensor:
     """``t`` summed over this rank's heads -> the mean over every head."""
     return all_heads(t, local_heads, total_heads) / total_heads
+
+
+def heads_mean(t: torch.Tensor, local_heads: int, total_heads: int) -> torch.Tensor:
+    """``t``, the mean over this rank's heads -> the mean over every head."""
+    if local_heads == total_heads:
+        return t
+    return all_heads(t * local_heads, local_heads, total_heads) / total_heads

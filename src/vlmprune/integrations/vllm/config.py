@@ -18,12 +18,13 @@ from functools import lru_cache
 
 import torch
 
-from vlmprune.core.method import Method
+from vlmprune.core.method import CAPABILITIES, Method, check_engine
 from vlmprune.core.registry import list_methods, method_class
 
 KEY = "vlmprune"
 SIZE_KEYS = ("budget", "ratio")
 SALIENCY = ("auto", "feature_norm")
+ENGINE = frozenset(CAPABILITIES) - {"in_llm"}  # what the plugin does: every pre-LLM capability
 
 
 class ConfigError(ValueError):
@@ -64,6 +65,14 @@ def pre_llm_methods() -> list[str]:
     return [n for n in list_methods() if method_class(n).pre_llm]
 
 
+def check(method: Method) -> None:
+    """``ConfigError`` when the plugin cannot run ``method`` as configured (one line naming the option)."""
+    try:
+        check_engine(method, "the vLLM plugin", ENGINE)
+    except ValueError as err:
+        raise ConfigError(f"vlmprune: {err}; pre-LLM methods: {', '.join(pre_llm_methods())}") from None
+
+
 def _check_dict(value, where: str) -> dict:
     if not isinstance(value, dict):
         raise ConfigError(
@@ -99,11 +108,6 @@ def resolve(options: dict | None, positions: tuple[str, ...]) -> Spec | None:
         raise ConfigError(
             f"vlmprune: unknown method {name!r}; one of {', '.join(pre_llm_methods())}"
         ) from None
-    if not cls.pre_llm:
-        raise ConfigError(
-            f"vlmprune: method {name!r} prunes inside the LLM, which the vLLM plugin does not do; "
-            f"pre-LLM methods: {', '.join(pre_llm_methods())}"
-        )
     saliency = options.pop("saliency", "auto")
     if saliency not in SALIENCY:
         raise ConfigError(f"vlmprune: 'saliency' must be one of {SALIENCY}, got {saliency!r}")
@@ -111,13 +115,15 @@ def resolve(options: dict | None, positions: tuple[str, ...]) -> Spec | None:
         raise ConfigError(
             f"vlmprune: 'positions' must be one of {positions} for this model under vLLM, got {options['positions']!r}"
         )
-    key = tuple(sorted(options.items()))
     try:
-        _build(name, key)
+        method = cls(**options)  # every option checked by the methods' one validator
     except TypeError as err:
         raise ConfigError(f"vlmprune: {name}: {err}") from None
     except ValueError as err:
         raise ConfigError(f"vlmprune: {err}") from None
+    check(method)
+    # the checked values (Python scalars: NumPy and tensor scalars are read as numbers)
+    key = tuple(sorted((k, getattr(method, k)) for k in options))
     return Spec(key, name, saliency)
 
 

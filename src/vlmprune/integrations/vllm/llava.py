@@ -24,7 +24,8 @@ from vllm.model_executor.models.llava import (
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from vlmprune.adapters.base import feature_layer
-from vlmprune.integrations.vllm.common import PruningModel, PruningProcessor, head_sum, hooks, whole
+from vlmprune.adapters.signals import cls_attention
+from vlmprune.integrations.vllm.common import PruningModel, PruningProcessor, heads_mean, hooks, whole
 
 
 class PrunedLlavaProcessor(PruningProcessor, LlavaMultiModalProcessor):
@@ -61,7 +62,7 @@ def _processor(info, dummy_inputs):
 def clip_cls_attention(attn, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """CLS-query attention of a vLLM ``CLIPAttention`` from its input ``hidden`` (V, T, Dv).
 
-    Returns saliency (V, T) (softmax(q_cls k^T * scale), mean over heads) and keys (V, T, hd)
+    Returns saliency (V, T) (the CLS query's attention row, mean over heads) and keys (V, T, hd)
     (mean over heads); with tensor parallelism each rank holds some heads and the means are
     all-reduced."""
     n_views, t, _ = hidden.shape
@@ -70,10 +71,8 @@ def clip_cls_attention(attn, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.
     q, k, _ = qkv.float().chunk(3, dim=-1)  # each (V, T, heads * hd)
     q = q[:, :1].reshape(n_views, 1, heads, hd).transpose(1, 2)  # (V, H, 1, hd)
     k = k.reshape(n_views, t, heads, hd).transpose(1, 2)  # (V, H, T, hd)
-    probs = torch.softmax((q @ k.transpose(-1, -2)) * attn.scale, dim=-1)  # (V, H, 1, T)
-    sal = head_sum(probs.sum(1)[:, 0], heads, attn.num_heads)  # (V, H, 1, T) -> (V, T)
-    keys = head_sum(k.sum(1), heads, attn.num_heads)  # (V, H, T, hd) -> (V, T, hd)
-    return sal, keys
+    sal, keys = cls_attention(q, k, attn.scale)  # this rank's heads: (V, T), (V, T, hd)
+    return heads_mean(sal, heads, attn.num_heads), heads_mean(keys, heads, attn.num_heads)
 
 
 @MULTIMODAL_REGISTRY.register_processor(_processor, info=_info, dummy_inputs=LlavaDummyInputsBuilder)

@@ -72,6 +72,8 @@ class PrunedQwen2_5_VLForConditionalGeneration(MRopePruningModel, Qwen2_5_VLForC
             block = visual.blocks[int(self.config.vision_config.fullatt_block_indexes[-1])]
             handles += grab_received(block.attn.attn, record, int(self.config.vision_config.num_heads))
         if "pre_features" in needs:
-            handles.append(grab_merger_input(visual.merger, record))
+            # the merger's input, read at its first norm: vLLM wraps the merger's own call in its
+            # compile decorator, which runs the forward without the module's hooks
+            handles.append(grab_merger_input(visual.merger.ln_q, record))
         with hooks(handles):
             yield record
