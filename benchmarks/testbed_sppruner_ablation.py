@@ -32,19 +32,22 @@ VARIANTS: dict[str, dict] = {
     "focus=saliency": {"focus": "saliency"},
     "focus=relevance": {"focus": "relevance"},
     "focus=union": {"focus": "union"},
-    "focus=calibrated": {"focus": "calibrated"},
     "subjects=off": {"subjects": False},
-    "subjects=on": {"subjects": True},
-    "context=keep": {"context": "keep"},
     "context=merge": {"context": "merge"},
     "neighbours=off": {"merge_neighbors": False},
-    "neighbours=on": {"merge_neighbors": True},
     "place=nearest": {"place": "nearest"},
-    "place=salient": {"place": "salient"},
     "place=centroid": {"place": "centroid"},
     "rho=0.5": {"rho": 0.5},
+    "rho=0.75": {"rho": 0.75},
     "rho=1.0": {"rho": 1.0},
-    "paper-abstract": {"focus": "union", "subjects": False, "context": "merge", "place": "nearest"},
+    # every stage as the abstract alone suggests: min-max union, no peaks, merged runs
+    "abstract-only": {
+        "focus": "union",
+        "subjects": False,
+        "context": "merge",
+        "place": "nearest",
+        "rho": 0.75,
+    },
 }
 BASELINES = ("promprune", "random")
 

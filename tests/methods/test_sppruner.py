@@ -125,8 +125,9 @@ def test_every_scan_run_has_exactly_one_context_token(scan):
         torch.randn(4, 16, generator=g),
     )
     for k in (4, 9, 20, 47):
-        kept, _, assign = select(x, sal, text, (6, 8), k, scan=scan, window=3, merge_neighbors=False)
-        k_f = round(0.75 * k)
+        opts = dict(scan=scan, window=3, merge_neighbors=False, context="merge")
+        kept, _, assign = select(x, sal, text, (6, 8), k, **opts)
+        k_f = round(DEFAULT.rho * k)
         focus = torch.zeros(48, dtype=torch.bool)
         focus[list(focus_of(x, sal, text, k, (6, 8)))] = True
         members, run = scan_runs(scan_order((6, 8), scan, 3), focus, k - k_f)
@@ -147,7 +148,7 @@ def test_every_grid_row_is_represented():
     kept, _, _ = select(x, sal, None, (24, 24), 48, rho=0.0)  # 48 context tokens, 2 per row
     rows = torch.bincount(kept // 24, minlength=24)
     assert rows.tolist() == [2] * 24
-    kept, _, _ = select(x, sal, None, (24, 24), 64)  # default rho: 16 context runs over the scan
+    kept, _, _ = select(x, sal, None, (24, 24), 128)  # default rho: 16 context runs over the scan
     assert len(set((kept // 24).tolist())) >= 12
 
 
@@ -284,11 +285,11 @@ def test_method_flags_and_llm_layer():
     assert m.llm_layer is None and SPPruner(budget=16, llm_layer=2).llm_layer == 2
     assert m.stages() == Stages() and m.llm_keep == 0.5
     assert dataclasses.astuple(Stages()) == (
-        0.75,
+        0.875,
         "calibrated",
         "soft",
         True,
-        "merge",
+        "keep",
         "salient",
         "serpentine",
         4,
@@ -312,16 +313,18 @@ def test_multi_region_image():
     perm = torch.randperm(16 + 12, generator=g)
     regions = [Region(perm[:16], (4, 4)), Region(perm[16:], (3, 4))]
     img = make_image(1, 28, 8, 4, regions=regions)
-    m = SPPruner(budget=9)
+    m = SPPruner(budget=9, rho=0.75, context="merge")
     out = m.select_images(sized(m, [img]))[0]
     shares = split_across_regions(9, [16, 12])
     assert out.indices.numel() == 9 and torch.equal(out.indices, torch.sort(out.indices).values)
     expected_idx, expected_feats = [], []
     for r, k in zip(regions, shares):
-        kept, feats, assign = select(img.features[r.indices], img.saliency[r.indices], img.text, r.grid, k)
+        kept, feats, assign = select(
+            img.features[r.indices], img.saliency[r.indices], img.text, r.grid, k, rho=0.75, context="merge"
+        )
         expected_idx.append(r.indices[kept])
         expected_feats.append(feats)
-        # a region's tokens are folded into kept tokens of the same region
+        # a region's tokens are merged into kept tokens of the same region
         slots = out.assignment[r.indices]
         assert bool((slots >= 0).all())
         assert set(out.indices[slots].tolist()) <= set(r.indices.tolist())
@@ -334,10 +337,10 @@ def test_multi_region_image():
 
 def test_layer_pass_keeps_focus_and_the_top_context_share():
     img = make_image(6, 6, 16, 5)
-    m = SPPruner(budget=16, llm_layer=2, llm_keep=0.5)
+    m = SPPruner(budget=16, llm_layer=2, llm_keep=0.5, rho=0.75)
     first = m.select_images(sized(m, [img, make_image(5, 5, 16, 6)]))[0]  # 12 focus + 4 context
     kept = first.indices
-    focus = focus_of(img.features, img.saliency, img.text, 16, (6, 6))
+    focus = focus_of(img.features, img.saliency, img.text, 16, (6, 6), rho=0.75)
     g = torch.Generator().manual_seed(7)
     att = torch.rand(16, generator=g)
     layer = LayerTokens(

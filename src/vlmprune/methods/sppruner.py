@@ -4,22 +4,32 @@ Seed paper: "Focus-then-Context: Subject-Centric Progressive Visual Token Reduct
 Vision-Language Models" (arXiv 2605.20950). **Only the abstract is public**: there are no
 equations and no code. This module is this library's reconstruction; it follows the abstract's
 structure (subject spectrum -> context-aware structural scanning -> subject integrity ->
-progressive reduction) and every concrete choice below is ours, made so that each module is a
-separate function that can be replaced when the full paper appears (``methods.md``).
+progressive reduction) and every concrete choice below is ours, made so that each stage is a
+separate function and option (:class:`Stages`) that can be replaced when the full paper appears.
+The defaults are chosen by the stage ablation on the two testbed models (``docs/methods.md``).
 
 Per region grid ``(h, w)`` with ``N = h w`` tokens ``X`` (projector outputs), saliency ``a``, text
 embeddings ``Q`` and budget ``K < N``:
 
-1. **Focus identification** (:func:`focus_scores`). ``s_v`` = min-max normalised ``a``; ``s_r`` =
-   min-max normalised ``max_j cos(X_i, Q_j)``; soft union ``f = 1 - (1 - s_v)(1 - s_r)`` (a token
-   is a subject if salient OR relevant), or ``"product"`` / ``"mean"``. Without text ``f = s_v``;
-   without saliency (uniform ``s_v``) ``f = s_r``. Focus set: top ``K_f = round(rho K)`` by ``f``.
-2. **Structural scanning** (:func:`scan_order`, :func:`context_tokens`). The other tokens are
-   visited in serpentine row order (or ``w x w`` windows visited in serpentine order, serpentine
-   inside each window) and cut into ``K_c = K - K_f`` contiguous runs whose non-focus counts
-   differ by at most one. Each run becomes one token: the mean of its members weighted by
-   ``softmax(s_v)`` over the run (uniform without saliency), placed at the member nearest (L2)
-   to that mean.
+1. **Focus identification** (:func:`focus_scores`, :func:`focus_order`). ``s_v`` = min-max
+   normalised ``a``; relevance ``r_i = max_j cos(X_i, Q_j)``. ``focus="calibrated"`` (default):
+   the relevance counts only where it stands out against the image's own tokens,
+   ``c = clip((z - 2) / 2, 0, 1)`` with ``z`` the z-score of ``r`` over the region (:func:`contrast`),
+   and ``f = 1 - (1 - s_v)(1 - c)`` (``union="soft"``: salient OR clearly relevant; ``"product"``,
+   ``"mean"`` the other unions). A relevance that points at the background, or at nothing, leaves
+   ``f = s_v``. ``"union"`` uses the min-max normalised ``r`` instead of ``c`` (an uninformative
+   relevance then has as much say as the saliency); ``"saliency"`` / ``"relevance"`` one signal
+   alone. Without text ``f = s_v``; without saliency ``f`` is the relevance term. With
+   ``subjects`` (default) the local maxima of ``f`` on the grid (3 x 3, above the mean ``f``),
+   one per subject, rank before the other tokens; the focus set is the first ``K_f = round(rho K)``.
+2. **Structural scanning** (:func:`scan_order`, :func:`scan_runs`, :func:`place_context`). The
+   other tokens are visited in serpentine row order (or ``w x w`` windows visited in serpentine
+   order, serpentine inside each window) and cut into ``K_c = K - K_f`` contiguous runs whose
+   non-focus counts differ by at most one. Each run gives one context token at the run's most
+   salient member (``place="salient"``; ``"nearest"``: the member nearest (L2) to the run's
+   mean; ``"centroid"``: the member nearest the run's centroid on the grid): that member's own
+   feature (``context="keep"``) or the run's mean weighted by ``softmax(s_v)`` (``"merge"``).
+   A context token sits at its member's position (under M-RoPE: its time, row and column).
 3. **Subject integrity** (:func:`aggregate_neighbours`). Each non-focus 4-neighbour of a focus
    token is also folded into its most similar adjacent focus token:
    ``x_f <- (x_f + Σ w_i x_i) / (1 + Σ w_i)``, ``w_i = max(cos(x_i, x_f), 0)``.
@@ -27,15 +37,18 @@ embeddings ``Q`` and budget ``K < N``:
    focus token is kept and only the top ``llm_keep`` share of the context tokens by the last text
    token's attention (FastV style).
 
-Our choices (not in the abstract): the min-max eps ``1e-6``; Python's ``round`` (half to even)
-for ``K_f``; ties everywhere to the lowest raster index; softmax over the normalised ``s_v``;
-the L2 "nearest member"; a neighbour token contributes both to its run and to its focus token, and
-its ``assignment`` is the focus token's slot (0 weight: the run's slot; a run's own placed token
-keeps its slot); the text is whatever the
-adapter passes as ``ImageTokens.text``; with neither text nor saliency ``f`` is constant and the
-focus set is the first tokens in raster order. Each crop of a multi-crop image is a region: the
-image's budget is shared across crops in proportion to their token counts and each crop is reduced
-on its own grid.
+Our choices (not in the abstract): the calibration of the relevance (z-score threshold 2, full
+weight at 4) and the subject peaks; context tokens that keep a representative rather than merging
+the run (merging averages a run's object and background tokens into a feature the LLM never saw);
+the min-max eps ``1e-6``; Python's ``round`` (half to even) for ``K_f``; ties everywhere to the
+lowest raster index; softmax over the normalised ``s_v``; a neighbour token contributes both to its
+run and to its focus token, and its ``assignment`` is the focus token's slot (0 weight: the run's
+slot when runs merge, else dropped; a run's own placed token keeps its slot); the text is whatever
+the adapter passes as ``ImageTokens.text``; with neither text nor saliency ``f`` is constant and the
+focus set is the first tokens in raster order. A merged token's position is one member's, never a
+fractional centroid (the session keeps each kept token's own position ids). Each crop of a
+multi-crop image is a region: the image's budget is shared across crops in proportion to their
+token counts and each crop is reduced on its own grid.
 """
 
 from __future__ import annotations
@@ -54,7 +67,7 @@ from vlmprune.core.types import ImageTokens, Kept, LayerTokens
 
 FOCI = ("calibrated", "union", "saliency", "relevance")
 UNIONS = ("soft", "product", "mean")
-CONTEXTS = ("merge", "keep")
+CONTEXTS = ("keep", "merge")
 PLACES = ("salient", "nearest", "centroid")
 #: z-score of the relevance (against the image's own tokens) from which it counts, full weight at 2x
 CONTRAST = 2.0
@@ -76,11 +89,11 @@ def _flag(name: str, value) -> None:
 class Stages:
     """The options of the pre-LLM stage, validated on construction (module docstring)."""
 
-    rho: float = 0.75
+    rho: float = 0.875
     focus: str = "calibrated"
     union: str = "soft"
     subjects: bool = True
-    context: str = "merge"
+    context: str = "keep"
     place: str = "salient"
     scan: str = "serpentine"
     window: int = 4
@@ -421,11 +434,11 @@ class SPPruner(Method):
     ``Kept.pinned``; the method keeps no state between calls or stages.
     """
 
-    rho: float = 0.75
+    rho: float = 0.875
     focus: str = "calibrated"
     union: str = "soft"
     subjects: bool = True
-    context: str = "merge"
+    context: str = "keep"
     place: str = "salient"
     scan: str = "serpentine"
     window: int = 4
