@@ -76,6 +76,17 @@ def test_bad_server_config_fails_at_start_in_one_line(config, message, tiny_dir)
     assert "EngineCore" not in proc.stderr  # refused before the engine process started
 
 
+def test_bad_request_config_is_refused_in_one_line(tiny_dir, tmp_path):
+    """A request asking for what the engine lacks (an in-LLM stage) is refused, naming the option."""
+    model = tiny_dir("qwen2_5_vl")
+    prompt = family("qwen2_5_vl").tiny_prompt("What is shown in the picture here?", 1)
+    bad = {"method": "sppruner", "budget": 8, "llm_layer": 2}
+    req = {"prompt": prompt, "images": image_files(tmp_path, [random_image(0)]), "vlmprune": bad}
+    with pytest.raises(AssertionError) as err:
+        run_vllm(tmp_path, model, [req])
+    assert "ConfigError: vlmprune: sppruner: `llm_layer`=2 asks for pruning inside the LLM" in str(err.value)
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_tensor_parallel_two_ranks(name, tiny_dir, tmp_path, monkeypatch):
     """Two tensor-parallel CPU workers: the vision towers' heads are split across the ranks, so

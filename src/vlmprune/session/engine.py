@@ -100,6 +100,8 @@ class PruningSession(InLLMStage):
         #: (its logits' rows), -1 for padding; None before one
         self.kept_positions: torch.Tensor | None = None
         self._prefilled = False  # a prefill ran in this block (a decode step may follow)
+        self._reuse: dict | None = None  # the last uncached prompt and its selections
+        self._reusing = False
         self._handles: list = []
         self._record: VisionRecord | None = None if vision is None else vision.record
         self._call: dict = {}
@@ -156,6 +158,7 @@ class PruningSession(InLLMStage):
         self._handles.clear()
         self._record = None if self.vision is None else self.vision.record
         self._state, self._call, self._phase = None, {}, None
+        self._reuse, self._reusing = None, False
         if getattr(self.model, "_vlmprune_session", None) is self:
             del self.model._vlmprune_session
 
@@ -211,11 +214,27 @@ class PruningSession(InLLMStage):
             if ids is None or tuple(ids.shape) != tuple(embeds.shape[:2]) or not torch.isin(ids, media).any():
                 self.selections = []
                 return None
+            self._reuse_for(ids, kwargs.get("use_cache"))
             return args, self._prefill(ids, embeds, kwargs)
         if self._state is None:
             guards.check_outside_cache(past, self._prefilled)
             return None
         return args, self._decode(embeds, kwargs, past)
+
+    def _reuse_for(self, ids: torch.Tensor, use_cache) -> None:
+        """Without a KV cache, ``generate`` runs the whole sequence at every step: a prefill whose
+        ``ids`` (B, L) extend the previous uncached prefill's prompt reuses that prompt's
+        selections (both stages), so the result equals the cached run; any other starts anew."""
+        prev = self._reuse
+        self._reusing = (
+            use_cache is False
+            and prev is not None
+            and ids.shape[0] == prev["ids"].shape[0]
+            and ids.shape[1] > prev["ids"].shape[1]
+            and torch.equal(ids[:, : prev["ids"].shape[1]], prev["ids"])
+        )
+        if not self._reusing:
+            self._reuse = {"ids": ids.clone(), "pre": None, "layer": None} if use_cache is False else None
 
     # -- prefill ------------------------------------------------------------------------------
     def _image_tokens(self, embeds, mask2d, is_image, index, row, ph, layout) -> ImageTokens:
@@ -256,7 +275,9 @@ class PruningSession(InLLMStage):
         sync(device)
         t0 = time.perf_counter()
         with torch.no_grad():
-            kept = self.method.select_images(tokens)
+            kept = self._reuse["pre"] if self._reusing else self.method.select_images(tokens)
+            if self._reuse is not None:
+                self._reuse["pre"] = kept
         sync(device)
         ms = (time.perf_counter() - t0) * 1e3 / max(1, len(tokens))
         keep &= ~is_image  # every image placeholder (content and separators) is dropped unless kept

@@ -103,11 +103,14 @@ class InLLMStage:
 
     def _prune_in_layer(self, hidden, args, kwargs, cache):
         st = self._state
-        tokens = self._layer_tokens(hidden)
+        reuse = self._reuse["layer"] if self._reusing else None
+        tokens = self._layer_tokens(hidden) if reuse is None else st.images
         sync(hidden.device)
         t0 = time.perf_counter()
         with torch.no_grad():
-            kept = self.method.select_layer(tokens)
+            kept = self.method.select_layer(tokens) if reuse is None else reuse
+        if self._reuse is not None:
+            self._reuse["layer"] = kept
         sync(hidden.device)
         ms = (time.perf_counter() - t0) * 1e3 / max(1, len(tokens))
         bsz, length = st.cur_mask.shape
