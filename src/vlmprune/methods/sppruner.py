@@ -421,17 +421,24 @@ def select(
 class SPPruner(Method):
     """SPpruner (arXiv 2605.20950, a reconstruction from the abstract): subject tokens plus scanned context tokens.
 
-    See the module docstring for every choice that is ours.
+    Only the paper's abstract is public; the stages follow it (focus from saliency and semantic
+    relevance, then context by structured scanning) and every rule is ours, chosen by the stage
+    ablation on the testbed models (``docs/methods.md``). See the module docstring for each choice.
 
-    Keeps ``round(rho K)`` subject (focus) tokens chosen by the soft union of saliency and text
-    relevance, and summarises the rest in ``K - round(rho K)`` context tokens, one per contiguous
-    run of a structured scan of the grid; subject edges are folded into adjacent focus tokens.
-    Options: ``rho``, ``union`` ("soft" | "product" | "mean"), ``scan`` ("serpentine" | "window"),
-    ``window``, ``merge_neighbors``; ``llm_layer`` (None: off) with ``llm_keep`` for the
-    progressive pass that keeps every focus token and the top ``llm_keep`` share of the context
-    tokens by the last text token's attention at that layer. Multi-crop images share the budget
-    across crops in proportion to their token counts. The focus tokens reach the in-LLM stage as
-    ``Kept.pinned``; the method keeps no state between calls or stages.
+    Keeps ``round(rho K)`` subject (focus) tokens, local peaks of the subject score first, the
+    score being the soft union of saliency and a calibrated text relevance (it counts only where
+    it stands out against the image's own tokens, so a relevance that points at the background
+    cannot outvote the saliency); subject edges are folded into adjacent focus tokens; the rest of
+    the grid is cut into ``K - round(rho K)`` contiguous runs of a structured scan, each kept as
+    its most salient member. Options (:class:`Stages`, each validated): ``rho``, ``focus``
+    ("calibrated" | "union" | "saliency" | "relevance"), ``union`` ("soft" | "product" | "mean"),
+    ``subjects``, ``context`` ("keep" | "merge"), ``place`` ("salient" | "nearest" | "centroid"),
+    ``scan`` ("serpentine" | "window"), ``window``, ``merge_neighbors``; ``llm_layer`` (None:
+    off) with ``llm_keep`` for the progressive pass that keeps every focus token and the top
+    ``llm_keep`` share of the context tokens by the last text token's attention at that layer.
+    Multi-crop images share the budget across crops in proportion to their token counts. The
+    focus tokens reach the in-LLM stage as ``Kept.pinned``; the method keeps no state between
+    calls or stages.
     """
 
     rho: float = option(0.875, number(0.0, 1.0))
