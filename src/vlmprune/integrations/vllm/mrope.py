@@ -25,6 +25,7 @@ import torch
 from vlmprune.adapters.signals import received_segments
 from vlmprune.core.types import Region
 from vlmprune.integrations.vllm.common import PruningModel, all_heads, whole
+from vlmprune.integrations.vllm.cudagraph import prefill_runs_python
 
 EXTRA = 6  # appended columns: (t, h, w) offsets of a kept token in its image, high and low digits
 DIGIT = 256
@@ -42,6 +43,7 @@ class MRopePruningModel(PruningModel):
         if vllm_config.parallel_config.pipeline_parallel_size > 1:
             # later pipeline stages never see the embeddings that carry the positions
             raise NotImplementedError("vlmprune: M-RoPE models under pipeline parallelism are not supported")
+        prefill_runs_python(vllm_config)  # the positions are added in forward (see .cudagraph)
         super().__init__(vllm_config=vllm_config, prefix=prefix)
 
     def _vlmprune_merge(self) -> int:
