@@ -75,6 +75,7 @@ def test_bad_server_config_fails_at_start_in_one_line(config, message, tiny_dir)
     assert "EngineCore" not in proc.stderr  # refused before the engine process started
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("name", FAMILIES)
 def test_tensor_parallel_two_ranks(name, tiny_dir, tmp_path, monkeypatch):
     """Two tensor-parallel CPU workers: the vision towers' heads are split across the ranks, so

@@ -22,7 +22,7 @@ from vllm_helpers import PRE_LLM, hf_reference, image_files, random_video, run_v
 
 from vlmprune.testing import random_image
 
-VIDEO_FAMILIES = ("qwen2_vl", "qwen2_5_vl")
+VIDEO_FAMILIES = (pytest.param("qwen2_vl", marks=pytest.mark.full), "qwen2_5_vl")
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
 QUESTION = "What happens in the video here?"
