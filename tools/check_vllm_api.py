@@ -154,15 +154,13 @@ def check_plugin(src: VllmSource, plugin: Path = PLUGIN) -> tuple[list[str], int
     for path in sorted(plugin.glob("*.py")):
         tree = ast.parse(path.read_text())
         vllm_names = {}
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "vllm":
-                for alias in node.names:
-                    checks += 1
-                    vllm_names[alias.asname or alias.name] = (node.module, alias.name)
-                    if src.tree(node.module) is None:
-                        problems.append(f"{path.name}: module {node.module} is missing")
-                    elif not src.defines(node.module, alias.name):
-                        problems.append(f"{path.name}: {node.module} has no {alias.name}")
+        for local, options in _vllm_imports(tree).items():
+            checks += 1
+            found = [(m, n) for m, n in options if src.tree(m) is not None and src.defines(m, n)]
+            vllm_names[local] = found[0] if found else options[0]
+            if not found:
+                missing = [f"{m} has no {n}" if src.tree(m) else f"module {m} is missing" for m, n in options]
+                problems.append(f"{path.name}: {' and '.join(missing)}")
         for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
             classes[cls.name] = (path.name, cls, vllm_names)
     for name, (where, cls, vllm_names) in classes.items():
@@ -180,6 +178,20 @@ def check_plugin(src: VllmSource, plugin: Path = PLUGIN) -> tuple[list[str], int
             checks += n
             problems += probs
     return problems, checks
+
+
+def _vllm_imports(tree: ast.Module) -> dict[str, list[tuple[str, str]]]:
+    """``{local name: [(module, name), ...]}`` of a plugin file's ``from vllm... import``s. A name
+    imported in a ``try`` and again in its ``except`` handlers has each of them as an alternative
+    (one build or another has it): it passes when any of them resolves."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "vllm":
+            for alias in node.names:
+                options = out.setdefault(alias.asname or alias.name, [])
+                if (node.module, alias.name) not in options:
+                    options.append((node.module, alias.name))
+    return out
 
 
 def _plugin_bases(cls: ast.ClassDef, classes: dict) -> list[ast.ClassDef]:
@@ -225,7 +237,10 @@ def _check_methods(src: VllmSource, where: str, cls: ast.ClassDef, bases) -> tup
         )
         if is_super:
             checks += 1
-            if lookup(node.func.attr) is None and node.func.attr != "__init__":
+            internal = node.func.attr == "__init__" or node.func.attr.startswith(
+                "_vlmprune"
+            )  # the plugin's own
+            if not internal and lookup(node.func.attr) is None:
                 problems.append(f"{where}: {cls.name} calls super().{node.func.attr}, which vLLM lacks")
     return checks, problems
 

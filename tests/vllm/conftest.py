@@ -23,6 +23,10 @@ if not _vllm_installed():
     collect_ignore_glob = ["test_*.py"]
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "full: left out of `make test-vllm`, run by `make test-vllm-full`")
+
+
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
     """``tiny_dir(family, stock_keys=False)``: a saved tiny checkpoint (made once per session)."""

@@ -1,7 +1,8 @@
 """Run one vLLM engine over a list of requests and write what it generated (a test helper).
 
 ``python run_engine.py SPEC.json OUT.json``. SPEC: ``{"model": DIR, "engine": {LLM kwargs},
-"requests": [{"prompt": str, "images": [PNG paths], "vlmprune": dict | null}], "max_tokens": n}``.
+"requests": [{"prompt": str, "images": [PNG paths], "videos": [NPY paths of (T, H, W, 3) uint8 frames],
+"vlmprune": dict | null}], "max_tokens": n}``.
 OUT: one ``{"tokens", "logprobs", "prompt_len", "cached"}`` per request, in order. All requests go
 to the engine in one ``generate`` call (continuous batching), after one warm request when
 ``"repeat"`` asks to run them twice (the second pass hits the prefix cache).
@@ -11,16 +12,25 @@ Run in its own process: vLLM registers plugins per process, and ``VLLM_PLUGINS``
 import json
 import sys
 
+import numpy as np
 from PIL import Image
+from vllm_helpers import video_metadata
 
 
 def requests(spec):
     out = []
     for r in spec["requests"]:
         images = [Image.open(p).convert("RGB") for p in r["images"]]
+        videos = [np.load(p) for p in r.get("videos", [])]  # (T, H, W, 3) uint8 frames
+        videos = [(v, dict(video_metadata(v.shape[0]), do_sample_frames=False)) for v in videos]
         req = {"prompt": r["prompt"]}
+        data = {}
         if images:
-            req["multi_modal_data"] = {"image": images if len(images) > 1 else images[0]}
+            data["image"] = images if len(images) > 1 else images[0]
+        if videos:
+            data["video"] = videos if len(videos) > 1 else videos[0]
+        if data:
+            req["multi_modal_data"] = data
         if r.get("vlmprune") is not None:
             req["mm_processor_kwargs"] = {"vlmprune": r["vlmprune"]}
         out.append(req)

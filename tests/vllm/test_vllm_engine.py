@@ -87,6 +87,7 @@ def test_bad_request_config_is_refused_in_one_line(tiny_dir, tmp_path):
     assert "ConfigError: vlmprune: sppruner: `llm_layer`=2 asks for pruning inside the LLM" in str(err.value)
 
 
+@pytest.mark.full
 @pytest.mark.parametrize("name", FAMILIES)
 def test_tensor_parallel_two_ranks(name, tiny_dir, tmp_path, monkeypatch):
     """Two tensor-parallel CPU workers: the vision towers' heads are split across the ranks, so

@@ -11,7 +11,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-FAMILIES = ("llava", "qwen2_5_vl", "qwen3_vl")
+FAMILIES = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 #: the plugin's methods (every pre-LLM method), each at a budget below the tiny models' tokens
 PRE_LLM = (
     "cdpruner",
@@ -51,6 +51,8 @@ def save_tiny(name: str, out: Path, stock_keys: bool = False) -> Path:
     config.initializer_range = 0.1
     if hasattr(config.vision_config, "out_hidden_size"):
         config.vision_config.out_hidden_size = 128
+    elif name == "qwen2_vl":  # its merger's output width
+        config.vision_config.hidden_size = 128
     torch.manual_seed(0)
     model = getattr(transformers, cls.model_class)(config).eval()
     model.save_pretrained(out)
@@ -102,10 +104,49 @@ def image_files(tmp: Path, images) -> list[str]:
     return paths
 
 
-def hf_reference(name: str, model_dir, prompt: str, images, config: dict | None, max_tokens: int = 6):
+def video_files(tmp: Path, videos) -> list[str]:
+    import numpy as np
+
+    paths = []
+    for i, v in enumerate(videos):
+        p = tmp / f"video-{len(list(tmp.glob('video-*.npy')))}-{i}.npy"
+        np.save(p, v)
+        paths.append(str(p))
+    return paths
+
+
+def video_metadata(frames: int, fps: float = 4.0) -> dict:
+    """The metadata both sides are given with a video of ``frames`` frames, every frame kept.
+    Qwen2.5-VL derives its temporal positions from it: at 4 fps a temporal patch (2 frames) is
+    0.5 s, 2 positions apart at the tiny model's 4 tokens per second."""
+    return {
+        "fps": fps,
+        "duration": frames / fps,
+        "total_num_frames": frames,
+        "frames_indices": list(range(frames)),
+        "video_backend": "opencv",
+    }
+
+
+def random_video(seed: int, frames: int = 8, size: int = 112, still: float = 0.0):
+    """(frames, size, size, 3) uint8 random frames; ``still``: the share of each frame copied
+    from the one before (a video whose frames repeat in part)."""
+    import numpy as np
+
+    rng = np.random.RandomState(seed)
+    out = rng.randint(0, 256, (frames, size, size, 3), dtype=np.uint8)
+    rows = int(size * still)
+    for f in range(1, frames):
+        out[f, :rows] = out[f - 1, :rows]
+    return out
+
+
+def hf_reference(
+    name: str, model_dir, prompt: str, images, config: dict | None, max_tokens: int = 6, videos=()
+):
     """Greedy tokens and their log-probabilities from the stock HF model under vlmprune's session
     (``config``: ``{"method": ..., "budget"|"ratio": ...}``; None: the unmodified model), and per
-    image its kept indices and token count."""
+    image (then video) its kept indices and token count."""
     import torch
     import transformers
 
@@ -114,7 +155,10 @@ def hf_reference(name: str, model_dir, prompt: str, images, config: dict | None,
 
     model = _hf_model(family(name).model_class, str(model_dir))
     proc = transformers.AutoProcessor.from_pretrained(str(model_dir))
-    inputs = proc(text=[prompt], images=list(images), return_tensors="pt")
+    media = {"images": list(images) or None, "videos": list(videos) or None}
+    if videos:
+        media["video_metadata"] = [video_metadata(len(v)) for v in videos]
+    inputs = proc(text=[prompt], return_tensors="pt", **media)
 
     def generate():
         out = model.generate(

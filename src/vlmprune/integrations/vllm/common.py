@@ -22,17 +22,24 @@ from vlmprune.integrations.vllm.config import KEY, Spec, decode, encode_rows, me
 
 SPEC_FIELD = "vlmprune_spec"
 TEXT_FIELD = "vlmprune_text"
+#: per modality the processor's fields: (configuration, text token ids)
+FIELDS = {"image": (SPEC_FIELD, TEXT_FIELD), "video": ("vlmprune_video_spec", "vlmprune_video_text")}
+#: per modality the stock input keys that name it in a batch of ``embed_multimodal``
+INPUT_KEYS = {"image": ("pixel_values", "image_embeds"), "video": ("pixel_values_videos", "video_embeds")}
 
 
 class PruningProcessor:
     """Mixed in before a family's stock vLLM multimodal processor.
 
-    A family sets ``positions`` (the position policies it supports under vLLM) and implements
-    ``_vlmprune_media_ids`` (token ids that are not text: image and video placeholders) and
-    ``_vlmprune_num_images`` (images in an HF processor output).
+    A family sets ``positions`` (the position policies it supports under vLLM) and
+    ``modalities`` (what it prunes: images, and videos where its model takes them), and implements
+    ``_vlmprune_media_ids`` (token ids that are not text: image and video placeholders),
+    ``_vlmprune_image_id`` (``_vlmprune_video_id``) and ``_vlmprune_num_images`` (images in an HF
+    processor output; ``_vlmprune_num_videos``).
     """
 
     positions: tuple[str, ...] = ("compact",)
+    modalities: tuple[str, ...] = ("image",)
     _local = threading.local()
 
     def __init__(self, *args, **kwargs):
@@ -43,10 +50,11 @@ class PruningProcessor:
         server = getattr(self.info.get_hf_config(), KEY, None)
         return resolve(merge(server, (hf_kwargs or {}).get(KEY)), self.positions)
 
-    def _vlmprune_texts(self, prompt, n_images: int) -> list[torch.Tensor]:
-        """Per image: the prompt's text token ids after its placeholder (all of them when none)."""
+    def _vlmprune_texts(self, prompt, n_images: int, modality: str = "image") -> list[torch.Tensor]:
+        """Per image (video): the prompt's text token ids after its placeholder (all of them when none)."""
         ids = list(prompt) if not isinstance(prompt, str) else self.info.get_tokenizer().encode(prompt)
-        image, media = self._vlmprune_image_id(), set(self._vlmprune_media_ids())
+        image = self._vlmprune_video_id() if modality == "video" else self._vlmprune_image_id()
+        media = set(self._vlmprune_media_ids())
         marks = [i for i, t in enumerate(ids) if t == image]
         text = [(i, t) for i, t in enumerate(ids) if t not in media]
         out = []
@@ -60,12 +68,13 @@ class PruningProcessor:
     def _get_mm_hashes(self, inputs):
         hashes = super()._get_mm_hashes(inputs)
         spec = self._vlmprune_spec(inputs.hf_processor_mm_kwargs)
-        if spec is None or not spec.method.needs_text or "image" not in hashes:
+        if spec is None or not spec.method.needs_text or not set(self.modalities) & set(hashes):
             return hashes
         prompt = inputs.prompt if isinstance(inputs.prompt, str) else ",".join(map(str, inputs.prompt))
         digest = hashlib.sha256(prompt.encode()).hexdigest()[:16]
         out = dict(hashes)
-        out["image"] = [f"{h}-{digest}-{i}" for i, h in enumerate(hashes["image"])]  # text is per prompt
+        for m in set(self.modalities) & set(hashes):  # text is per prompt
+            out[m] = [f"{h}-{digest}-{i}" for i, h in enumerate(hashes[m])]
         return out
 
     def _cached_apply_hf_processor(self, inputs, timing_ctx):
@@ -77,38 +86,44 @@ class PruningProcessor:
 
     def _get_cache_missing_items(self, cache, mm_data_items, mm_hashes):
         is_cached, missing = super()._get_cache_missing_items(cache, mm_data_items, mm_hashes)
-        self._local.missing = [i for i, hit in enumerate(is_cached.get("image", [])) if not hit]
+        self._local.missing = {
+            m: [i for i, hit in enumerate(is_cached.get(m, [])) if not hit] for m in self.modalities
+        }
         return is_cached, missing
 
     def _apply_hf_processor_main(self, mm_items, hf_kwargs):
         spec = self._vlmprune_spec(hf_kwargs)
         rest = {k: v for k, v in hf_kwargs.items() if k != KEY}  # the HF processor never sees it
         out = super()._apply_hf_processor_main(mm_items, rest)
-        n = self._vlmprune_num_images(out)
-        if n == 0:
-            return out
-        missing = getattr(self._local, "missing", None)  # which of the request's images these are
-        index = list(missing)[:n] if missing else list(range(n))
-        out[SPEC_FIELD] = encode_rows(spec, index)  # (n_images, L)
-        prompt = getattr(self._local, "prompt", None)
-        if spec is not None and spec.method.needs_text and prompt is not None:
-            texts = self._vlmprune_texts(prompt, 1 + max(index))
-            out[TEXT_FIELD] = [texts[i] for i in index]
+        for modality in self.modalities:
+            n = self._vlmprune_num_videos(out) if modality == "video" else self._vlmprune_num_images(out)
+            if n == 0:
+                continue
+            missing = (getattr(self._local, "missing", None) or {}).get(modality)  # which of the request's
+            index = list(missing)[:n] if missing else list(range(n))
+            spec_field, text_field = FIELDS[modality]
+            out[spec_field] = encode_rows(spec, index)  # (n, L)
+            prompt = getattr(self._local, "prompt", None)
+            if spec is not None and spec.method.needs_text and prompt is not None:
+                texts = self._vlmprune_texts(prompt, 1 + max(index), modality)
+                out[text_field] = [texts[i] for i in index]
         return out
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
         from vllm.multimodal.inputs import MultiModalFieldConfig
 
         fields = dict(super()._get_mm_fields_config(hf_inputs, hf_processor_mm_kwargs))
-        fields[SPEC_FIELD] = MultiModalFieldConfig.batched("image", keep_on_cpu=True)
-        fields[TEXT_FIELD] = MultiModalFieldConfig.batched("image")
+        for modality in self.modalities:
+            spec_field, text_field = FIELDS[modality]
+            fields[spec_field] = MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
+            fields[text_field] = MultiModalFieldConfig.batched(modality)
         return fields
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
-        """The stock updates, with each image's run of N placeholders cut to its kept count K."""
+        """The stock updates, with each image's (video's) run of N placeholders cut to its kept count K."""
         updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs))
         for u, update in enumerate(updates):
-            if update.modality == "image":
+            if update.modality in self.modalities:
                 updates[u] = _with_kept_count(update, out_mm_kwargs)
         return updates
 
@@ -116,12 +131,12 @@ class PruningProcessor:
 def _with_kept_count(update, out_mm_kwargs):
     from dataclasses import replace
 
-    stock = update.replacement
+    stock, field = update.replacement, FIELDS[update.modality][0]
 
     def kept(item_idx: int):
         tokens = stock(item_idx) if callable(stock) else stock
-        item = out_mm_kwargs["image"][item_idx]
-        spec = decode(item[SPEC_FIELD].data) if SPEC_FIELD in item else None
+        item = out_mm_kwargs[update.modality][item_idx]
+        spec = decode(item[field].data) if field in item else None
         if spec is None:
             return tokens
         return list(tokens)[: spec.keep_count(len(tokens))]  # one placeholder token repeated N times
@@ -134,20 +149,30 @@ class PruningModel:
 
     A family implements ``_vlmprune_capture(needs)`` (a context manager yielding a dict the
     vision hooks fill), ``_vlmprune_images(kwargs, record, embeds)`` (per image: its layout and
-    signals) and may override ``_vlmprune_pack`` (what the LLM receives for the kept rows).
+    signals; ``_vlmprune_videos`` where it prunes videos, its ``"kind"`` ``"video"`` and its frames
+    the regions) and may override ``_vlmprune_pack`` (what the LLM receives for the kept rows).
+    vLLM batches one modality per call.
     """
 
+    #: the modalities whose embeddings go through selection (the processor's ``modalities``)
+    vlmprune_modalities: tuple[str, ...] = ("image",)
+
     def embed_multimodal(self, **kwargs):
-        specs = kwargs.pop(SPEC_FIELD, None)
-        texts = kwargs.pop(TEXT_FIELD, None)
-        images = "pixel_values" in kwargs or "image_embeds" in kwargs
-        decoded = [decode(s) for s in specs] if (images and specs is not None) else []
+        fields = {f: kwargs.pop(f, None) for pair in FIELDS.values() for f in pair}
+        kind = next((m for m, keys in INPUT_KEYS.items() if any(k in kwargs for k in keys)), None)
+        pruned = kind in self.vlmprune_modalities
+        specs, texts = (fields[f] for f in FIELDS[kind]) if pruned else (None, None)
+        decoded = [decode(s) for s in specs] if specs is not None else []
         needs = _needs(decoded)
         with self._vlmprune_capture(needs) as record:
             embeds = super().embed_multimodal(**kwargs)
-        if not images:
+        if not pruned:
             return embeds
-        infos = self._vlmprune_images(kwargs, record, embeds)
+        layouts = self._vlmprune_videos if kind == "video" else self._vlmprune_images
+        infos = layouts(kwargs, record, embeds)
+        lost = sorted(k for k in needs - {"keys"} if any(info.get(k) is None for info in infos))
+        if lost:  # a hook that never ran (keys: CLS towers only): refuse rather than select on a stand-in
+            raise RuntimeError(f"vlmprune: the vision tower's hooks captured no {', '.join(lost)}")
         out = []
         for i, (emb, info) in enumerate(zip(embeds, infos)):
             spec = decoded[i] if i < len(decoded) else None
@@ -174,7 +199,7 @@ class PruningModel:
         signals = {k: info[k] for k in ("saliency", "keys", "pre_features") if k in info}
         norm = spec.saliency == "feature_norm"
         tokens = image_tokens(
-            method, emb, info["regions"], info["grid"], signals, norm, text_embeds, spec.seed
+            method, emb, info["regions"], info["grid"], signals, norm, text_embeds, spec.seed, info.get("kind", "image")
         )
         with torch.no_grad():
             kept = method.select_images([tokens])[0]

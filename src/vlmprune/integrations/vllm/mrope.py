@@ -1,11 +1,14 @@
 """Original M-RoPE positions for pruned images under vLLM (the EVS pattern, carried by the model).
 
-Every image embedding carries ``EXTRA`` more columns, each kept token's (t, h, w) offset in its
-image. ``get_mrope_input_positions`` computes the stock positions of the *unpruned* prompt (the
-family's own code, on the prompt with each image's N placeholders) and gives each pruned image's
-K placeholders its first position; ``embed_input_ids`` strips the columns and ``forward`` adds
-them to those positions. Text after an image, and decoding, go on from where the unpruned image
-would have ended; videos keep their stock positions.
+Every image (video, where the family prunes them) embedding carries ``EXTRA`` more columns, each
+kept token's (t, h, w) offset from its image's first position, each as two base-256 digits (exact
+in bfloat16). A video's t offset is its frame's stock temporal position (the frame index times
+the family's ``second_per_grid_ts * tokens_per_second``, truncated, as vLLM and HF compute it).
+``get_mrope_input_positions`` computes the stock positions of the *unpruned* prompt (the family's
+own code, on the prompt with each item's N placeholders) and gives each pruned item's K
+placeholders its first position; ``embed_input_ids`` strips the columns and ``forward`` adds them
+to those positions. Text after an item, and decoding, go on from where the unpruned item would
+have ended.
 
 vLLM's runners have a pruning path of their own (``recompute_mrope_positions``), but they enable
 it only with EVS video pruning, and the CPU model runner never sets its multimodal-pruning flag
@@ -16,13 +19,17 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import torch
 
 from vlmprune.adapters.signals import on_attention_calls, received_segments
+from vlmprune.core.types import Region
 from vlmprune.integrations.vllm.common import PruningModel, all_heads, whole
+from vlmprune.integrations.vllm.cudagraph import prefill_runs_python
 from vlmprune.integrations.vllm.lse import SdpaLseRecorder
 
-EXTRA = 3  # appended columns: (t, h, w) offsets of a kept token in its image
+EXTRA = 6  # appended columns: (t, h, w) offsets of a kept token in its image, high and low digits
+DIGIT = 256
 
 
 class MRopePruningModel(PruningModel):
@@ -37,14 +44,16 @@ class MRopePruningModel(PruningModel):
         if vllm_config.parallel_config.pipeline_parallel_size > 1:
             # later pipeline stages never see the embeddings that carry the positions
             raise NotImplementedError("vlmprune: M-RoPE models under pipeline parallelism are not supported")
+        prefill_runs_python(vllm_config)  # the positions are added in forward (see .cudagraph)
         super().__init__(vllm_config=vllm_config, prefix=prefix)
 
     def _vlmprune_merge(self) -> int:
         return int(self.config.vision_config.spatial_merge_size)
 
     def _vlmprune_image_tokens(self, feature) -> int:
-        """An image's unpruned placeholder count, from its ``image_grid_thw``."""
-        return int(feature.data["image_grid_thw"].data.prod()) // self._vlmprune_merge() ** 2
+        """An image's (video's) unpruned placeholder count, from its ``image_grid_thw``
+        (``video_grid_thw``)."""
+        return int(feature.data[f"{feature.modality}_grid_thw"].data.prod()) // self._vlmprune_merge() ** 2
 
     def _vlmprune_images(self, kwargs, record, embeds) -> list[dict]:
         grids = torch.as_tensor(kwargs["image_grid_thw"]).reshape(-1, 3).tolist()
@@ -60,10 +69,29 @@ class MRopePruningModel(PruningModel):
             start += n
         return out
 
+    def _vlmprune_videos(self, kwargs, record, embeds) -> list[dict]:
+        """Per video: its frames as regions, its temporal position step (``t_factor``)."""
+        infos = self._vlmprune_images({"image_grid_thw": kwargs["video_grid_thw"]}, record, embeds)
+        seconds = kwargs.get("second_per_grid_ts")
+        per_second = float(getattr(self.config.vision_config, "tokens_per_second", 1.0))
+        for i, info in enumerate(infos):
+            t, gh, gw = info["grid"]
+            per = gh * gw
+            info["regions"] = [Region(torch.arange(f * per, (f + 1) * per), (gh, gw)) for f in range(t)]
+            step = 1.0 if seconds is None else float(torch.as_tensor(seconds).flatten()[i])
+            info.update(kind="video", t_factor=step * per_second)
+        return infos
+
     def _vlmprune_pack(self, rows, idx, info):
         gh, gw = info["hw"]
-        rel = torch.stack([idx // (gh * gw), (idx // gw) % gh, idx % gw], dim=1)  # (K, 3)
-        return torch.cat([rows, rel.to(rows.dtype)], dim=1)  # (K, D) -> (K, D + 3)
+        frame = idx // (gh * gw)
+        t_factor = info.get("t_factor", 1.0)
+        if t_factor != 1.0:  # the stock temporal positions: (frame * t_factor) truncated, as vLLM's
+            steps = (np.arange(info["grid"][0]) * t_factor).astype(np.int64)
+            frame = torch.from_numpy(steps).to(idx.device)[frame]
+        rel = torch.stack([frame, (idx // gw) % gh, idx % gw], dim=1)  # (K, 3)
+        digits = torch.stack([rel // DIGIT, rel % DIGIT], dim=2).flatten(1)  # (K, 3) -> (K, 6)
+        return torch.cat([rows, digits.to(rows.dtype)], dim=1)  # (K, D) -> (K, D + 6)
 
     def get_mrope_input_positions(self, input_tokens, mm_features):
         """The stock positions of the unpruned prompt, each pruned image's run shortened to K
@@ -71,7 +99,7 @@ class MRopePruningModel(PruningModel):
         tokens, features, runs, shift = list(input_tokens), [], [], 0
         for feature in sorted(mm_features, key=lambda f: f.mm_position.offset):
             offset, length = feature.mm_position.offset + shift, feature.mm_position.length
-            if feature.modality == "image":  # every image carries its offsets, pruned or not
+            if feature.modality in self.vlmprune_modalities:  # every item carries its offsets, pruned or not
                 full = self._vlmprune_image_tokens(feature)
                 tokens[offset:offset] = [tokens[offset]] * (
                     full - length
@@ -100,10 +128,11 @@ class MRopePruningModel(PruningModel):
             for emb in multimodal_embeddings:
                 if emb.shape[-1] == width + EXTRA:
                     cleaned.append(_same_modality(emb, emb[:, :width]))
-                    rels.append(emb[:, width:].round().long())
+                    digits = emb[:, width:].round().long().view(-1, 3, 2)  # (K, 6) -> (K, 3, 2)
+                    rels.append(digits[..., 0] * DIGIT + digits[..., 1])
                 else:
                     cleaned.append(emb)
-                    rels.append(torch.zeros(emb.shape[0], EXTRA, dtype=torch.long, device=emb.device))
+                    rels.append(torch.zeros(emb.shape[0], 3, dtype=torch.long, device=emb.device))
             self._vlmprune_rel = (is_multimodal, torch.cat(rels))
             multimodal_embeddings = cleaned
         return super().embed_input_ids(
@@ -157,10 +186,15 @@ def grab_received(block_attn, record: dict, total_heads: int) -> list:
 
 
 def grab_merger_input(merger, record: dict):
+    """A forward pre-hook handle that stores the merger's input (S, Dv) in ``record["merger_in"]``.
+    The hook sits on the merger's first norm (``ln_q``) where it has one: vLLM's
+    ``support_torch_compile`` classes (Qwen2.5-VL's merger) call their ``forward`` directly, so
+    hooks on the merger itself never run."""
+
     def grab(module, args):
         record["merger_in"] = args[0].detach().reshape(-1, args[0].shape[-1])  # (S, Dv)
 
-    return merger.register_forward_pre_hook(grab)
+    return getattr(merger, "ln_q", merger).register_forward_pre_hook(grab)
 
 
 def _same_modality(src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,12 @@
-"""Qwen2.5-VL under vLLM: vLLM's own ``Qwen2_5_VLForConditionalGeneration`` with pruned images.
+"""Qwen2.5-VL under vLLM: vLLM's own ``Qwen2_5_VLForConditionalGeneration`` with pruned images and videos.
 
 Saliency is the attention each patch receives in the last full-attention vision block (mean over
 heads and over its image's queries, summed over each 2x2 merge group), as the HF adapter's; it
 is computed from the rotated queries and keys that block's attention receives, and put back in
 raster order with the tower's own window index. VisPruner's pre-merger features come from the
 merger's input. Positions: the original M-RoPE positions (:mod:`vlmprune.integrations.vllm.mrope`).
-Videos are not pruned.
+Videos: one budget per video, its frames the regions; a kept token's temporal position is its
+frame's (``second_per_grid_ts * tokens_per_second`` apart, as the stock model numbers them).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from vlmprune.integrations.vllm.common import PruningProcessor, hooks
 from vlmprune.integrations.vllm.mrope import MRopePruningModel, grab_merger_input, grab_received
+from vlmprune.integrations.vllm.video import VideoProcessorMixin
 
 
 class QwenProcessorMixin(PruningProcessor):
@@ -36,12 +38,19 @@ class QwenProcessorMixin(PruningProcessor):
         config = self.info.get_hf_config()
         return [int(config.image_token_id), int(config.video_token_id)]
 
+    def _vlmprune_video_id(self) -> int:
+        return int(self.info.get_hf_config().video_token_id)
+
     def _vlmprune_num_images(self, out) -> int:
         grid = out.get("image_grid_thw")
         return 0 if grid is None else len(grid)
 
+    def _vlmprune_num_videos(self, out) -> int:
+        grid = out.get("video_grid_thw")
+        return 0 if grid is None else len(grid)
 
-class PrunedQwen2_5_VLProcessor(QwenProcessorMixin, Qwen2_5_VLMultiModalProcessor):
+
+class PrunedQwen2_5_VLProcessor(VideoProcessorMixin, QwenProcessorMixin, Qwen2_5_VLMultiModalProcessor):
     pass
 
 
@@ -49,7 +58,9 @@ class PrunedQwen2_5_VLProcessor(QwenProcessorMixin, Qwen2_5_VLMultiModalProcesso
     PrunedQwen2_5_VLProcessor, info=Qwen2_5_VLProcessingInfo, dummy_inputs=Qwen2_5_VLDummyInputsBuilder
 )
 class PrunedQwen2_5_VLForConditionalGeneration(MRopePruningModel, Qwen2_5_VLForConditionalGeneration):
-    """vLLM's Qwen2.5-VL with vlmprune's pre-LLM methods on images."""
+    """vLLM's Qwen2.5-VL with vlmprune's pre-LLM methods on images and videos."""
+
+    vlmprune_modalities = ("image", "video")
 
     def _vlmprune_embed_width(self) -> int:
         return int(self.config.text_config.hidden_size)

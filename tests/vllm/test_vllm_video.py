@@ -1,0 +1,110 @@
+"""Videos under vLLM with the plugin equal vlmprune's HF session, token for token.
+
+One engine per family that prunes videos serves every pre-LLM method (and ``temporal``) on one
+video, keep-all, a ratio, ``saliency: feature_norm``, an image and a video in one prompt and two
+videos, as per-request configurations in one batch. A video has one budget, its frames the
+regions; its kept tokens keep their original M-RoPE positions (t the frame's temporal position,
+two positions a frame apart on Qwen2.5-VL at the clips' 4 fps). Keep-all also equals stock vLLM.
+The clips are 8 frames of 224 x 224 (4 temporal patches of 8 x 8 tokens), short enough that
+transformers and vLLM place the text after a video alike (transformers 5 goes on from the
+start plus max(h, w), vLLM from the largest position plus one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from vllm_helpers import PRE_LLM, hf_reference, image_files, random_video, run_vllm, video_files
+
+from vlmprune.testing import random_image
+
+VIDEO_FAMILIES = (pytest.param("qwen2_vl", marks=pytest.mark.full), "qwen2_5_vl")
+IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
+VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
+QUESTION = "What happens in the video here?"
+
+
+def prompt(images: int, videos: int) -> str:
+    return f"system You are a helpful assistant. user {IMAGE * images}{VIDEO * videos}{QUESTION} assistant"
+
+
+ONE = [None, *({"method": m, "budget": 24} for m in PRE_LLM)]
+ONE += [
+    {"method": "divprune", "ratio": 0.25},
+    {"method": "visionzip", "budget": 24, "saliency": "feature_norm"},
+]
+CASES = [(c, 0, 1) for c in ONE]
+CASES += [({"method": "promprune", "budget": 12}, 1, 1), ({"method": "temporal", "ratio": 0.3}, 0, 2)]
+CASES += [({"method": "cdpruner", "budget": 10}, 1, 2)]
+
+
+def media(images: int, videos: int):
+    return [random_image(i) for i in range(images)], [
+        random_video(i, size=224, still=0.5) for i in range(videos)
+    ]
+
+
+@pytest.fixture(scope="module", params=VIDEO_FAMILIES)
+def served(request, tiny_dir, tmp_path_factory):
+    name = request.param
+    model = tiny_dir(name)
+    tmp = tmp_path_factory.mktemp(f"video-{name}")
+    reqs = []
+    for config, n_img, n_vid in CASES:
+        ims, vids = media(n_img, n_vid)
+        reqs.append(
+            {
+                "prompt": prompt(n_img, n_vid),
+                "images": image_files(tmp, ims),
+                "videos": video_files(tmp, vids),
+                "vlmprune": config,
+            }
+        )
+    return name, model, reqs, run_vllm(tmp, model, reqs)
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=[json.dumps(c[0]) for c in CASES])
+def test_video_equals_hf(served, index):
+    name, model, _, outs = served
+    config, n_img, n_vid = CASES[index]
+    ims, vids = media(n_img, n_vid)
+    tokens, logprobs, kept = hf_reference(name, model, prompt(n_img, n_vid), ims, config, videos=vids)
+    got = outs[index]
+    assert got["tokens"] == tokens, (config, got["tokens"], tokens)
+    assert max(abs(a - b) for a, b in zip(got["logprobs"], logprobs)) < 2e-4, config
+    if kept is not None and (n_img, n_vid) == (0, 1):  # K placeholders instead of N
+        assert outs[0]["prompt_len"] - got["prompt_len"] == sum(n - len(k) for k, n in kept)
+
+
+def test_the_tiny_models_tell_video_selections_apart(served):
+    _, _, _, outs = served
+    assert len({tuple(o["tokens"]) for o in outs}) >= 8
+
+
+def test_video_keep_all_equals_stock_vllm(served, tmp_path):
+    name, model, reqs, outs = served
+    stock = run_vllm(tmp_path, model, [dict(reqs[0], vlmprune=None)], plugin=False)[0]
+    assert outs[0]["tokens"] == stock["tokens"] and outs[0]["prompt_len"] == stock["prompt_len"]
+    assert max(abs(a - b) for a, b in zip(outs[0]["logprobs"], stock["logprobs"])) < 1e-5
+
+
+def test_evs_and_vlmprune_together_fail_at_start_in_one_line(tiny_dir):
+    """vLLM's own video pruning (EVS) and the plugin would both cut the same videos."""
+    model = tiny_dir("qwen2_5_vl")
+    code = (
+        "from vllm import LLM\n"
+        "if __name__ == '__main__':\n"
+        f"    LLM(model={str(model)!r}, dtype='float32', gpu_memory_utilization=0.25, enforce_eager=True,"
+        " video_pruning_rate=0.5, hf_overrides={'vlmprune': {'method': 'temporal', 'ratio': 0.5}})\n"
+        "    print('STARTED')\n"
+    )
+    env = dict(os.environ, VLLM_PLUGINS="vlmprune")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "STARTED" not in proc.stdout
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("vlmprune.integrations.vllm.config.ConfigError: vlmprune: vLLM's EVS"), last
+    assert "EngineCore" not in proc.stderr
