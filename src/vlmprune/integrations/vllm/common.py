@@ -198,8 +198,9 @@ class PruningModel:
             text_embeds = self.get_language_model().embed_input_ids(ids)
         signals = {k: info[k] for k in ("saliency", "keys", "pre_features") if k in info}
         norm = spec.saliency == "feature_norm"
+        kind = info.get("kind", "image")
         tokens = image_tokens(
-            method, emb, info["regions"], info["grid"], signals, norm, text_embeds, spec.seed, info.get("kind", "image")
+            method, emb, info["regions"], info["grid"], signals, norm, text_embeds, spec.seed, kind
         )
         with torch.no_grad():
             kept = method.select_images([tokens])[0]
