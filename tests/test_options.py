@@ -114,9 +114,10 @@ def test_pure_select_counts():
         with pytest.raises(ValueError, match="budget"):
             check_count(bad)
     from vlmprune.core.ops import top_sorted
-    from vlmprune.methods import pool, random
+    from vlmprune.methods import fastv, pool, random
 
     assert top_sorted(torch.rand(5), 0).numel() == 0
+    assert fastv.select(torch.rand(5), 0).numel() == 0
     assert random.select(5, 0).numel() == 0
     kept, merged, assignment = pool.select(torch.rand(6, 3), (2, 3), 0)
     assert kept.numel() == 0 and merged.shape == (0, 3) and (assignment == -1).all()

@@ -16,15 +16,22 @@ from dataclasses import dataclass
 
 import torch
 
-from vlmprune.core.method import ScoringMethod
-from vlmprune.core.options import integer, option
+from vlmprune.core.method import Method
+from vlmprune.core.ops import top_sorted
+from vlmprune.core.options import check_count, integer, option
 from vlmprune.core.registry import register
 from vlmprune.core.types import LayerTokens
 
 
+def select(attention: torch.Tensor, budget: int) -> torch.Tensor:
+    """Sorted indices of the ``min(budget, N)`` largest entries of ``attention`` (N,), the last
+    prompt token's attention to an image's tokens (ties to the lowest index)."""
+    return top_sorted(attention, check_count(budget))
+
+
 @register
 @dataclass
-class FastV(ScoringMethod):
+class FastV(Method):
     """FastV (arXiv 2403.06764): keep the image tokens the last prompt token attends to most, from decoder layer 2 on.
 
     ``layer`` (default 2) is the decoder layer at whose input the tokens are dropped (see the
@@ -40,5 +47,5 @@ class FastV(ScoringMethod):
     def llm_layer(self) -> int:
         return self.layer
 
-    def score(self, tokens: LayerTokens) -> torch.Tensor:
-        return tokens.attention  # (N,) the last prompt token's attention, mean over heads
+    def select_layer(self, images: list[LayerTokens]) -> list[torch.Tensor]:
+        return [select(t.attention, t.budget) for t in images]  # attention (N,): mean over heads
