@@ -108,3 +108,35 @@ def test_evs_and_vlmprune_together_fail_at_start_in_one_line(tiny_dir):
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("vlmprune.integrations.vllm.config.ConfigError: vlmprune: vLLM's EVS"), last
     assert "EngineCore" not in proc.stderr
+
+
+def test_video_chunked_prefill_prefix_cache_and_overrides(tiny_dir, tmp_path):
+    """A server-wide ``temporal`` with per-request overrides, videos split across 16-token prefill
+    steps, then served again from the prefix cache."""
+    name, server = "qwen2_5_vl", {"method": "temporal", "ratio": 0.3}
+    model = tiny_dir(name)
+    cases = [(None, server, 0, 1), ({"method": "divprune", "budget": 24}, None, 0, 1)]
+    cases += [({"budget": 20}, {"method": "temporal", "budget": 20}, 1, 1)]
+    reqs = []
+    for request, _, n_img, n_vid in cases:
+        ims, vids = media(n_img, n_vid)
+        p = prompt(n_img, n_vid)
+        reqs.append(
+            {"prompt": p, "images": image_files(tmp_path, ims), "videos": video_files(tmp_path, vids)}
+        )
+        reqs[-1]["vlmprune"] = request
+    engine = {
+        "hf_overrides": {"vlmprune": server},
+        "max_num_batched_tokens": 16,
+        "enable_chunked_prefill": True,
+    }
+    engine.update(enable_prefix_caching=True, block_size=32)
+    outs = run_vllm(tmp_path, model, reqs, repeat=True, **engine)
+    for i, (request, effective, n_img, n_vid) in enumerate(cases):
+        effective = effective or request
+        ims, vids = media(n_img, n_vid)
+        tokens, logprobs, _ = hf_reference(name, model, prompt(n_img, n_vid), ims, effective, videos=vids)
+        first, again = outs[i], outs[len(cases) + i]
+        assert first["tokens"] == tokens, effective
+        assert max(abs(a - b) for a, b in zip(first["logprobs"], logprobs)) < 2e-4, effective
+        assert again["tokens"] == tokens and again["cached"] > 0
