@@ -252,11 +252,6 @@ def all_heads(t: torch.Tensor, local_heads: int, total_heads: int) -> torch.Tens
     return tensor_model_parallel_all_reduce(t.contiguous())
 
 
-def head_sum(t: torch.Tensor, local_heads: int, total_heads: int) -> torch.Tensor:
-    """``t`` summed over this rank's heads -> the mean over every head."""
-    return all_heads(t, local_heads, total_heads) / total_heads
-
-
 def heads_mean(t: torch.Tensor, local_heads: int, total_heads: int) -> torch.Tensor:
     """``t``, the mean over this rank's heads -> the mean over every head."""
     if local_heads == total_heads:

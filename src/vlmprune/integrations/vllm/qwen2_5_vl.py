@@ -85,6 +85,6 @@ class PrunedQwen2_5_VLForConditionalGeneration(MRopePruningModel, Qwen2_5_VLForC
         if "pre_features" in needs:
             # the merger's input, read at its first norm: vLLM wraps the merger's own call in its
             # compile decorator, which runs the forward without the module's hooks
-            handles.append(grab_merger_input(visual.merger.ln_q, record))
+            handles.append(grab_merger_input(visual.merger, record))
         with hooks(handles):
             yield record
