@@ -8,8 +8,6 @@ own DeepStack features, as in the HF session. Videos are not pruned.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 from vllm.model_executor.models.qwen3_vl import (
     Qwen3VLDummyInputsBuilder,
     Qwen3VLForConditionalGeneration,
@@ -18,9 +16,9 @@ from vllm.model_executor.models.qwen3_vl import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from vlmprune.integrations.vllm.common import hooks
-from vlmprune.integrations.vllm.mrope import MRopePruningModel, grab_merger_input, grab_received
+from vlmprune.integrations.vllm.mrope import MRopePruningModel
 from vlmprune.integrations.vllm.qwen2_5_vl import QwenProcessorMixin
+from vlmprune.integrations.vllm.qwen2_vl import last_block_capture
 
 
 class PrunedQwen3VLProcessor(QwenProcessorMixin, Qwen3VLMultiModalProcessor):
@@ -39,15 +37,5 @@ class PrunedQwen3VLForConditionalGeneration(MRopePruningModel, Qwen3VLForConditi
     def _vlmprune_main_width(self) -> int:
         return int(self.visual_dim)  # the methods see the LLM input; DeepStack columns follow their token
 
-    @contextmanager
     def _vlmprune_capture(self, needs: set[str]):
-        visual = self.visual
-        record: dict = {}
-        handles = []
-        if "saliency" in needs:
-            block = visual.blocks[len(visual.blocks) - 1]
-            handles += grab_received(block.attn.attn, record, int(self.config.vision_config.num_heads))
-        if "pre_features" in needs:
-            handles.append(grab_merger_input(visual.merger, record))
-        with hooks(handles):
-            yield record
+        return last_block_capture(self.visual, int(self.config.vision_config.num_heads), needs)
