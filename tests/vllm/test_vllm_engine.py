@@ -6,11 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
-from vllm_helpers import FAMILIES, hf_reference, image_files, run_vllm
+from vllm_helpers import FAMILIES, hf_reference, image_files, run_vllm, start_fails
 
 from vlmprune.adapters import family
 from vlmprune.testing import random_image
@@ -60,20 +58,9 @@ BAD = [
 @pytest.mark.parametrize("config,message", BAD, ids=[b[1] for b in BAD])
 def test_bad_server_config_fails_at_start_in_one_line(config, message, tiny_dir):
     model = tiny_dir("qwen2_5_vl")
-    code = (
-        "from vllm import LLM\n"
-        "if __name__ == '__main__':\n"
-        f"    LLM(model={str(model)!r}, dtype='float32', gpu_memory_utilization=0.25, enforce_eager=True,"
-        f" hf_overrides={{'vlmprune': {json.loads(json.dumps(config))!r}}})\n"
-        "    print('STARTED')\n"
-    )
-    env = dict(os.environ, VLLM_PLUGINS="vlmprune")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode != 0 and "STARTED" not in proc.stdout
-    last = proc.stderr.strip().splitlines()[-1]
+    last = start_fails(model, f"hf_overrides={{'vlmprune': {json.loads(json.dumps(config))!r}}}")
     assert last.startswith("vlmprune.integrations.vllm.config.ConfigError: vlmprune: "), last
     assert message in last, last
-    assert "EngineCore" not in proc.stderr  # refused before the engine process started
 
 
 def test_bad_request_config_is_refused_in_one_line(tiny_dir, tmp_path):

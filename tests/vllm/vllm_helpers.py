@@ -193,3 +193,20 @@ def _hf_model(cls_name: str, path: str):
     if path not in _MODELS:
         _MODELS[path] = getattr(transformers, cls_name).from_pretrained(path, dtype=torch.float32).eval()
     return _MODELS[path]
+
+
+def start_fails(model, llm_kwargs: str) -> str:
+    """Start ``LLM(model=model, <llm_kwargs>)`` in a fresh process with the plugin loaded; assert
+    that it fails before the engine process starts and return the last line of its stderr."""
+    code = (
+        "from vllm import LLM\n"
+        "if __name__ == '__main__':\n"
+        f"    LLM(model={str(model)!r}, dtype='float32', gpu_memory_utilization=0.25, enforce_eager=True,"
+        f" {llm_kwargs})\n"
+        "    print('STARTED')\n"
+    )
+    env = dict(os.environ, VLLM_PLUGINS="vlmprune")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0 and "STARTED" not in proc.stdout
+    assert "EngineCore" not in proc.stderr  # refused before the engine process started
+    return proc.stderr.strip().splitlines()[-1]
