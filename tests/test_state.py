@@ -67,6 +67,19 @@ def test_method_holds_configuration_only(name):
             clone.budget = 0  # validation survives the copy
 
 
+def interleaved(threads: list) -> None:
+    """Run ``threads`` to the end, switching between them as finely as the interpreter allows."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+
+
 def test_no_model_alive_after_the_block(family):
     """Every method on a fresh model of every family: once the block and the model are gone, no
     reference keeps the model alive (the methods hold only their options and CPU selections)."""
@@ -100,16 +113,7 @@ def test_one_instance_two_models_two_threads(name):
         except BaseException as err:  # reported below
             errors.append(err)
 
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # interleave the two threads as finely as possible
-    try:
-        threads = [threading.Thread(target=worker, args=(f,)) for f in PAIR]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(old)
+    interleaved([threading.Thread(target=worker, args=(f,)) for f in PAIR])
     assert not errors, errors
     for family in PAIR:
         out, sels = results[family]
@@ -135,16 +139,7 @@ def test_same_model_from_two_threads_is_refused_atomically():
         except RuntimeError as err:
             outcomes.append("already applied" in str(err))
 
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        threads = [threading.Thread(target=worker) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        sys.setswitchinterval(old)
+    interleaved([threading.Thread(target=worker) for _ in range(8)])
     assert outcomes.count("ran") == 1 and outcomes.count(True) == 7
     installed = inside[0] - before
     with vlmprune.Pool(budget=4)(model):
