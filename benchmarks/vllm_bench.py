@@ -7,6 +7,8 @@ go one at a time; at concurrency C, C requests are submitted together (``max_num
 Reported per setting: requests/s, output tokens/s and time to first token (the engine's own
 ``first_token_latency``, queueing included), medians over ``--repeats`` after a warm-up.
 Every request has its own image, and the prefix cache is off, so nothing is reused across requests.
+The engine runs the plugin's scheduler (``--scheduler vlmprune``, pruned images' encoder work
+charged at their unpruned size; it charges full requests as vLLM does) or vLLM's (``stock``).
 
 CPU (default): a mid-size random Qwen2.5-VL built here (no download, written to ``--model-dir``).
 GPU: the real-size architecture with vLLM's random weights (``load_format="dummy"``: the
@@ -29,6 +31,7 @@ import statistics
 import time
 from pathlib import Path
 
+SCHEDULER = "vlmprune.integrations.vllm.scheduler.Scheduler"
 #: the CPU model: a 12-layer d=768 Qwen2 LLM behind a 4-block d=256 vision tower
 TEXT = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12)
 TEXT.update(num_key_value_heads=4, initializer_range=0.02)
@@ -129,6 +132,7 @@ def run(args) -> dict:
         enforce_eager=args.enforce_eager,
         seed=0,
         **({"load_format": "dummy"} if args.arch else {}),
+        **({"scheduler_cls": SCHEDULER} if args.scheduler == "vlmprune" else {}),
     )
     prompt = args.prompt
     settings = {"full": None, **{m: {"method": m, "ratio": args.ratio} for m in args.methods.split(",")}}
@@ -181,6 +185,12 @@ def main() -> None:
     p.add_argument("--prompt", help="the prompt, one image placeholder (default: the tiny models' format)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.25)
     p.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--scheduler",
+        choices=("vlmprune", "stock"),
+        default="vlmprune",
+        help="vlmprune: charge pruned images' encoder work at their unpruned size (docs/vllm.md)",
+    )
     p.add_argument("--out", default="vlmprune-out/vllm-bench")
     args = p.parse_args()
     if args.arch:

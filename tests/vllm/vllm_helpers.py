@@ -65,15 +65,26 @@ def save_tiny(name: str, out: Path, stock_keys: bool = False) -> Path:
     return out
 
 
-def run_vllm(tmp: Path, model, requests, plugin: bool = True, repeat: bool = False, max_tokens=6, **engine):
+def run_vllm(
+    tmp: Path,
+    model,
+    requests,
+    plugin: bool = True,
+    repeat: bool = False,
+    max_tokens=6,
+    batches=False,
+    **engine,
+):
     """Outputs of one vLLM engine (its own process) for ``requests``; ``plugin=False`` runs stock
-    vLLM (``VLLM_PLUGINS`` names no installed plugin)."""
+    vLLM (``VLLM_PLUGINS`` names no installed plugin). ``batches``: also the item count of each of
+    the plugin model's encoder calls (``(outputs, counts)``)."""
     spec = {
         "model": str(model),
         "requests": requests,
         "engine": engine,
         "repeat": repeat,
         "max_tokens": max_tokens,
+        "encoder_batches": batches,
     }
     spec_path, out_path = tmp / "spec.json", tmp / "out.json"
     spec_path.write_text(json.dumps(spec))
@@ -92,7 +103,8 @@ def run_vllm(tmp: Path, model, requests, plugin: bool = True, repeat: bool = Fal
         raise AssertionError(
             "vLLM run failed:\n" + "\n".join(causes[-12:]) + f"\n(full log: {tmp / 'engine.log'})"
         )
-    return json.loads(out_path.read_text())
+    outs = json.loads(out_path.read_text())
+    return (outs, json.loads(Path(f"{out_path}.batches.json").read_text())) if batches else outs
 
 
 def image_files(tmp: Path, images) -> list[str]:
