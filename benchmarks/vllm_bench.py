@@ -204,6 +204,7 @@ def main() -> None:
     import vllm
 
     meta = {"vllm": vllm.__version__, "machine": platform.machine(), "cpus": os.cpu_count(), **vars(args)}
+    meta["load_average_after"] = os.getloadavg()  # 1, 5, 15 min: other work on the machine
     meta["model"] = str(args.model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
