@@ -11,7 +11,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-FAMILIES = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+FAMILIES = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl")
 #: the plugin's methods (every pre-LLM method), each at a budget below the tiny models' tokens
 PRE_LLM = (
     "cdpruner",
@@ -47,6 +47,8 @@ def save_tiny(name: str, out: Path, stock_keys: bool = False) -> Path:
     if "rope_parameters" in text:
         text["rope_parameters"] = dict(text["rope_parameters"], mrope_section=[4, 6, 6])
     size = {"image_size": 112} if name == "llava" else {"max_pixels": 224 * 224}
+    if name == "internvl":
+        size = {"image_size": 56}  # 2x2 tokens a tile: the test images are 2x2 tiles + a thumbnail
     config = cls.tiny_config(tok, text, "sdpa", **size)
     config.initializer_range = 0.1
     if hasattr(config.vision_config, "out_hidden_size"):
@@ -56,8 +58,11 @@ def save_tiny(name: str, out: Path, stock_keys: bool = False) -> Path:
     torch.manual_seed(0)
     model = getattr(transformers, cls.model_class)(config).eval()
     model.save_pretrained(out)
-    cls.tiny_processor(tok, **size).save_pretrained(out)
-    if stock_keys:
+    if name == "internvl":
+        internvl_processor(tok, cls.tiny_processor(tok, **size), out)
+    else:
+        cls.tiny_processor(tok, **size).save_pretrained(out)
+    if stock_keys and name != "internvl":  # vLLM reads its transformers-5 keys as they are
         weights = out / "model.safetensors"
         state = load_file(weights)
         rename = {k: k.replace("vision_tower.", "vision_tower.vision_model.", 1) for k in state}
@@ -222,3 +227,23 @@ def start_fails(model, llm_kwargs: str) -> str:
     assert proc.returncode != 0 and "STARTED" not in proc.stdout
     assert "EngineCore" not in proc.stderr  # refused before the engine process started
     return proc.stderr.strip().splitlines()[-1]
+
+
+def internvl_processor(tok, tiny, out: Path) -> None:
+    """Save the stock ``InternVLProcessor`` that vLLM builds (with the tiny processor's image
+    processor and tile size) and a tokenizer naming InternVL's image tokens."""
+    import transformers
+    from transformers.models.internvl.video_processing_internvl import InternVLVideoProcessor
+
+    tok.save_pretrained(out)
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    names = ("context_image_token", "start_image_token", "end_image_token", "video_token")
+    cfg["extra_special_tokens"] = dict(zip(names, ("<IMG_CONTEXT>", "<img>", "</img>", "<video>")))
+    cfg_path.write_text(json.dumps(cfg))
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    ip = tiny.image_processor
+    video = InternVLVideoProcessor(size=dict(ip.size))
+    transformers.InternVLProcessor(
+        image_processor=ip, tokenizer=tok, video_processor=video, image_seq_length=tiny.tokens_per_tile
+    ).save_pretrained(out)

@@ -22,6 +22,7 @@ ARCHITECTURES = {
         "vlmprune.integrations.vllm.qwen2_5_vl:PrunedQwen2_5_VLForConditionalGeneration"
     ),
     "Qwen3VLForConditionalGeneration": "vlmprune.integrations.vllm.qwen3_vl:PrunedQwen3VLForConditionalGeneration",
+    "InternVLForConditionalGeneration": "vlmprune.integrations.vllm.internvl:PrunedInternVLForConditionalGeneration",
 }
 
 
