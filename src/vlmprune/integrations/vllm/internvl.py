@@ -13,6 +13,8 @@ family's default. Videos pass through unpruned, as in the HF session.
 
 from __future__ import annotations
 
+import hashlib
+import threading
 from contextlib import contextmanager
 
 import torch
@@ -39,7 +41,20 @@ class PrunedInternVLProcessingInfo(InternS1ProcessingInfo):
         return {"image": self.get_max_image_tokens(), "video": frames * per_frame}
 
 
-class PrunedInternVLProcessor(PruningProcessor, InternS1MultiModalProcessor):
+_FRAMES = threading.local()  # per processing call: the frame count of each video processed
+
+
+class _FrameCounts(InternS1MultiModalProcessor):
+    """Records each processed video's frame count, which the text of the images before it needs."""
+
+    def _apply_hf_processor_main(self, mm_items, hf_kwargs):
+        out = super()._apply_hf_processor_main(mm_items, hf_kwargs)
+        frames = out.get("video_num_patches")
+        _FRAMES.counts = [] if frames is None else [int(f) for f in frames]
+        return out
+
+
+class PrunedInternVLProcessor(PruningProcessor, _FrameCounts):
     positions = ("compact",)
 
     def _vlmprune_ids(self) -> tuple[int, int, int]:
@@ -60,24 +75,41 @@ class PrunedInternVLProcessor(PruningProcessor, InternS1MultiModalProcessor):
 
     def _vlmprune_texts(self, prompt, n_images: int, modality: str = "image") -> list[torch.Tensor]:
         """Per image: the text token ids the HF session sees after its placeholders, i.e. the
-        prompt with every ``<IMG_CONTEXT>`` written as ``<img></img>`` (the run itself left out),
-        from that image's ``</img>`` on (all of it when the image has no mark)."""
-        ids = list(prompt) if not isinstance(prompt, str) else self.info.get_tokenizer().encode(prompt)
+        prompt with every ``<IMG_CONTEXT>`` written as ``<img></img>`` and every video as its
+        ``Frame1: <img></img>`` lines (the placeholder runs left out), from that image's
+        ``</img>`` on (all of it when the image has no mark)."""
+        tokenizer = self.info.get_tokenizer()
+        ids = list(prompt) if not isinstance(prompt, str) else tokenizer.encode(prompt)
         image, start, end = self._vlmprune_ids()
-        media = set(self._vlmprune_media_ids())
+        video = self._vlmprune_media_ids()[1]
+        frames = iter(getattr(_FRAMES, "counts", None) or [])
         text, marks = [], []
         for t in ids:
             if t == image:
                 text.append(start)
                 marks.append(len(text))  # where this image's run ends: its </img> follows
                 text.append(end)
-            elif t not in media:
+            elif t == video:
+                lines = (f"Frame{i + 1}: <img></img>" for i in range(next(frames, 0)))
+                text += tokenizer.encode("\n".join(lines), add_special_tokens=False)
+            else:
                 text.append(t)
         out = []
         for j in range(n_images):
             after = text[marks[j] :] if j < len(marks) else []
             out.append(torch.tensor(after or text, dtype=torch.long))
         return out
+
+    def _get_mm_hashes(self, inputs):
+        """With a text-reading method, every image's and video's cache key names all the prompt's
+        items: an image's text holds the frame lines of the videos after it, so the items are
+        processed (and cached) together."""
+        hashes = super()._get_mm_hashes(inputs)
+        spec = self._vlmprune_spec(inputs.hf_processor_mm_kwargs)
+        if spec is None or not spec.method.needs_text or not {"image", "video"} <= set(hashes):
+            return hashes
+        digest = hashlib.sha256(repr(sorted(hashes.items())).encode()).hexdigest()[:16]
+        return {m: [f"{h}-{digest}" for h in hs] for m, hs in hashes.items()}
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         """The stock updates, with each image's run of N ``<IMG_CONTEXT>`` cut to its kept count K
