@@ -28,6 +28,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from vlmprune.adapters.base import feature_layer
 from vlmprune.adapters.internvl import cls_attention, shuffled_sum
+from vlmprune.core.errors import UnsupportedModelError
 from vlmprune.core.types import Region
 from vlmprune.integrations.vllm.common import SPEC_FIELD, PruningModel, PruningProcessor, hooks
 from vlmprune.integrations.vllm.config import decode
@@ -152,6 +153,11 @@ class PrunedInternVLForConditionalGeneration(PruningModel, InternS1ForConditiona
     def __init__(self, *, vllm_config, prefix: str = ""):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
         config = self.config
+        if config.vision_feature_layer != -1:  # vLLM's model reads the last layer whatever the config says
+            raise UnsupportedModelError(
+                f"internvl: vision_feature_layer={config.vision_feature_layer!r} is not supported under vLLM "
+                "(its InternVL model reads the tower's last layer); run with VLLM_PLUGINS not naming vlmprune"
+            )
         self._vlmprune_layer = feature_layer(config, "default", "internvl")
         vision = config.vision_config
         self._vlmprune_patches = int(vision.image_size[0]) // int(vision.patch_size[0])  # per tile side
