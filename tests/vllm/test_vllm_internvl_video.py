@@ -3,10 +3,11 @@ are pruned, token for token as vlmprune's HF session.
 
 vLLM feeds an InternVL video as frames of ``g x g`` ``<video>`` placeholders (``Frame1: <img>...
 </img>``), transformers as the same frames of ``<IMG_CONTEXT>`` placeholders. The plugin prunes
-images only: a configured request keeps every frame token (it equals stock vLLM). The HF session
-sees a frame as a one-tile image, which keeps every token at a budget of at least ``g²`` (4 on
-the tiny model): at such budgets the two agree on prompts with images and videos, also for
-text-reading methods (an image's text holds the frame lines of the videos after it).
+images only: a configured request keeps every frame token (and equals stock vLLM, a ``full``
+test). The HF session sees a frame as a one-tile image, which keeps every token at a budget of
+at least ``g²`` (4 on the tiny model): at such budgets the two agree on prompts with images and
+videos, also for text-reading methods (an image's text holds the frame lines of the videos after
+it).
 """
 
 from __future__ import annotations
@@ -65,11 +66,17 @@ def test_video_prompts_equal_hf(served, index):
         assert outs[2]["prompt_len"] - got["prompt_len"] == sum(n - len(k) for k, n in kept) == 15
 
 
-def test_videos_pass_through_unpruned(served, tmp_path):
-    """A configured video-only request equals the unconfigured one and stock vLLM."""
+def test_videos_pass_through_unpruned(served):
+    """A configured video-only request equals the unconfigured one; pruned images change the output."""
+    _, _, outs = served
+    assert outs[1]["tokens"] == outs[0]["tokens"] and outs[1]["prompt_len"] == outs[0]["prompt_len"]
+    assert max(abs(a - b) for a, b in zip(outs[1]["logprobs"], outs[0]["logprobs"])) < 1e-5
+    assert len({tuple(o["tokens"]) for o in outs[2:6]}) == 4
+
+
+@pytest.mark.full
+def test_video_equals_stock_vllm(served, tmp_path):
     model, reqs, outs = served
     stock = run_vllm(tmp_path, model, [reqs[0]], plugin=False)[0]
-    for got in (outs[1], stock):
-        assert got["tokens"] == outs[0]["tokens"] and got["prompt_len"] == outs[0]["prompt_len"]
-        assert max(abs(a - b) for a, b in zip(got["logprobs"], outs[0]["logprobs"])) < 1e-5
-    assert len({tuple(o["tokens"]) for o in outs[2:6]}) == 4  # the pruned images change the output
+    assert stock["tokens"] == outs[0]["tokens"] and stock["prompt_len"] == outs[0]["prompt_len"]
+    assert max(abs(a - b) for a, b in zip(stock["logprobs"], outs[0]["logprobs"])) < 1e-5
