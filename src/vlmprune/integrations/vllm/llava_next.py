@@ -26,7 +26,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 
 from vlmprune.adapters.llava_next import anyres_layout, crop_signals
 from vlmprune.integrations.vllm.common import SPEC_FIELD, PruningModel, PruningProcessor
-from vlmprune.integrations.vllm.config import decode
+from vlmprune.integrations.vllm.config import ConfigError, decode
 from vlmprune.integrations.vllm.llava import ClipCapture
 
 FAMILY = "llava_next"
@@ -53,11 +53,33 @@ class PrunedLlavaNextProcessor(PruningProcessor, LlavaNextMultiModalProcessor):
         pv = out.get("pixel_values")
         return 0 if pv is None else len(pv)
 
+    def _vlmprune_spec(self, hf_kwargs):
+        """As :class:`PruningProcessor`'s, refused (``ConfigError``) where the HF adapter refuses
+        the model: a tower other than CLIP read at one layer with the ``"default"`` strategy."""
+        spec = super()._vlmprune_spec(hf_kwargs)
+        config = self.info.get_hf_config()
+        tower = getattr(config.vision_config, "model_type", None)
+        layer, strategy = config.vision_feature_layer, config.vision_feature_select_strategy
+        supported = (tower, strategy) == ("clip_vision_model", "default") and isinstance(layer, int)
+        if spec is not None and not supported:
+            raise ConfigError(
+                f"vlmprune: {FAMILY} prunes CLIP towers read at one layer with the 'default' strategy, "
+                f"not {tower!r} with vision_feature_layer={layer!r}, strategy {strategy!r}"
+            )
+        return spec
+
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         """The stock updates, with each pruned image's run of P placeholders (N content tokens and
         the newlines) cut to its kept count K; an image that keeps all N stays stock."""
         from dataclasses import replace
 
+        from vllm.multimodal.parse import ImageEmbeddingItems
+
+        if isinstance(mm_items.get("image"), ImageEmbeddingItems) and self._vlmprune_spec(
+            hf_processor_mm_kwargs
+        ):
+            raise ConfigError(f"vlmprune: {FAMILY} prunes images given as pixels, not as `image_embeds`")
+        # the stock counts: PruningProcessor's cut would count the newlines among the N tokens
         stock = super(PruningProcessor, self)._get_prompt_updates(
             mm_items, hf_processor_mm_kwargs, out_mm_kwargs
         )
@@ -70,10 +92,6 @@ class PrunedLlavaNextProcessor(PruningProcessor, LlavaNextMultiModalProcessor):
                 spec = decode(item[SPEC_FIELD].data) if SPEC_FIELD in item else None
                 if spec is None:
                     return tokens
-                if "image_sizes" not in item:
-                    raise ValueError(
-                        "vlmprune: llava_next prunes images given as pixels, not as `image_embeds`"
-                    )
                 n = int(_layout(config, cache, item["image_sizes"].data)[0].content.numel())
                 k = spec.keep_count(n)
                 return tokens if k >= n else tokens[:k]
@@ -106,7 +124,7 @@ class PrunedLlavaNextForConditionalGeneration(ClipCapture, PruningModel, LlavaNe
         batched them, padding crops included)."""
         pixels, sizes = kwargs.get("pixel_values"), kwargs.get("image_sizes")
         if pixels is None or sizes is None:
-            return [{} for _ in embeds]  # image embeddings: nothing to lay out (refused if pruned)
+            return [{} for _ in embeds]  # image embeddings: never pruned (the processor refuses)
         views = {k: record.get(k) for k in ("saliency", "keys", "pre_features")}
         out, start = [], 0
         for i, emb in enumerate(embeds):
@@ -126,8 +144,6 @@ class PrunedLlavaNextForConditionalGeneration(ClipCapture, PruningModel, LlavaNe
         content rows (K, D), newlines dropped."""
         if spec is None:
             return emb
-        if "content" not in info:
-            raise ValueError("vlmprune: llava_next prunes images given as pixels, not as `image_embeds`")
         content = info["content"].to(emb.device)
         n = content.numel()
         if spec.keep_count(n) >= n:
