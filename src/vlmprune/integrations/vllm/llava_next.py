@@ -40,6 +40,16 @@ def _layout(config, cache: dict, size) -> tuple:
     return cache[key]
 
 
+def _prunable(config) -> bool:
+    """Whether the HF adapter prunes this model: a CLIP tower read at one layer, ``"default"``
+    strategy (the processor refuses a configuration for any other; the model then runs stock)."""
+    tower = getattr(config.vision_config, "model_type", None)
+    strategy = config.vision_feature_select_strategy
+    return (tower, strategy) == ("clip_vision_model", "default") and isinstance(
+        config.vision_feature_layer, int
+    )
+
+
 class PrunedLlavaNextProcessor(PruningProcessor, LlavaNextMultiModalProcessor):
     positions = ("compact",)
 
@@ -58,13 +68,12 @@ class PrunedLlavaNextProcessor(PruningProcessor, LlavaNextMultiModalProcessor):
         the model: a tower other than CLIP read at one layer with the ``"default"`` strategy."""
         spec = super()._vlmprune_spec(hf_kwargs)
         config = self.info.get_hf_config()
-        tower = getattr(config.vision_config, "model_type", None)
-        layer, strategy = config.vision_feature_layer, config.vision_feature_select_strategy
-        supported = (tower, strategy) == ("clip_vision_model", "default") and isinstance(layer, int)
-        if spec is not None and not supported:
+        if spec is not None and not _prunable(config):
+            tower = getattr(config.vision_config, "model_type", None)
             raise ConfigError(
-                f"vlmprune: {FAMILY} prunes CLIP towers read at one layer with the 'default' strategy, "
-                f"not {tower!r} with vision_feature_layer={layer!r}, strategy {strategy!r}"
+                f"vlmprune: {FAMILY} prunes CLIP towers read at one layer with the 'default' strategy, not "
+                f"{tower!r} with vision_feature_layer={config.vision_feature_layer!r}, "
+                f"strategy {config.vision_feature_select_strategy!r}"
             )
         return spec
 
@@ -115,7 +124,9 @@ class PrunedLlavaNextForConditionalGeneration(ClipCapture, PruningModel, LlavaNe
 
     def __init__(self, *, vllm_config, prefix: str = ""):
         super().__init__(vllm_config=vllm_config, prefix=prefix)
-        self._vlmprune_clip_init(FAMILY)
+        self._vlmprune_clip = False  # a model the HF adapter refuses runs stock
+        if _prunable(self.config):
+            self._vlmprune_clip_init(FAMILY)
         self._vlmprune_layouts: dict = {}
 
     def _vlmprune_images(self, kwargs, record, embeds) -> list[dict]:
