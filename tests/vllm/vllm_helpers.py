@@ -11,7 +11,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-FAMILIES = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl")
+FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl")
 #: the plugin's methods (every pre-LLM method), each at a budget below the tiny models' tokens
 PRE_LLM = (
     "cdpruner",
@@ -49,6 +49,8 @@ def save_tiny(name: str, out: Path, stock_keys: bool = False) -> Path:
     size = {"image_size": 112} if name == "llava" else {"max_pixels": 224 * 224}
     if name == "internvl":
         size = {"image_size": 56}  # 2x2 tokens a tile: the test images are 2x2 tiles + a thumbnail
+    if name == "llava_next":  # 4x4 tokens per crop; an 84x84 image is the base crop + 2x2 tiles
+        size = {"image_size": 56}
     config = cls.tiny_config(tok, text, "sdpa", **size)
     config.initializer_range = 0.1
     if hasattr(config.vision_config, "out_hidden_size"):
@@ -57,6 +59,8 @@ def save_tiny(name: str, out: Path, stock_keys: bool = False) -> Path:
         config.vision_config.hidden_size = 128
     torch.manual_seed(0)
     model = getattr(transformers, cls.model_class)(config).eval()
+    if name == "llava_next":
+        cls.tiny_init(model)  # a random image_newline: the newlines' rows matter
     model.save_pretrained(out)
     if name == "internvl":
         internvl_processor(tok, cls.tiny_processor(tok, **size), out)
@@ -159,11 +163,19 @@ def random_video(seed: int, frames: int = 8, size: int = 112, still: float = 0.0
 
 
 def hf_reference(
-    name: str, model_dir, prompt: str, images, config: dict | None, max_tokens: int = 6, videos=()
+    name: str,
+    model_dir,
+    prompt: str,
+    images,
+    config: dict | None,
+    max_tokens: int = 6,
+    videos=(),
+    llm_len=False,
 ):
     """Greedy tokens and their log-probabilities from the stock HF model under vlmprune's session
     (``config``: ``{"method": ..., "budget"|"ratio": ...}``; None: the unmodified model), and per
-    image (then video) its kept indices and token count."""
+    image (then video) its kept indices and token count; ``llm_len``: also the length of the
+    sequence the session's prefill gave the LLM (the prompt with the kept visual tokens)."""
     import torch
     import transformers
 
@@ -192,12 +204,13 @@ def hf_reference(
 
     with torch.no_grad():
         if config is None:
-            return (*generate(), None)
+            return (*generate(), None, *([inputs["input_ids"].shape[1]] if llm_len else []))
         options = {k: v for k, v in config.items() if k not in ("method", "saliency")}
         method = vlmprune.get_method(config["method"], **options)
-        with method(model, saliency=config.get("saliency", "auto")):
+        with method(model, saliency=config.get("saliency", "auto")) as session:
             toks, lps = generate()
-        return toks, lps, [(s.kept.tolist(), s.num_tokens) for s in method.last_selection]
+        kept = [(s.kept.tolist(), s.num_tokens) for s in method.last_selection]
+        return toks, lps, kept, *([session.kept_positions.shape[1]] if llm_len else [])
 
 
 _MODELS: dict = {}

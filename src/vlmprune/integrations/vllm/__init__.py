@@ -17,6 +17,9 @@ from __future__ import annotations
 #: architecture -> "module:class" of its pruning subclass
 ARCHITECTURES = {
     "LlavaForConditionalGeneration": "vlmprune.integrations.vllm.llava:PrunedLlavaForConditionalGeneration",
+    "LlavaNextForConditionalGeneration": (
+        "vlmprune.integrations.vllm.llava_next:PrunedLlavaNextForConditionalGeneration"
+    ),
     "Qwen2VLForConditionalGeneration": "vlmprune.integrations.vllm.qwen2_vl:PrunedQwen2VLForConditionalGeneration",
     "Qwen2_5_VLForConditionalGeneration": (
         "vlmprune.integrations.vllm.qwen2_5_vl:PrunedQwen2_5_VLForConditionalGeneration"
