@@ -4,7 +4,9 @@ One engine per family that prunes videos serves every pre-LLM method (and ``temp
 video, keep-all, a ratio, ``saliency: feature_norm``, an image and a video in one prompt and two
 videos, as per-request configurations in one batch. A video has one budget, its frames the
 regions; its kept tokens keep their original M-RoPE positions (t the frame's temporal position,
-two positions a frame apart on Qwen2.5-VL at the clips' 4 fps). Keep-all also equals stock vLLM.
+two positions a frame apart on Qwen2.5-VL at the clips' 4 fps; on Qwen3-VL, whose prompts put a
+timestamp before each frame, the timestamps stay and each frame's text follows its kept tokens).
+Keep-all also equals stock vLLM.
 The clips are 8 frames of 224 x 224 (4 temporal patches of 8 x 8 tokens), short enough that
 transformers and vLLM place the text after a video alike (transformers 5 goes on from the
 start plus max(h, w), vLLM from the largest position plus one).
@@ -19,7 +21,7 @@ from vllm_helpers import PRE_LLM, hf_reference, image_files, random_video, run_v
 
 from vlmprune.testing import random_image
 
-VIDEO_FAMILIES = (pytest.param("qwen2_vl", marks=pytest.mark.full), "qwen2_5_vl")
+VIDEO_FAMILIES = (pytest.param("qwen2_vl", marks=pytest.mark.full), "qwen2_5_vl", "qwen3_vl")
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
 QUESTION = "What happens in the video here?"
