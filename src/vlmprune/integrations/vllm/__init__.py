@@ -22,6 +22,7 @@ ARCHITECTURES = {
         "vlmprune.integrations.vllm.qwen2_5_vl:PrunedQwen2_5_VLForConditionalGeneration"
     ),
     "Qwen3VLForConditionalGeneration": "vlmprune.integrations.vllm.qwen3_vl:PrunedQwen3VLForConditionalGeneration",
+    "Qwen3_5ForConditionalGeneration": "vlmprune.integrations.vllm.qwen3_5:PrunedQwen3_5ForConditionalGeneration",
 }
 
 
