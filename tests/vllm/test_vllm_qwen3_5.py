@@ -5,7 +5,8 @@ saved and the reference computed by the main environment's Python (``hf_session.
 5.20 or later; ``VLMPRUNE_HF_PYTHON``, by default ``.venv/bin/python`` of ``make setup``), on
 inputs the stock processor of this environment prepared. vLLM's CPU linear-attention kernel runs
 in bfloat16 only (``CPU GDN attention requires BF16``), so the engine and the reference both run
-in bfloat16.
+in bfloat16. The cases avoid selections that bfloat16's rounding flips (DivPrune over a video's
+256 tokens keeps another set in the HF session in bfloat16 than in float32).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ CASES += [
     (None, 0, 1),
     ({"method": "temporal", "ratio": 0.3}, 0, 1),
 ]
-CASES += [({"method": "divprune", "budget": 24}, 0, 1), ({"method": "promprune", "budget": 12}, 1, 1)]
+CASES += [({"method": "random", "budget": 24}, 0, 1), ({"method": "promprune", "budget": 12}, 1, 1)]
 
 
 def in_main_python(*args) -> None:
@@ -100,3 +101,9 @@ def test_qwen3_5_keep_all_equals_stock_vllm(served, tmp_path):
     for i, s in zip(keep_all, stock):
         assert outs[i]["tokens"] == s["tokens"] and outs[i]["prompt_len"] == s["prompt_len"]
         assert max(abs(a - b) for a, b in zip(outs[i]["logprobs"], s["logprobs"])) < 1e-5
+
+
+def test_the_tiny_qwen3_5_tells_selections_apart(served):
+    """The comparison can fail: different kept sets give different greedy continuations."""
+    _, _, outs, _ = served
+    assert len({tuple(o["tokens"][:3]) for o in outs}) >= 4

@@ -100,10 +100,11 @@ def test_evs_and_vlmprune_together_fail_at_start_in_one_line(tiny_dir):
     assert last.startswith("vlmprune.integrations.vllm.config.ConfigError: vlmprune: vLLM's EVS"), last
 
 
-def test_video_chunked_prefill_prefix_cache_and_overrides(tiny_dir, tmp_path):
+@pytest.mark.parametrize("name", ["qwen2_5_vl", pytest.param("qwen3_vl", marks=pytest.mark.full)])
+def test_video_chunked_prefill_prefix_cache_and_overrides(tiny_dir, tmp_path, name):
     """A server-wide ``temporal`` with per-request overrides, videos split across 16-token prefill
-    steps, then served again from the prefix cache."""
-    name, server = "qwen2_5_vl", {"method": "temporal", "ratio": 0.3}
+    steps (Qwen3-VL: runs of text and kept rows), then served again from the prefix cache."""
+    server = {"method": "temporal", "ratio": 0.3}
     model = tiny_dir(name)
     cases = [(None, server, 0, 1), ({"method": "divprune", "budget": 24}, None, 0, 1)]
     cases += [({"budget": 20}, {"method": "temporal", "budget": 20}, 1, 1)]

@@ -1,7 +1,7 @@
 """Qwen3.5 under vLLM: vLLM's own ``Qwen3_5ForConditionalGeneration`` with pruned images and videos.
 
 vLLM's Qwen3.5 is its Qwen3-VL model with a hybrid decoder (Gated DeltaNet linear-attention
-layers between softmax-attention layers) and a tower without DeepStack: images and timestamped
+layers between full-attention layers) and a tower without DeepStack: images and timestamped
 videos are pruned as on Qwen3-VL (:mod:`vlmprune.integrations.vllm.qwen3_vl`), the same signals
 (attention received in the last vision block, the merger's input) and the original M-RoPE
 positions. The engine drops the pruned tokens from the sequence, so no dropped token enters a
