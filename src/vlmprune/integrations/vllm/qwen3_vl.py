@@ -26,7 +26,7 @@ from vllm.model_executor.models.qwen3_vl import (
 )
 from vllm.multimodal import MULTIMODAL_REGISTRY
 
-from vlmprune.integrations.vllm.mrope import MRopePruningModel
+from vlmprune.integrations.vllm.mrope import DIGIT, MRopePruningModel
 from vlmprune.integrations.vllm.qwen2_5_vl import QwenProcessorMixin
 from vlmprune.integrations.vllm.qwen2_vl import last_block_capture
 from vlmprune.integrations.vllm.video import VideoProcessorMixin
@@ -157,8 +157,6 @@ class Qwen3VLPruningModel(MRopePruningModel):
         ``rows`` (K, D), each with its original position's offset from the run's first."""
         if "run" not in info:
             return super()._vlmprune_pack(rows, idx, info)
-        from vlmprune.integrations.vllm.mrope import DIGIT
-
         run = torch.tensor(info["run"], device=rows.device)
         is_video = run == int(self.config.video_token_id)
         slots = is_video.nonzero()[:, 0]  # (N,) run index of each visual token
