@@ -145,20 +145,13 @@ def random_video(seed: int, frames: int = 8, size: int = 112, still: float = 0.0
 
 
 def hf_reference(
-    name: str,
-    model_dir,
-    prompt: str,
-    images,
-    config: dict | None,
-    max_tokens: int = 6,
-    videos=(),
-    dtype="float32",
+    name: str, model_dir, prompt: str, images, config: dict | None, max_tokens: int = 6, videos=()
 ):
     """Greedy tokens and their log-probabilities from the stock HF model under vlmprune's session
     (``config``: ``{"method": ..., "budget"|"ratio": ...}``; None: the unmodified model), and per
     image (then video) its kept indices and token count."""
     inputs = hf_inputs(model_dir, prompt, images, videos)
-    return hf_generate(name, model_dir, inputs, config, max_tokens, dtype)
+    return hf_generate(name, model_dir, inputs, config, max_tokens)
 
 
 def hf_inputs(model_dir, prompt: str, images, videos=()):
