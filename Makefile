@@ -50,12 +50,13 @@ $(VLLM_VENV)/.installed: pyproject.toml
 
 setup-vllm: $(VLLM_VENV)/.installed
 
-test-vllm: setup-vllm
+# Qwen3.5's HF reference runs in .venv (its HF session needs transformers >= 5.20)
+test-vllm: setup-vllm setup
 	OMP_NUM_THREADS=2 $(VLLM_VENV)/bin/python -m pytest tests/vllm -p no:cacheprovider --durations=5 -m "not full"
 
 # Everything, the `full` tests too (tensor parallelism, Qwen2-VL's video matrix, many images and
 # a 64-frame video).
-test-vllm-full: setup-vllm
+test-vllm-full: setup-vllm setup
 	OMP_NUM_THREADS=2 $(VLLM_VENV)/bin/python -m pytest tests/vllm -p no:cacheprovider --durations=5
 
 # The vLLM API the plugin relies on, read from the wheel of $(VLLM) (downloaded without its

@@ -4,7 +4,9 @@ One engine per family that prunes videos serves every pre-LLM method (and ``temp
 video, keep-all, a ratio, ``saliency: feature_norm``, an image and a video in one prompt and two
 videos, as per-request configurations in one batch. A video has one budget, its frames the
 regions; its kept tokens keep their original M-RoPE positions (t the frame's temporal position,
-two positions a frame apart on Qwen2.5-VL at the clips' 4 fps). Keep-all also equals stock vLLM.
+two positions a frame apart on Qwen2.5-VL at the clips' 4 fps; on Qwen3-VL, whose prompts put a
+timestamp before each frame, the timestamps stay and each frame's text follows its kept tokens).
+Keep-all also equals stock vLLM.
 The clips are 8 frames of 224 x 224 (4 temporal patches of 8 x 8 tokens), short enough that
 transformers and vLLM place the text after a video alike (transformers 5 goes on from the
 start plus max(h, w), vLLM from the largest position plus one).
@@ -19,7 +21,7 @@ from vllm_helpers import PRE_LLM, hf_reference, image_files, random_video, run_v
 
 from vlmprune.testing import random_image
 
-VIDEO_FAMILIES = (pytest.param("qwen2_vl", marks=pytest.mark.full), "qwen2_5_vl")
+VIDEO_FAMILIES = (pytest.param("qwen2_vl", marks=pytest.mark.full), "qwen2_5_vl", "qwen3_vl")
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
 QUESTION = "What happens in the video here?"
@@ -98,13 +100,18 @@ def test_evs_and_vlmprune_together_fail_at_start_in_one_line(tiny_dir):
     assert last.startswith("vlmprune.integrations.vllm.config.ConfigError: vlmprune: vLLM's EVS"), last
 
 
-def test_video_chunked_prefill_prefix_cache_and_overrides(tiny_dir, tmp_path):
+@pytest.mark.parametrize("name", ["qwen2_5_vl", pytest.param("qwen3_vl", marks=pytest.mark.full)])
+def test_video_chunked_prefill_prefix_cache_and_overrides(tiny_dir, tmp_path, name):
     """A server-wide ``temporal`` with per-request overrides, videos split across 16-token prefill
-    steps, then served again from the prefix cache."""
-    name, server = "qwen2_5_vl", {"method": "temporal", "ratio": 0.3}
+    steps, then served again from the prefix cache. Qwen3-VL: runs of text and kept rows, every
+    position an embedding, so budgets whose runs (52 timestamp and marker tokens besides) fit the
+    64-token encoder cache vLLM sizes for this model at 16-token steps (a stock run of 256 would not)."""
+    small = name == "qwen3_vl"
+    server = {"method": "temporal", "budget": 10} if small else {"method": "temporal", "ratio": 0.3}
+    b1, b2 = (8, 6) if small else (24, 20)
     model = tiny_dir(name)
-    cases = [(None, server, 0, 1), ({"method": "divprune", "budget": 24}, None, 0, 1)]
-    cases += [({"budget": 20}, {"method": "temporal", "budget": 20}, 1, 1)]
+    cases = [(None, server, 0, 1), ({"method": "divprune", "budget": b1}, None, 0, 1)]
+    cases += [({"budget": b2}, {"method": "temporal", "budget": b2}, 1, 1)]
     reqs = []
     for request, _, n_img, n_vid in cases:
         ims, vids = media(n_img, n_vid)

@@ -45,7 +45,10 @@ def save_tiny(name: str, out: Path, stock_keys: bool = False) -> Path:
         text["head_dim"] = 32
     text["initializer_range"] = 0.1
     if "rope_parameters" in text:
-        text["rope_parameters"] = dict(text["rope_parameters"], mrope_section=[4, 6, 6])
+        section = [2, 3, 3] if name == "qwen3_5" else [4, 6, 6]  # Qwen3.5 rotates half of each head
+        text["rope_parameters"] = dict(text["rope_parameters"], mrope_section=section)
+    if name == "qwen3_5":  # the head dims vLLM's CPU linear-attention kernel takes (the real model's)
+        text.update(linear_key_head_dim=128, linear_value_head_dim=128)
     size = {"image_size": 112} if name == "llava" else {"max_pixels": 224 * 224}
     if name == "internvl":
         size = {"image_size": 56}  # 2x2 tokens a tile: the test images are 2x2 tiles + a thumbnail
@@ -176,18 +179,37 @@ def hf_reference(
     (``config``: ``{"method": ..., "budget"|"ratio": ...}``; None: the unmodified model), and per
     image (then video) its kept indices and token count; ``llm_len``: also the length of the
     sequence the session's prefill gave the LLM (the prompt with the kept visual tokens)."""
-    import torch
+    inputs = hf_inputs(model_dir, prompt, images, videos)
+    return hf_generate(name, model_dir, inputs, config, max_tokens, llm_len=llm_len)
+
+
+def hf_inputs(model_dir, prompt: str, images, videos=()):
+    """The stock HF processor's tensors for ``prompt`` with ``images`` and ``videos``."""
     import transformers
 
-    import vlmprune
-    from vlmprune.adapters import family
-
-    model = _hf_model(family(name).model_class, str(model_dir))
     proc = transformers.AutoProcessor.from_pretrained(str(model_dir))
     media = {"images": list(images) or None, "videos": list(videos) or None}
     if videos:
         media["video_metadata"] = [video_metadata(len(v)) for v in videos]
-    inputs = proc(text=[prompt], return_tensors="pt", **media)
+    return dict(proc(text=[prompt], return_tensors="pt", **media))
+
+
+def hf_generate(
+    name: str,
+    model_dir,
+    inputs: dict,
+    config: dict | None,
+    max_tokens: int = 6,
+    dtype="float32",
+    llm_len=False,
+):
+    """:func:`hf_reference` on processed ``inputs``."""
+    import torch
+
+    import vlmprune
+    from vlmprune.adapters import family
+
+    model = _hf_model(family(name).model_class, str(model_dir), dtype)
 
     def generate():
         out = model.generate(
@@ -216,13 +238,14 @@ def hf_reference(
 _MODELS: dict = {}
 
 
-def _hf_model(cls_name: str, path: str):
+def _hf_model(cls_name: str, path: str, dtype: str = "float32"):
     import torch
     import transformers
 
-    if path not in _MODELS:
-        _MODELS[path] = getattr(transformers, cls_name).from_pretrained(path, dtype=torch.float32).eval()
-    return _MODELS[path]
+    if (path, dtype) not in _MODELS:
+        model = getattr(transformers, cls_name).from_pretrained(path, dtype=getattr(torch, dtype))
+        _MODELS[path, dtype] = model.eval()
+    return _MODELS[path, dtype]
 
 
 def start_fails(model, llm_kwargs: str) -> str:

@@ -53,8 +53,9 @@ class PruningProcessor:
         server = getattr(self.info.get_hf_config(), KEY, None)
         return resolve(merge(server, (hf_kwargs or {}).get(KEY)), self.positions)
 
-    def _vlmprune_texts(self, prompt, n_images: int, modality: str = "image") -> list[torch.Tensor]:
-        """Per image (video): the prompt's text token ids after its placeholder (all of them when none)."""
+    def _vlmprune_texts(self, prompt, n_images: int, modality: str = "image", out=None) -> list[torch.Tensor]:
+        """Per image (video): the prompt's text token ids after its placeholder (all of them when none).
+        ``out``: the HF processor's output for the request's items."""
         ids = list(prompt) if not isinstance(prompt, str) else self.info.get_tokenizer().encode(prompt)
         image = self._vlmprune_video_id() if modality == "video" else self._vlmprune_image_id()
         media = set(self._vlmprune_media_ids())
@@ -108,7 +109,7 @@ class PruningProcessor:
             out[spec_field] = encode_rows(spec, index)  # (n, L)
             prompt = getattr(self._local, "prompt", None)
             if spec is not None and spec.method.needs_text and prompt is not None:
-                texts = self._vlmprune_texts(prompt, 1 + max(index), modality)
+                texts = self._vlmprune_texts(prompt, 1 + max(index), modality, out)
                 out[text_field] = [texts[i] for i in index]
         if spec is not None:
             self._vlmprune_count_tokens(mm_items, rest, out)
@@ -145,8 +146,13 @@ class PruningProcessor:
         updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs))
         for u, update in enumerate(updates):
             if update.modality in self.modalities:
-                updates[u] = _with_kept_count(update, out_mm_kwargs)
+                updates[u] = _with_kept_count(update, out_mm_kwargs, self._vlmprune_cut)
         return updates
+
+    def _vlmprune_cut(self, modality: str, tokens, spec: Spec | None):
+        """An item's stock replacement ``tokens`` (one placeholder token repeated N times) -> its
+        first K (all of them without a configuration)."""
+        return tokens if spec is None else list(tokens)[: spec.keep_count(len(tokens))]
 
 
 def _num_embeds(tokens) -> int:
@@ -157,7 +163,7 @@ def _num_embeds(tokens) -> int:
     return len(full) if is_embed is None else int(is_embed(list(full)).sum())
 
 
-def _with_kept_count(update, out_mm_kwargs):
+def _with_kept_count(update, out_mm_kwargs, cut):
     from dataclasses import replace
 
     stock, field = update.replacement, FIELDS[update.modality][0]
@@ -165,10 +171,7 @@ def _with_kept_count(update, out_mm_kwargs):
     def kept(item_idx: int):
         tokens = stock(item_idx) if callable(stock) else stock
         item = out_mm_kwargs[update.modality][item_idx]
-        spec = decode(item[field].data) if field in item else None
-        if spec is None:
-            return tokens
-        return list(tokens)[: spec.keep_count(len(tokens))]  # one placeholder token repeated N times
+        return cut(update.modality, tokens, decode(item[field].data) if field in item else None)
 
     return replace(update, replacement=kept)
 

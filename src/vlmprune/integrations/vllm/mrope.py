@@ -55,6 +55,10 @@ class MRopePruningModel(PruningModel):
         (``video_grid_thw``)."""
         return int(feature.data[f"{feature.modality}_grid_thw"].data.prod()) // self._vlmprune_merge() ** 2
 
+    def _vlmprune_unpruned(self, feature, run: list[int]) -> list[int]:
+        """An item's placeholder run in the prompt (K tokens) -> the stock run (N tokens)."""
+        return [run[0]] * self._vlmprune_image_tokens(feature)
+
     def _vlmprune_images(self, kwargs, record, embeds) -> list[dict]:
         grids = torch.as_tensor(kwargs["image_grid_thw"]).reshape(-1, 3).tolist()
         m = self._vlmprune_merge()
@@ -100,10 +104,9 @@ class MRopePruningModel(PruningModel):
         for feature in sorted(mm_features, key=lambda f: f.mm_position.offset):
             offset, length = feature.mm_position.offset + shift, feature.mm_position.length
             if feature.modality in self.vlmprune_modalities:  # every item carries its offsets, pruned or not
-                full = self._vlmprune_image_tokens(feature)
-                tokens[offset:offset] = [tokens[offset]] * (
-                    full - length
-                )  # the placeholders the processor cut
+                unpruned = self._vlmprune_unpruned(feature, tokens[offset : offset + length])
+                tokens[offset : offset + length] = unpruned  # with the placeholders the processor cut
+                full = len(unpruned)
                 placed = replace(feature.mm_position, offset=offset, length=full, is_embed=None)
                 feature = replace(feature, mm_position=placed)
                 runs.append((offset, full, length))
