@@ -11,7 +11,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-FAMILIES = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+FAMILIES = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision")
 #: the plugin's methods (every pre-LLM method), each at a budget below the tiny models' tokens
 PRE_LLM = (
     "cdpruner",
@@ -47,7 +47,10 @@ def save_tiny(name: str, out: Path, stock_keys: bool = False) -> Path:
     if "rope_parameters" in text:
         text["rope_parameters"] = dict(text["rope_parameters"], mrope_section=[4, 6, 6])
     size = {"image_size": 112} if name == "llava" else {"max_pixels": 224 * 224}
+    size = {"image_size": 84} if name == "llava_onevision" else size
     config = cls.tiny_config(tok, text, "sdpa", **size)
+    if name == "llava_onevision":  # vLLM packs with anyres_max_9 whatever the config says
+        config.image_grid_pinpoints, config.vision_aspect_ratio = ONEVISION_PINPOINTS, "anyres_max_9"
     config.initializer_range = 0.1
     if hasattr(config.vision_config, "out_hidden_size"):
         config.vision_config.out_hidden_size = 128
@@ -56,13 +59,43 @@ def save_tiny(name: str, out: Path, stock_keys: bool = False) -> Path:
     torch.manual_seed(0)
     model = getattr(transformers, cls.model_class)(config).eval()
     model.save_pretrained(out)
-    cls.tiny_processor(tok, **size).save_pretrained(out)
+    if name == "llava_onevision":
+        _onevision_processor(tok, config).save_pretrained(out)
+    else:
+        cls.tiny_processor(tok, **size).save_pretrained(out)
     if stock_keys:
         weights = out / "model.safetensors"
         state = load_file(weights)
         rename = {k: k.replace("vision_tower.", "vision_tower.vision_model.", 1) for k in state}
         save_file({rename[k]: v for k, v in state.items()}, weights, metadata={"format": "pt"})
     return out
+
+
+#: an 84 x 84 image goes on the 4 x 6-tile canvas: its padding columns are cut and the 24 x 24
+#: grid shrunk to 18 x 18 (anyres_max_9), so every step of the packing runs
+ONEVISION_PINPOINTS = [[336, 504], [504, 336]]
+
+
+def _onevision_processor(tok, config):
+    """The stock LLaVA-OneVision processor (images and videos) of the tiny checkpoint."""
+    from transformers import LlavaOnevisionProcessor
+    from transformers.models.llava_onevision.image_processing_llava_onevision import (
+        LlavaOnevisionImageProcessor,
+    )
+    from transformers.models.llava_onevision.video_processing_llava_onevision import (
+        LlavaOnevisionVideoProcessor,
+    )
+
+    s = int(config.vision_config.image_size)
+    side = {"height": s, "width": s}
+    return LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size=side, image_grid_pinpoints=ONEVISION_PINPOINTS),
+        video_processor=LlavaOnevisionVideoProcessor(size=side),
+        tokenizer=tok,
+        num_image_tokens=(s // 14) ** 2,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9",
+    )
 
 
 def run_vllm(tmp: Path, model, requests, plugin: bool = True, repeat: bool = False, max_tokens=6, **engine):

@@ -22,6 +22,9 @@ ARCHITECTURES = {
         "vlmprune.integrations.vllm.qwen2_5_vl:PrunedQwen2_5_VLForConditionalGeneration"
     ),
     "Qwen3VLForConditionalGeneration": "vlmprune.integrations.vllm.qwen3_vl:PrunedQwen3VLForConditionalGeneration",
+    "LlavaOnevisionForConditionalGeneration": (
+        "vlmprune.integrations.vllm.llava_onevision:PrunedLlavaOnevisionForConditionalGeneration"
+    ),
 }
 
 

@@ -59,6 +59,17 @@ def _processor(info, dummy_inputs):
     return _build_llava_or_pixtral_hf_processor(info, dummy_inputs)  # Pixtral towers: stock
 
 
+def tower_keys(weights):
+    """``weights`` (name, tensor) pairs with the tower keys of checkpoints saved by transformers
+    5.x, which have no ``vision_model.`` level (``vision_tower.encoder...``), renamed as vLLM 0.32
+    maps them (``vision_tower.vision_model.encoder...``); other names pass unchanged."""
+    for name, tensor in weights:
+        head, sep, rest = name.partition("vision_tower.")
+        if sep and not head.strip(".").replace("model", "") and not rest.startswith("vision_model."):
+            name = f"{head}vision_tower.vision_model.{rest}"
+        yield name, tensor
+
+
 def clip_cls_attention(attn, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """CLS-query attention of a vLLM ``CLIPAttention`` from its input ``hidden`` (V, T, Dv).
 
@@ -88,17 +99,7 @@ class PrunedLlavaForConditionalGeneration(PruningModel, LlavaForConditionalGener
             self._vlmprune_side = config.vision_config.image_size // config.vision_config.patch_size
 
     def load_weights(self, weights):
-        """Stock loading, also of checkpoints saved by transformers 5.x, whose CLIP tower keys have
-        no ``vision_model.`` level (``vision_tower.encoder...``), which vLLM 0.32 does not map."""
-
-        def renamed():
-            for name, tensor in weights:
-                head, sep, rest = name.partition("vision_tower.")
-                if sep and not head.strip(".").replace("model", "") and not rest.startswith("vision_model."):
-                    name = f"{head}vision_tower.vision_model.{rest}"
-                yield name, tensor
-
-        return super().load_weights(renamed())
+        return super().load_weights(tower_keys(weights))
 
     @contextmanager
     def _vlmprune_capture(self, needs: set[str]):
