@@ -25,12 +25,13 @@ VIDEO_FAMILIES = (pytest.param("qwen2_vl", marks=pytest.mark.full), "qwen2_5_vl"
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
 QUESTION = "What happens in the video here?"
+ONEVISION_IMAGE, ONEVISION_VIDEO = "<image>\n", "<video>\n"
 SEPARATORS = {"llava_onevision": 1}  # placeholders of a video that are not content: its newline
 
 
 def prompt(images: int, videos: int, name: str = "qwen2_5_vl") -> str:
-    if name == "llava_onevision":
-        return f"USER: {'<image>' * images}{'<video>' * videos}\n{QUESTION} ASSISTANT:"
+    if name == "llava_onevision":  # one line per item: the HF session reads each video's own run
+        return f"USER: {ONEVISION_IMAGE * images}{ONEVISION_VIDEO * videos}{QUESTION} ASSISTANT:"
     return f"system You are a helpful assistant. user {IMAGE * images}{VIDEO * videos}{QUESTION} assistant"
 
 
