@@ -72,8 +72,8 @@ def save_tiny(name: str, out: Path, stock_keys: bool = False) -> Path:
 
 
 #: an 84 x 84 image goes on the 4 x 6-tile canvas: its padding columns are cut and the 24 x 24
-#: grid shrunk to 18 x 18 (anyres_max_9), so every step of the packing runs
-ONEVISION_PINPOINTS = [[336, 504], [504, 336]]
+#: grid shrunk to 18 x 18 (anyres_max_9), so every step of the packing runs; 3 x 10 for wide images
+ONEVISION_PINPOINTS = [[336, 504], [504, 336], [252, 840]]
 
 
 def _onevision_processor(tok, config):
