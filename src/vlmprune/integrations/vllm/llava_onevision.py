@@ -119,9 +119,9 @@ class PrunedLlavaOnevisionProcessor(VideoProcessorMixin, PruningProcessor, Llava
 
 
 def siglip_received(attn, hidden: torch.Tensor) -> torch.Tensor:
-    """(B, N, D) input of a vLLM ``SiglipAttention`` -> (B, N): the attention each patch receives,
-    softmax(q k^T * scale) averaged over every head and the N queries (float32); with tensor
-    parallelism each rank holds some heads and the sums are all-reduced."""
+    """(B, N, D) input of a vLLM ``SiglipAttention`` -> (B, N): the attention each patch receives
+    (:func:`~vlmprune.adapters.signals.received`), averaged over every head and the N queries
+    (float32); with tensor parallelism each rank holds some heads and the sums are all-reduced."""
     b, n, _ = hidden.shape
     heads, hd = attn.num_heads_per_partition, attn.head_dim
     qkv, _ = attn.qkv_proj(hidden)
