@@ -21,7 +21,12 @@ from vllm_helpers import PRE_LLM, hf_reference, image_files, random_video, run_v
 
 from vlmprune.testing import random_image
 
-VIDEO_FAMILIES = (pytest.param("qwen2_vl", marks=pytest.mark.full), "qwen2_5_vl", "llava_onevision")
+#: LLaVA-OneVision's representative video cases run in test_vllm_onevision.py
+VIDEO_FAMILIES = (
+    pytest.param("qwen2_vl", marks=pytest.mark.full),
+    "qwen2_5_vl",
+    pytest.param("llava_onevision", marks=pytest.mark.full),
+)
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
 QUESTION = "What happens in the video here?"
