@@ -7,6 +7,8 @@ go one at a time; at concurrency C, C requests are submitted together (``max_num
 Reported per setting: requests/s, output tokens/s and time to first token (the engine's own
 ``first_token_latency``, queueing included), medians over ``--repeats`` after a warm-up.
 Every request has its own image, and the prefix cache is off, so nothing is reused across requests.
+The engine runs the plugin's scheduler (``--scheduler vlmprune``, pruned images' encoder work
+charged at their unpruned size; it charges full requests as vLLM does) or vLLM's (``stock``).
 
 CPU (default): a mid-size random Qwen2.5-VL built here (no download, written to ``--model-dir``).
 GPU: the real-size architecture with vLLM's random weights (``load_format="dummy"``: the
@@ -29,34 +31,33 @@ import statistics
 import time
 from pathlib import Path
 
-#: the CPU model: a 12-layer d=768 Qwen2 LLM behind a 4-block d=256 vision tower
+SCHEDULER = "vlmprune.integrations.vllm.scheduler.Scheduler"
+#: the CPU models' LLM: 12 layers, d=768 (head dim 64), in every family
 TEXT = dict(hidden_size=768, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=12)
-TEXT.update(num_key_value_heads=4, initializer_range=0.02)
-VISION = dict(depth=4, hidden_size=256, intermediate_size=512, num_heads=4, out_hidden_size=768)
-VISION.update(fullatt_block_indexes=[1, 3], window_size=112)
+TEXT.update(num_key_value_heads=4, head_dim=64, initializer_range=0.02)
+#: their vision towers: each family's bench tower (``bench_vision``); Qwen2.5-VL's a 4-block d=256
+#: one with two full-attention blocks
+VISION = {"qwen2_5_vl": dict(depth=4, hidden_size=256, intermediate_size=512, num_heads=4)}
+VISION["qwen2_5_vl"].update(fullatt_block_indexes=[1, 3], window_size=112)
+#: the vision config key that sets the tower's output width (the LLM's), where the family has one
+OUT_WIDTH = {"qwen2_vl": "hidden_size", "qwen2_5_vl": "out_hidden_size", "qwen3_vl": "out_hidden_size"}
 
 
-def build_model(out: Path, image_size: int) -> Path:
-    """Save the CPU benchmark model (random weights, the tiny models' tokenizer) into ``out``."""
-    import torch
-    import transformers
-
+def build_model(out: Path, image_size: int, name: str = "qwen2_5_vl") -> Path:
+    """Save the CPU benchmark model of family ``name`` (random weights, the tiny models' tokenizer,
+    processor sized for ``image_size`` where the family's resolution is dynamic) into ``out``."""
     from vlmprune.adapters import family
     from vlmprune.apps import zoo
 
-    cls = family("qwen2_5_vl")
-    tok = zoo.build_tokenizer(tuple(cls.tiny_special))
-    text = zoo._text_config(cls, tok, TEXT["num_hidden_layers"])
-    text.update(
-        TEXT, rope_parameters={"rope_type": "default", "mrope_section": [8, 12, 12], "rope_theta": 1e6}
+    cls = family(name)
+    vision = dict(VISION.get(name, {}))
+    if name in OUT_WIDTH:
+        vision[OUT_WIDTH[name]] = TEXT["hidden_size"]
+    model, proc, _ = zoo.bench_model(
+        cls.tiny_name, image_size=(image_size, image_size), text=TEXT, vision=vision
     )
-    config = cls.tiny_config(tok, text, "sdpa", max_pixels=image_size * image_size)
-    for key, value in VISION.items():
-        setattr(config.vision_config, key, value)
-    torch.manual_seed(0)
-    model = getattr(transformers, cls.model_class)(config).eval()
     model.save_pretrained(out)
-    cls.tiny_processor(tok, max_pixels=image_size * image_size).save_pretrained(out)
+    proc.save_pretrained(out)
     return out
 
 
@@ -129,6 +130,7 @@ def run(args) -> dict:
         enforce_eager=args.enforce_eager,
         seed=0,
         **({"load_format": "dummy"} if args.arch else {}),
+        **({"scheduler_cls": SCHEDULER} if args.scheduler == "vlmprune" else {}),
     )
     prompt = args.prompt
     settings = {"full": None, **{m: {"method": m, "ratio": args.ratio} for m in args.methods.split(",")}}
@@ -166,6 +168,7 @@ def table(summary: list[dict]) -> str:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", help="a checkpoint directory or id (default: build the CPU model)")
+    p.add_argument("--family", default="qwen2_5_vl", help="the CPU model's family (vLLM plugin families)")
     p.add_argument("--arch", help="a bundled Qwen2.5-VL architecture (e.g. qwen2.5-vl-7b), random weights")
     p.add_argument(
         "--model-dir", default="vlmprune-out/vllm-bench-model", help="where the CPU model is built"
@@ -181,20 +184,27 @@ def main() -> None:
     p.add_argument("--prompt", help="the prompt, one image placeholder (default: the tiny models' format)")
     p.add_argument("--gpu-memory-utilization", type=float, default=0.25)
     p.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--scheduler",
+        choices=("vlmprune", "stock"),
+        default="vlmprune",
+        help="vlmprune: charge pruned images' encoder work at their unpruned size (docs/vllm.md)",
+    )
     p.add_argument("--out", default="vlmprune-out/vllm-bench")
     args = p.parse_args()
     if args.arch:
         args.model = arch_dir(Path(args.model_dir), args.arch, args.image_size)
     elif args.model is None:
-        args.model = build_model(Path(args.model_dir), args.image_size)
+        args.model = build_model(Path(args.model_dir), args.image_size, args.family)
     if args.prompt is None:
         from vlmprune.adapters import family
 
-        args.prompt = family("qwen2_5_vl").tiny_prompt("Describe the picture in one sentence.", 1)
+        args.prompt = family(args.family).tiny_prompt("Describe the picture in one sentence.", 1)
     result = run(args)
     import vllm
 
     meta = {"vllm": vllm.__version__, "machine": platform.machine(), "cpus": os.cpu_count(), **vars(args)}
+    meta["load_average_after"] = os.getloadavg()  # 1, 5, 15 min: other work on the machine
     meta["model"] = str(args.model)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

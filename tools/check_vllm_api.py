@@ -237,9 +237,8 @@ def _check_methods(src: VllmSource, where: str, cls: ast.ClassDef, bases) -> tup
         )
         if is_super:
             checks += 1
-            internal = node.func.attr == "__init__" or node.func.attr.startswith(
-                "_vlmprune"
-            )  # the plugin's own
+            # object's own, or the plugin's
+            internal = node.func.attr in ("__init__", "__new__") or node.func.attr.startswith("_vlmprune")
             if not internal and lookup(node.func.attr) is None:
                 problems.append(f"{where}: {cls.name} calls super().{node.func.attr}, which vLLM lacks")
     return checks, problems

@@ -7,9 +7,12 @@ OUT: one ``{"tokens", "logprobs", "prompt_len", "cached"}`` per request, in orde
 to the engine in one ``generate`` call (continuous batching), after one warm request when
 ``"repeat"`` asks to run them twice (the second pass hits the prefix cache).
 Run in its own process: vLLM registers plugins per process, and ``VLLM_PLUGINS`` decides which.
+``"encoder_batches": true`` runs the engine core in this process and also writes
+``OUT.batches.json``: the number of items of each ``embed_multimodal`` call of the plugin's model.
 """
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -37,10 +40,28 @@ def requests(spec):
     return out
 
 
+def count_encoder_batches() -> list[int]:
+    """Record, unchanged, how many items each of the plugin model's encoder calls returns."""
+    from vlmprune.integrations.vllm import common
+
+    batches, stock = [], common.PruningModel.embed_multimodal
+
+    def counting(self, **kwargs):
+        out = stock(self, **kwargs)
+        batches.append(len(out))
+        return out
+
+    common.PruningModel.embed_multimodal = counting
+    return batches
+
+
 def main(spec_path, out_path):
+    spec = json.load(open(spec_path))
+    if spec.get("encoder_batches"):
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from vllm import LLM, SamplingParams
 
-    spec = json.load(open(spec_path))
+    batches = count_encoder_batches() if spec.get("encoder_batches") else None
     engine = dict(
         dtype="float32", gpu_memory_utilization=0.25, max_model_len=4096, enforce_eager=True, seed=0
     )
@@ -68,6 +89,8 @@ def main(spec_path, out_path):
                 }
             )
     json.dump(result, open(out_path, "w"))
+    if batches is not None:
+        json.dump(batches, open(out_path + ".batches.json", "w"))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-FAMILIES = ("llava", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision")
+FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "llava_onevision")
 #: the plugin's methods (every pre-LLM method), each at a budget below the tiny models' tokens
 PRE_LLM = (
     "cdpruner",
@@ -47,6 +47,10 @@ def save_tiny(name: str, out: Path, stock_keys: bool = False) -> Path:
     if "rope_parameters" in text:
         text["rope_parameters"] = dict(text["rope_parameters"], mrope_section=[4, 6, 6])
     size = {"image_size": 112} if name == "llava" else {"max_pixels": 224 * 224}
+    if name == "internvl":
+        size = {"image_size": 56}  # 2x2 tokens a tile: the test images are 2x2 tiles + a thumbnail
+    if name == "llava_next":  # 4x4 tokens per crop; an 84x84 image is the base crop + 2x2 tiles
+        size = {"image_size": 56}
     size = {"image_size": 84} if name == "llava_onevision" else size
     config = cls.tiny_config(tok, text, "sdpa", **size)
     if name == "llava_onevision":  # vLLM packs with anyres_max_9 whatever the config says
@@ -58,12 +62,16 @@ def save_tiny(name: str, out: Path, stock_keys: bool = False) -> Path:
         config.vision_config.hidden_size = 128
     torch.manual_seed(0)
     model = getattr(transformers, cls.model_class)(config).eval()
+    if name == "llava_next":
+        cls.tiny_init(model)  # a random image_newline: the newlines' rows matter
     model.save_pretrained(out)
-    if name == "llava_onevision":
+    if name == "internvl":
+        internvl_processor(tok, cls.tiny_processor(tok, **size), out)
+    elif name == "llava_onevision":
         _onevision_processor(tok, config).save_pretrained(out)
     else:
         cls.tiny_processor(tok, **size).save_pretrained(out)
-    if stock_keys:
+    if stock_keys and name != "internvl":  # vLLM reads its transformers-5 keys as they are
         weights = out / "model.safetensors"
         state = load_file(weights)
         rename = {k: k.replace("vision_tower.", "vision_tower.vision_model.", 1) for k in state}
@@ -98,15 +106,26 @@ def _onevision_processor(tok, config):
     )
 
 
-def run_vllm(tmp: Path, model, requests, plugin: bool = True, repeat: bool = False, max_tokens=6, **engine):
+def run_vllm(
+    tmp: Path,
+    model,
+    requests,
+    plugin: bool = True,
+    repeat: bool = False,
+    max_tokens=6,
+    batches=False,
+    **engine,
+):
     """Outputs of one vLLM engine (its own process) for ``requests``; ``plugin=False`` runs stock
-    vLLM (``VLLM_PLUGINS`` names no installed plugin)."""
+    vLLM (``VLLM_PLUGINS`` names no installed plugin). ``batches``: also the item count of each of
+    the plugin model's encoder calls (``(outputs, counts)``)."""
     spec = {
         "model": str(model),
         "requests": requests,
         "engine": engine,
         "repeat": repeat,
         "max_tokens": max_tokens,
+        "encoder_batches": batches,
     }
     spec_path, out_path = tmp / "spec.json", tmp / "out.json"
     spec_path.write_text(json.dumps(spec))
@@ -125,7 +144,8 @@ def run_vllm(tmp: Path, model, requests, plugin: bool = True, repeat: bool = Fal
         raise AssertionError(
             "vLLM run failed:\n" + "\n".join(causes[-12:]) + f"\n(full log: {tmp / 'engine.log'})"
         )
-    return json.loads(out_path.read_text())
+    outs = json.loads(out_path.read_text())
+    return (outs, json.loads(Path(f"{out_path}.batches.json").read_text())) if batches else outs
 
 
 def image_files(tmp: Path, images) -> list[str]:
@@ -175,11 +195,19 @@ def random_video(seed: int, frames: int = 8, size: int = 112, still: float = 0.0
 
 
 def hf_reference(
-    name: str, model_dir, prompt: str, images, config: dict | None, max_tokens: int = 6, videos=()
+    name: str,
+    model_dir,
+    prompt: str,
+    images,
+    config: dict | None,
+    max_tokens: int = 6,
+    videos=(),
+    llm_len=False,
 ):
     """Greedy tokens and their log-probabilities from the stock HF model under vlmprune's session
     (``config``: ``{"method": ..., "budget"|"ratio": ...}``; None: the unmodified model), and per
-    image (then video) its kept indices and token count."""
+    image (then video) its kept indices and token count; ``llm_len``: also the length of the
+    sequence the session's prefill gave the LLM (the prompt with the kept visual tokens)."""
     import torch
     import transformers
 
@@ -208,12 +236,13 @@ def hf_reference(
 
     with torch.no_grad():
         if config is None:
-            return (*generate(), None)
+            return (*generate(), None, *([inputs["input_ids"].shape[1]] if llm_len else []))
         options = {k: v for k, v in config.items() if k not in ("method", "saliency")}
         method = vlmprune.get_method(config["method"], **options)
-        with method(model, saliency=config.get("saliency", "auto")):
+        with method(model, saliency=config.get("saliency", "auto")) as session:
             toks, lps = generate()
-        return toks, lps, [(s.kept.tolist(), s.num_tokens) for s in method.last_selection]
+        kept = [(s.kept.tolist(), s.num_tokens) for s in method.last_selection]
+        return toks, lps, kept, *([session.kept_positions.shape[1]] if llm_len else [])
 
 
 _MODELS: dict = {}
@@ -243,3 +272,23 @@ def start_fails(model, llm_kwargs: str) -> str:
     assert proc.returncode != 0 and "STARTED" not in proc.stdout
     assert "EngineCore" not in proc.stderr  # refused before the engine process started
     return proc.stderr.strip().splitlines()[-1]
+
+
+def internvl_processor(tok, tiny, out: Path) -> None:
+    """Save the stock ``InternVLProcessor`` that vLLM builds (with the tiny processor's image
+    processor and tile size) and a tokenizer naming InternVL's image tokens."""
+    import transformers
+    from transformers.models.internvl.video_processing_internvl import InternVLVideoProcessor
+
+    tok.save_pretrained(out)
+    cfg_path = out / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    names = ("context_image_token", "start_image_token", "end_image_token", "video_token")
+    cfg["extra_special_tokens"] = dict(zip(names, ("<IMG_CONTEXT>", "<img>", "</img>", "<video>")))
+    cfg_path.write_text(json.dumps(cfg))
+    tok = transformers.AutoTokenizer.from_pretrained(out)
+    ip = tiny.image_processor
+    video = InternVLVideoProcessor(size=dict(ip.size))
+    transformers.InternVLProcessor(
+        image_processor=ip, tokenizer=tok, video_processor=video, image_seq_length=tiny.tokens_per_tile
+    ).save_pretrained(out)

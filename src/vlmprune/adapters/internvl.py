@@ -41,19 +41,30 @@ INTERNVL_SPECIAL = ("<pad>", "<s>", "</s>", "<unk>", "<IMG_CONTEXT>", "<img>", "
 
 def cls_attention(attn, hidden: torch.Tensor) -> torch.Tensor:
     """(B, T, D) input of an InternViT attention module -> (B, T) attention of the CLS query
-    (position 0) over every token, mean over heads (q/k norms applied as the module does)."""
+    (position 0) over every token, mean over heads (q/k norms applied as the module does).
+
+    ``attn``: transformers' module or vLLM's (whose q/k norms are absent without QK-norm)."""
     x = hidden.float()
     b, t, _ = x.shape
 
     def proj(lin, norm, rows):  # (B, rows, D) -> (B, H, rows, hd)
         w, bias = lin.weight.float(), None if lin.bias is None else lin.bias.float()
-        y = norm(torch.nn.functional.linear(rows, w, bias).to(hidden.dtype)).float()
+        y = torch.nn.functional.linear(rows, w, bias).to(hidden.dtype)
+        y = (y if norm is None else norm(y)).float()
         return y.view(b, rows.shape[1], attn.num_heads, -1).transpose(1, 2)
 
-    q = proj(attn.q_proj, attn.q_norm, x[:, :1])  # (B, H, 1, hd)
-    k = proj(attn.k_proj, attn.k_norm, x)  # (B, H, T, hd)
+    q = proj(attn.q_proj, getattr(attn, "q_norm", None), x[:, :1])  # (B, H, 1, hd)
+    k = proj(attn.k_proj, getattr(attn, "k_norm", None), x)  # (B, H, T, hd)
     probs = torch.softmax((q @ k.transpose(-1, -2)) * attn.scale, dim=-1)  # (B, H, 1, T)
     return probs[:, :, 0].mean(1)  # (B, H, T) -> (B, T)
+
+
+def shuffled_sum(per_patch: torch.Tensor, patches: int, pixel_shuffle, ratio: float) -> torch.Tensor:
+    """(V, P) per-patch values of ``patches`` x ``patches`` tiles -> (V, g*g) summed over each
+    group the model's ``pixel_shuffle`` merges into one token (g = patches * ratio)."""
+    v = per_patch.shape[0]
+    grid = per_patch.reshape(v, patches, patches, 1)
+    return pixel_shuffle(grid, scale_factor=ratio).sum(-1).reshape(v, -1)
 
 
 def tile_grid(image_size, tile: int, min_tiles: int, max_tiles: int) -> tuple[int, int]:
@@ -119,9 +130,7 @@ class InternVLAdapter(Adapter):
 
     def _shuffled(self, per_patch: torch.Tensor) -> torch.Tensor:
         """(V, P) per-patch values -> (V, g*g) summed over each group the pixel shuffle merges."""
-        v = per_patch.shape[0]
-        grid = per_patch.reshape(v, self.patches, self.patches, 1)
-        return self.base.pixel_shuffle(grid, scale_factor=self.config.downsample_ratio).sum(-1).reshape(v, -1)
+        return shuffled_sum(per_patch, self.patches, self.base.pixel_shuffle, self.config.downsample_ratio)
 
     def vision_hooks(self, on_record, needs):
         handles = []

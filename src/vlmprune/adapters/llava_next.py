@@ -31,6 +31,84 @@ from vlmprune.adapters.llava import ClipTowerMixin, _crop_offset, _size, clip_pr
 from vlmprune.core.types import Region
 
 
+def num_crops(config, image_size) -> int:
+    """Crops the tower encodes for one image of ``image_size`` (H, W): the base crop + the tiles."""
+    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+    return int(
+        image_size_to_num_patches(
+            image_size=image_size,
+            grid_pinpoints=config.image_grid_pinpoints,
+            patch_size=config.vision_config.image_size,
+        )
+    )
+
+
+def stock_packer(config):
+    """transformers' ``LlavaNextModel.pack_image_features`` for ``config``, without a model (the
+    packing reads only the configuration)."""
+    from types import SimpleNamespace
+
+    from transformers.models.llava_next.modeling_llava_next import LlavaNextModel
+
+    return functools.partial(LlavaNextModel.pack_image_features, SimpleNamespace(config=config))
+
+
+def pack_sources(config, image_size, n_crops: int, pack=None) -> torch.Tensor:
+    """Packed sequence of one image as source indices (crop * N + patch), -1 for newlines: (P,).
+    ``pack``: a ``pack_image_features`` (the model's; by default :func:`stock_packer`'s)."""
+    side = config.vision_config.image_size // config.vision_config.patch_size
+    pack = pack or stock_packer(config)
+    src = torch.arange(n_crops * side * side, dtype=torch.float64).view(n_crops, side * side, 1)  # (C, N, 1)
+    packed, _ = pack(
+        [src],
+        torch.as_tensor(image_size)[None],
+        config.vision_feature_select_strategy,
+        torch.tensor([-1.0], dtype=torch.float64),
+    )
+    return packed[0][:, 0].round().long()  # (P,)
+
+
+def anyres_layout(config, size, pack=None) -> tuple[ImageLayout, torch.Tensor, int]:
+    """One image's layout (``size`` (H, W)), its content tokens' sources (crop * N + patch) and
+    its crop count; ``pack`` as :func:`pack_sources`'."""
+    side = config.vision_config.image_size // config.vision_config.patch_size
+    n = side * side
+    n_crops = num_crops(config, size)
+    packed = pack_sources(config, size, n_crops, pack)  # (P,)
+    content = torch.nonzero(packed >= 0).flatten()  # (N_content,)
+    source = packed[content]  # (N_content,) crop * N + patch
+    crop = source // n
+    regions = [Region(torch.nonzero(crop == 0).flatten(), (side, side))]
+    if n_crops > 1:
+        n_rows = int((packed < 0).sum())  # one newline per unpadded row
+        hi = torch.nonzero(crop > 0).flatten()  # content offsets of the high-res grid
+        width = hi.numel() // n_rows
+        local = torch.arange(hi.numel())
+        rows, cols = local // width, local % width
+        for c in range(1, n_crops):
+            sel = crop[hi] == c
+            if sel.any():
+                grid = (int(rows[sel].unique().numel()), int(cols[sel].unique().numel()))
+                regions.append(Region(hi[sel], grid))
+    layout = ImageLayout(int(packed.numel()), content, regions, (side, side))
+    return layout, source, n_crops
+
+
+def crop_signals(views: dict, start: int, n_crops: int, source: torch.Tensor) -> dict:
+    """One image's signals per content token from the tower's per-crop ``views`` (``"saliency"``
+    (V, T), ``"keys"`` (V, T, hd) with the CLS at 0, ``"pre_features"`` (V, N, Dv); None: not
+    captured): its crops ``start:start + n_crops``, gathered at ``source`` (N_content,)."""
+    out = {}
+    for key in ("saliency", "keys", "pre_features"):
+        got = views.get(key)
+        if got is not None:
+            per_patch = got[start : start + n_crops]
+            per_patch = per_patch if key == "pre_features" else per_patch[:, 1:]  # (C, N, ...)
+            out[key] = per_patch.reshape(-1, *per_patch.shape[2:])[source]
+    return out
+
+
 @register_adapter
 class LlavaNextAdapter(ClipTowerMixin, Adapter):
     family = "llava_next"
@@ -68,51 +146,9 @@ class LlavaNextAdapter(ClipTowerMixin, Adapter):
         handles.append(InstanceAttributeHook(self.base, "get_image_features", get_image_features))
         return handles
 
-    def _num_crops(self, image_size) -> int:
-        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
-
-        return int(
-            image_size_to_num_patches(
-                image_size=image_size,
-                grid_pinpoints=self.config.image_grid_pinpoints,
-                patch_size=self.config.vision_config.image_size,
-            )
-        )
-
-    def _pack_sources(self, image_size, n_crops: int) -> torch.Tensor:
-        """Packed sequence of one image as source indices (crop * N + patch), -1 for newlines."""
-        n = self.side * self.side
-        src = torch.arange(n_crops * n, dtype=torch.float64).view(n_crops, n, 1)  # (C, N, 1)
-        packed, _ = self.base.pack_image_features(
-            [src],
-            torch.as_tensor(image_size)[None],
-            self.config.vision_feature_select_strategy,
-            torch.tensor([-1.0], dtype=torch.float64),
-        )
-        return packed[0][:, 0].round().long()  # (P,)
-
     def _layout(self, size) -> tuple[ImageLayout, torch.Tensor, int]:
         """One image's layout, its content tokens' sources (crop * N + patch) and its crop count."""
-        n = self.side * self.side
-        n_crops = self._num_crops(size)
-        packed = self._pack_sources(size, n_crops)  # (P,)
-        content = torch.nonzero(packed >= 0).flatten()  # (N_content,)
-        source = packed[content]  # (N_content,) crop * N + patch
-        crop = source // n
-        regions = [Region(torch.nonzero(crop == 0).flatten(), (self.side, self.side))]
-        if n_crops > 1:
-            n_rows = int((packed < 0).sum())  # one newline per unpadded row
-            hi = torch.nonzero(crop > 0).flatten()  # content offsets of the high-res grid
-            width = hi.numel() // n_rows
-            local = torch.arange(hi.numel())
-            rows, cols = local // width, local % width
-            for c in range(1, n_crops):
-                sel = crop[hi] == c
-                if sel.any():
-                    grid = (int(rows[sel].unique().numel()), int(cols[sel].unique().numel()))
-                    regions.append(Region(hi[sel], grid))
-        layout = ImageLayout(int(packed.numel()), content, regions, (self.side, self.side))
-        return layout, source, n_crops
+        return anyres_layout(self.config, size, self.base.pack_image_features)
 
     def image_layouts(self, call, record):
         sizes = call.get("image_sizes")
@@ -131,19 +167,8 @@ class LlavaNextAdapter(ClipTowerMixin, Adapter):
 
     def image_signals(self, record, index, layout):
         start = sum(self._crops[:index])  # crops of earlier images precede this one's in the tower
-        n_crops = self._crops[index]
-        source = self._sources[index]
-        out = {}
-        for key in ("saliency", "keys"):
-            views = self._views(record, key)
-            if views is not None:
-                per_patch = views[start : start + n_crops, 1:]  # (C, T, ...) -> (C, N, ...)
-                out[key] = per_patch.reshape(-1, *per_patch.shape[2:])[source]
-        pre = self._views(record, "pre_features")
-        if pre is not None:
-            per_patch = pre[start : start + n_crops]  # (C, N, Dv)
-            out["pre_features"] = per_patch.reshape(-1, per_patch.shape[-1])[source]
-        return out
+        views = {key: self._views(record, key) for key in ("saliency", "keys", "pre_features")}
+        return crop_signals(views, start, self._crops[index], self._sources[index])
 
     # -- geometry ------------------------------------------------------------------------------
     def token_geometry(self, image_size, processor, selection=None) -> TokenGeometry:

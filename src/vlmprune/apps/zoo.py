@@ -150,11 +150,19 @@ def _merge(base: dict, over: dict) -> dict:
 
 
 def bench_model(
-    name: str, dtype=torch.float32, device="cpu", attn: str = "sdpa", seed: int = 0, image_size=None
+    name: str,
+    dtype=torch.float32,
+    device="cpu",
+    attn: str = "sdpa",
+    seed: int = 0,
+    image_size=None,
+    text: dict | None = None,
+    vision: dict | None = None,
 ):
     """``(model, processor, description)``: the bench-size model of built-in ``name``: the tiny
     model's structure, tokenizer and special ids with the :data:`BENCH_TEXT` LLM and the family's
-    ``bench_vision`` tower. ``image_size`` (W, H) sets a dynamic-resolution family's pixel budget."""
+    ``bench_vision`` tower. ``image_size`` (W, H) sets a dynamic-resolution family's pixel budget;
+    ``text`` / ``vision``: config keys over those (a larger LLM, say)."""
     cls = family(builtin_names()[name])
     size = (
         dict(cls.bench_size)
@@ -164,8 +172,8 @@ def bench_model(
     small, proc = tiny_model(cls.family, attn=attn, **size)
     d = small.config.to_dict()
     d["text_config"].pop("layer_types", None)  # sized for the tiny depth; the bench text sets its own or none
-    d["text_config"] = _merge(d["text_config"], {**BENCH_TEXT, **cls.bench_text()})
-    d["vision_config"] = {**d["vision_config"], **copy.deepcopy(cls.bench_vision())}
+    d["text_config"] = _merge(d["text_config"], {**BENCH_TEXT, **cls.bench_text(), **(text or {})})
+    d["vision_config"] = {**d["vision_config"], **copy.deepcopy(cls.bench_vision()), **(vision or {})}
     for key in ("dtype", "torch_dtype"):
         for sub in (d, d["text_config"], d["vision_config"]):
             sub.pop(key, None)

@@ -17,11 +17,15 @@ from __future__ import annotations
 #: architecture -> "module:class" of its pruning subclass
 ARCHITECTURES = {
     "LlavaForConditionalGeneration": "vlmprune.integrations.vllm.llava:PrunedLlavaForConditionalGeneration",
+    "LlavaNextForConditionalGeneration": (
+        "vlmprune.integrations.vllm.llava_next:PrunedLlavaNextForConditionalGeneration"
+    ),
     "Qwen2VLForConditionalGeneration": "vlmprune.integrations.vllm.qwen2_vl:PrunedQwen2VLForConditionalGeneration",
     "Qwen2_5_VLForConditionalGeneration": (
         "vlmprune.integrations.vllm.qwen2_5_vl:PrunedQwen2_5_VLForConditionalGeneration"
     ),
     "Qwen3VLForConditionalGeneration": "vlmprune.integrations.vllm.qwen3_vl:PrunedQwen3VLForConditionalGeneration",
+    "InternVLForConditionalGeneration": "vlmprune.integrations.vllm.internvl:PrunedInternVLForConditionalGeneration",
     "LlavaOnevisionForConditionalGeneration": (
         "vlmprune.integrations.vllm.llava_onevision:PrunedLlavaOnevisionForConditionalGeneration"
     ),

@@ -24,6 +24,9 @@ SPEC_FIELD = "vlmprune_spec"
 TEXT_FIELD = "vlmprune_text"
 #: per modality the processor's fields: (configuration, text token ids)
 FIELDS = {"image": (SPEC_FIELD, TEXT_FIELD), "video": ("vlmprune_video_spec", "vlmprune_video_text")}
+#: per modality the field holding each item's unpruned token count N: the encoder's work, which
+#: :mod:`vlmprune.integrations.vllm.scheduler` charges where vLLM's own scheduler charges K
+TOKENS_FIELD = {"image": "vlmprune_tokens", "video": "vlmprune_video_tokens"}
 #: per modality the stock input keys that name it in a batch of ``embed_multimodal``
 INPUT_KEYS = {"image": ("pixel_values", "image_embeds"), "video": ("pixel_values_videos", "video_embeds")}
 
@@ -107,7 +110,24 @@ class PruningProcessor:
             if spec is not None and spec.method.needs_text and prompt is not None:
                 texts = self._vlmprune_texts(prompt, 1 + max(index), modality)
                 out[text_field] = [texts[i] for i in index]
+        if spec is not None:
+            self._vlmprune_count_tokens(mm_items, rest, out)
         return out
+
+    def _vlmprune_count_tokens(self, mm_items, hf_kwargs, out) -> None:
+        """Per pruned modality, each item's unpruned token count N (n,) as ``TOKENS_FIELD``,
+        read off the stock prompt updates (their embedding positions)."""
+        from vllm.multimodal.inputs import MultiModalKwargsItems
+
+        items = MultiModalKwargsItems.from_hf_inputs(out, super()._get_mm_fields_config(out, hf_kwargs))
+        for update in super()._get_prompt_updates(mm_items, hf_kwargs, items):
+            if update.modality in self.modalities and update.modality in items:
+                stock = update.replacement
+                counts = [
+                    _num_embeds(stock(i) if callable(stock) else stock)
+                    for i in range(len(items[update.modality]))
+                ]
+                out[TOKENS_FIELD[update.modality]] = torch.tensor(counts, dtype=torch.long)  # (n,)
 
     def _get_mm_fields_config(self, hf_inputs, hf_processor_mm_kwargs):
         from vllm.multimodal.inputs import MultiModalFieldConfig
@@ -117,6 +137,7 @@ class PruningProcessor:
             spec_field, text_field = FIELDS[modality]
             fields[spec_field] = MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
             fields[text_field] = MultiModalFieldConfig.batched(modality)
+            fields[TOKENS_FIELD[modality]] = MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
         return fields
 
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
@@ -126,6 +147,14 @@ class PruningProcessor:
             if update.modality in self.modalities:
                 updates[u] = _with_kept_count(update, out_mm_kwargs)
         return updates
+
+
+def _num_embeds(tokens) -> int:
+    """Embedding positions of one stock replacement: a list of token ids, or details with an
+    ``is_embed`` mask over ``full``."""
+    full = getattr(tokens, "full", tokens)
+    is_embed = getattr(tokens, "is_embed", None)
+    return len(full) if is_embed is None else int(is_embed(list(full)).sum())
 
 
 def _with_kept_count(update, out_mm_kwargs):
@@ -159,6 +188,8 @@ class PruningModel:
 
     def embed_multimodal(self, **kwargs):
         fields = {f: kwargs.pop(f, None) for pair in FIELDS.values() for f in pair}
+        for f in TOKENS_FIELD.values():  # the scheduler's, not the tower's
+            kwargs.pop(f, None)
         kind = next((m for m, keys in INPUT_KEYS.items() if any(k in kwargs for k in keys)), None)
         pruned = kind in self.vlmprune_modalities
         specs, texts = (fields[f] for f in FIELDS[kind]) if pruned else (None, None)

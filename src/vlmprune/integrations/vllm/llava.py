@@ -59,17 +59,6 @@ def _processor(info, dummy_inputs):
     return _build_llava_or_pixtral_hf_processor(info, dummy_inputs)  # Pixtral towers: stock
 
 
-def tower_keys(weights):
-    """``weights`` (name, tensor) pairs with the tower keys of checkpoints saved by transformers
-    5.x, which have no ``vision_model.`` level (``vision_tower.encoder...``), renamed as vLLM 0.32
-    maps them (``vision_tower.vision_model.encoder...``); other names pass unchanged."""
-    for name, tensor in weights:
-        head, sep, rest = name.partition("vision_tower.")
-        if sep and not head.strip(".").replace("model", "") and not rest.startswith("vision_model."):
-            name = f"{head}vision_tower.vision_model.{rest}"
-        yield name, tensor
-
-
 def clip_cls_attention(attn, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """CLS-query attention of a vLLM ``CLIPAttention`` from its input ``hidden`` (V, T, Dv).
 
@@ -86,23 +75,36 @@ def clip_cls_attention(attn, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.
     return heads_mean(sal, heads, attn.num_heads), heads_mean(keys, heads, attn.num_heads)
 
 
-@MULTIMODAL_REGISTRY.register_processor(_processor, info=_info, dummy_inputs=LlavaDummyInputsBuilder)
-class PrunedLlavaForConditionalGeneration(PruningModel, LlavaForConditionalGeneration):
-    """vLLM's LLaVA with vlmprune's pre-LLM methods (CLIP towers, ``"default"`` strategy)."""
+def clip_tower_names(weights):
+    """``weights`` (name, tensor) with the CLIP tower keys of checkpoints saved by transformers
+    5.x, which have no ``vision_model.`` level (``vision_tower.encoder...``), as vLLM 0.32's
+    LLaVA-style models load them (``vision_tower.vision_model.encoder...``)."""
+    for name, tensor in weights:
+        head, sep, rest = name.partition("vision_tower.")
+        if sep and not head.strip(".").replace("model", "") and not rest.startswith("vision_model."):
+            name = f"{head}vision_tower.vision_model.{rest}"
+        yield name, tensor
 
-    def __init__(self, *, vllm_config, prefix: str = ""):
-        super().__init__(vllm_config=vllm_config, prefix=prefix)
+
+class ClipCapture:
+    """Mixed in before :class:`PruningModel` by the LLaVA-style families whose vLLM model holds a
+    ``vision_tower`` (CLIP: its signals are captured) and a ``multi_modal_projector``."""
+
+    def _vlmprune_clip_init(self, family: str) -> None:
         config = self.config
         self._vlmprune_clip = getattr(config.vision_config, "model_type", "") == "clip_vision_model"
         if self._vlmprune_clip:
-            self._vlmprune_layer = feature_layer(config, "default", "llava")
+            self._vlmprune_layer = feature_layer(config, "default", family)
             self._vlmprune_side = config.vision_config.image_size // config.vision_config.patch_size
 
     def load_weights(self, weights):
-        return super().load_weights(tower_keys(weights))
+        """Stock loading, also of checkpoints saved by transformers 5.x (:func:`clip_tower_names`)."""
+        return super().load_weights(clip_tower_names(weights))
 
     @contextmanager
     def _vlmprune_capture(self, needs: set[str]):
+        """Saliency (V, T) and keys (V, T, hd) of the feature layer's CLS query per tower view, and
+        the projector's input (V, N, Dv), of the one tower run inside."""
         record: dict = {}
         handles = []
         if self._vlmprune_clip and needs & {"saliency", "keys"}:
@@ -122,6 +124,15 @@ class PrunedLlavaForConditionalGeneration(PruningModel, LlavaForConditionalGener
             handles.append(self.multi_modal_projector.register_forward_pre_hook(grab_pre))
         with hooks(handles):
             yield record
+
+
+@MULTIMODAL_REGISTRY.register_processor(_processor, info=_info, dummy_inputs=LlavaDummyInputsBuilder)
+class PrunedLlavaForConditionalGeneration(ClipCapture, PruningModel, LlavaForConditionalGeneration):
+    """vLLM's LLaVA with vlmprune's pre-LLM methods (CLIP towers, ``"default"`` strategy)."""
+
+    def __init__(self, *, vllm_config, prefix: str = ""):
+        super().__init__(vllm_config=vllm_config, prefix=prefix)
+        self._vlmprune_clip_init("llava")
 
     def _vlmprune_images(self, kwargs, record, embeds) -> list[dict]:
         out = []

@@ -43,7 +43,7 @@ from vlmprune.adapters.llava_onevision import frames_layout, packed_layout
 from vlmprune.adapters.signals import received
 from vlmprune.integrations.vllm.common import FIELDS, PruningModel, PruningProcessor, all_heads, hooks
 from vlmprune.integrations.vllm.config import decode
-from vlmprune.integrations.vllm.llava import tower_keys
+from vlmprune.integrations.vllm.llava import clip_tower_names
 from vlmprune.integrations.vllm.video import VideoProcessorMixin
 
 
@@ -161,7 +161,7 @@ class PrunedLlavaOnevisionForConditionalGeneration(PruningModel, LlavaOnevisionF
                 pass
 
     def load_weights(self, weights):
-        return super().load_weights(tower_keys(weights))
+        return super().load_weights(clip_tower_names(weights))
 
     @contextmanager
     def _vlmprune_capture(self, needs: set[str]):
