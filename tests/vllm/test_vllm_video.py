@@ -3,13 +3,14 @@
 One engine per family that prunes videos serves every pre-LLM method (and ``temporal``) on one
 video, keep-all, a ratio, ``saliency: feature_norm``, an image and a video in one prompt and two
 videos, as per-request configurations in one batch. A video has one budget, its frames the
-regions; its kept tokens keep their original M-RoPE positions (t the frame's temporal position,
-two positions a frame apart on Qwen2.5-VL at the clips' 4 fps; on Qwen3-VL, whose prompts put a
-timestamp before each frame, the timestamps stay and each frame's text follows its kept tokens).
-Keep-all also equals stock vLLM.
-The clips are 8 frames of 224 x 224 (4 temporal patches of 8 x 8 tokens), short enough that
-transformers and vLLM place the text after a video alike (transformers 5 goes on from the
-start plus max(h, w), vLLM from the largest position plus one).
+regions; on the Qwen families its kept tokens keep their original M-RoPE positions (t the
+frame's temporal position, two positions a frame apart on Qwen2.5-VL at the clips' 4 fps; on
+Qwen3-VL, whose prompts put a timestamp before each frame, the timestamps stay and each frame's
+text follows its kept tokens), on LLaVA-OneVision compact ones (its frames' 3 x 3 pooled tokens,
+the trailing newline dropped when pruned). Keep-all also equals stock vLLM. The clips are 8
+frames of 224 x 224 (Qwen: 4 temporal patches of 8 x 8 tokens), short enough that transformers
+and vLLM place the text after a video alike (transformers 5 goes on from the start plus max(h,
+w), vLLM from the largest position plus one).
 """
 
 from __future__ import annotations
@@ -21,13 +22,24 @@ from vllm_helpers import PRE_LLM, hf_reference, image_files, random_video, run_v
 
 from vlmprune.testing import random_image
 
-VIDEO_FAMILIES = (pytest.param("qwen2_vl", marks=pytest.mark.full), "qwen2_5_vl", "qwen3_vl")
+#: LLaVA-OneVision's representative video cases run in test_vllm_onevision.py
+VIDEO_FAMILIES = (
+    pytest.param("qwen2_vl", marks=pytest.mark.full),
+    "qwen2_5_vl",
+    "qwen3_vl",
+    pytest.param("llava_onevision", marks=pytest.mark.full),
+)
 IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"
 VIDEO = "<|vision_start|><|video_pad|><|vision_end|>"
 QUESTION = "What happens in the video here?"
+ONEVISION_IMAGE, ONEVISION_VIDEO = "<image>\n", "<video>\n"
+BUDGET_DIVISOR = {"llava_onevision": 2}
+SEPARATORS = {"llava_onevision": 1}  # placeholders of a video that are not content: its newline
 
 
-def prompt(images: int, videos: int) -> str:
+def prompt(images: int, videos: int, name: str = "qwen2_5_vl") -> str:
+    if name == "llava_onevision":  # one line per item: the HF session reads each video's own run
+        return f"USER: {ONEVISION_IMAGE * images}{ONEVISION_VIDEO * videos}{QUESTION} ASSISTANT:"
     return f"system You are a helpful assistant. user {IMAGE * images}{VIDEO * videos}{QUESTION} assistant"
 
 
@@ -39,6 +51,15 @@ ONE += [
 CASES = [(c, 0, 1) for c in ONE]
 CASES += [({"method": "promprune", "budget": 12}, 1, 1), ({"method": "temporal", "ratio": 0.3}, 0, 2)]
 CASES += [({"method": "cdpruner", "budget": 10}, 1, 2)]
+
+
+def sized(config, name: str):
+    """``config`` with its budget divided by the family's ``BUDGET_DIVISOR`` (LLaVA-OneVision's
+    clips hold 72 tokens, not 256: half the budget keeps selections apart)."""
+    div = BUDGET_DIVISOR.get(name, 1)
+    if config is None or div == 1 or "budget" not in config:
+        return config
+    return dict(config, budget=max(1, config["budget"] // div))
 
 
 def media(images: int, videos: int):
@@ -57,10 +78,10 @@ def served(request, tiny_dir, tmp_path_factory):
         ims, vids = media(n_img, n_vid)
         reqs.append(
             {
-                "prompt": prompt(n_img, n_vid),
+                "prompt": prompt(n_img, n_vid, name),
                 "images": image_files(tmp, ims),
                 "videos": video_files(tmp, vids),
-                "vlmprune": config,
+                "vlmprune": sized(config, name),
             }
         )
     return name, model, reqs, run_vllm(tmp, model, reqs)
@@ -70,13 +91,16 @@ def served(request, tiny_dir, tmp_path_factory):
 def test_video_equals_hf(served, index):
     name, model, _, outs = served
     config, n_img, n_vid = CASES[index]
+    config = sized(config, name)
     ims, vids = media(n_img, n_vid)
-    tokens, logprobs, kept = hf_reference(name, model, prompt(n_img, n_vid), ims, config, videos=vids)
+    tokens, logprobs, kept = hf_reference(name, model, prompt(n_img, n_vid, name), ims, config, videos=vids)
     got = outs[index]
     assert got["tokens"] == tokens, (config, got["tokens"], tokens)
     assert max(abs(a - b) for a, b in zip(got["logprobs"], logprobs)) < 2e-4, config
     if kept is not None and (n_img, n_vid) == (0, 1):  # K placeholders instead of N
-        assert outs[0]["prompt_len"] - got["prompt_len"] == sum(n - len(k) for k, n in kept)
+        cut = sum(n - len(k) for k, n in kept)
+        cut += SEPARATORS.get(name, 0) if cut else 0  # a pruned video's separators go too
+        assert outs[0]["prompt_len"] - got["prompt_len"] == cut
 
 
 def test_the_tiny_models_tell_video_selections_apart(served):
@@ -84,9 +108,10 @@ def test_the_tiny_models_tell_video_selections_apart(served):
     assert len({tuple(o["tokens"]) for o in outs}) >= 8
 
 
-def test_video_keep_all_equals_stock_vllm(served, tmp_path):
-    name, model, reqs, outs = served
-    stock = run_vllm(tmp_path, model, [dict(reqs[0], vlmprune=None)], plugin=False)[0]
+def test_video_keep_all_equals_stock_vllm(served, tiny_dir, tmp_path):
+    name, _, reqs, outs = served
+    stock_model = tiny_dir(name, stock_keys=True)  # the same weights under vLLM 0.32's key names
+    stock = run_vllm(tmp_path, stock_model, [dict(reqs[0], vlmprune=None)], plugin=False)[0]
     assert outs[0]["tokens"] == stock["tokens"] and outs[0]["prompt_len"] == stock["prompt_len"]
     assert max(abs(a - b) for a, b in zip(outs[0]["logprobs"], stock["logprobs"])) < 1e-5
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
-FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl")
+FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "llava_onevision")
 #: the plugin's methods (every pre-LLM method), each at a budget below the tiny models' tokens
 PRE_LLM = (
     "cdpruner",
@@ -54,7 +54,10 @@ def save_tiny(name: str, out: Path, stock_keys: bool = False) -> Path:
         size = {"image_size": 56}  # 2x2 tokens a tile: the test images are 2x2 tiles + a thumbnail
     if name == "llava_next":  # 4x4 tokens per crop; an 84x84 image is the base crop + 2x2 tiles
         size = {"image_size": 56}
+    size = {"image_size": 84} if name == "llava_onevision" else size
     config = cls.tiny_config(tok, text, "sdpa", **size)
+    if name == "llava_onevision":  # vLLM packs with anyres_max_9 whatever the config says
+        config.image_grid_pinpoints, config.vision_aspect_ratio = ONEVISION_PINPOINTS, "anyres_max_9"
     config.initializer_range = 0.1
     if hasattr(config.vision_config, "out_hidden_size"):
         config.vision_config.out_hidden_size = 128
@@ -67,6 +70,8 @@ def save_tiny(name: str, out: Path, stock_keys: bool = False) -> Path:
     model.save_pretrained(out)
     if name == "internvl":
         internvl_processor(tok, cls.tiny_processor(tok, **size), out)
+    elif name == "llava_onevision":
+        _onevision_processor(tok, config).save_pretrained(out)
     else:
         cls.tiny_processor(tok, **size).save_pretrained(out)
     if stock_keys and name != "internvl":  # vLLM reads its transformers-5 keys as they are
@@ -75,6 +80,33 @@ def save_tiny(name: str, out: Path, stock_keys: bool = False) -> Path:
         rename = {k: k.replace("vision_tower.", "vision_tower.vision_model.", 1) for k in state}
         save_file({rename[k]: v for k, v in state.items()}, weights, metadata={"format": "pt"})
     return out
+
+
+#: an 84 x 84 image goes on the 4 x 6-tile canvas: its padding columns are cut and the 24 x 24
+#: grid shrunk to 18 x 18 (anyres_max_9), so every step of the packing runs; 3 x 10 for wide images
+ONEVISION_PINPOINTS = [[336, 504], [504, 336], [252, 840]]
+
+
+def _onevision_processor(tok, config):
+    """The stock LLaVA-OneVision processor (images and videos) of the tiny checkpoint."""
+    from transformers import LlavaOnevisionProcessor
+    from transformers.models.llava_onevision.image_processing_llava_onevision import (
+        LlavaOnevisionImageProcessor,
+    )
+    from transformers.models.llava_onevision.video_processing_llava_onevision import (
+        LlavaOnevisionVideoProcessor,
+    )
+
+    s = int(config.vision_config.image_size)
+    side = {"height": s, "width": s}
+    return LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size=side, image_grid_pinpoints=ONEVISION_PINPOINTS),
+        video_processor=LlavaOnevisionVideoProcessor(size=side),
+        tokenizer=tok,
+        num_image_tokens=(s // 14) ** 2,
+        vision_feature_select_strategy="full",
+        vision_aspect_ratio="anyres_max_9",
+    )
 
 
 def run_vllm(

@@ -13,7 +13,8 @@ packed by ``pack_image_features`` itself, interpolation included, so each conten
 the signal of the features it holds. Saliency: the attention each patch receives in the SigLIP
 layer that produced the features (``vision_feature_layer``), mean over heads and queries (there
 is no CLS token), or ``feature_norm``. Positions: 1-D RoPE, ``"compact"`` (default) or
-``"original"``. Videos pass through unpruned.
+``"original"``. Videos: one budget per video, its frames (``p x p`` pooled tokens) the regions,
+the trailing newline dropped when a pre-LLM stage prunes.
 """
 
 from __future__ import annotations
@@ -79,6 +80,30 @@ def _grid_tokens(image_size, pinpoints, tile: int, side: int, aspect: str) -> tu
     if ratio > 1.1:
         rows, cols = int(rows // ratio), int(cols // ratio)
     return int(rows), int(cols)
+
+
+def packed_layout(packed: torch.Tensor, side: int) -> ImageLayout:
+    """The layout of one image from its packing of ones with a newline of -1 ((P,) float): the
+    base view's ``side x side`` tokens, then the high-resolution grid's rows, each row's newline
+    (the -1 entries) left out of the content."""
+    n = side * side
+    content = torch.nonzero(packed > -0.5).flatten().cpu()
+    regions = [Region(torch.arange(n), (side, side))]
+    rows = int((packed < -0.5).sum())
+    hi = content.numel() - n
+    if hi > 0:
+        regions.append(Region(torch.arange(n, n + hi), (rows, hi // rows)))
+    return ImageLayout(int(packed.numel()), content, regions, (side, side))
+
+
+def frames_layout(frames: int, pooled: int) -> ImageLayout:
+    """The layout of one video of ``frames`` frames of ``pooled x pooled`` tokens: frame-major,
+    then one newline (not content); each frame is a region."""
+    per = pooled * pooled
+    regions = [Region(torch.arange(f * per, (f + 1) * per), (pooled, pooled)) for f in range(frames)]
+    return ImageLayout(
+        frames * per + 1, torch.arange(frames * per), regions, (frames, pooled, pooled), "video"
+    )
 
 
 @dataclass(kw_only=True)
@@ -198,12 +223,10 @@ class LlavaOnevisionAdapter(Adapter):
         run = record.runs[-1] if record is not None and record.runs else {}
         known = run.get("video_frames")
         total = known[0] * (known[1] * per + 1) if known else None
-        layouts = []
-        for n in placeholder_runs(ids, int(self.config.video_token_id), total):
-            frames = (n - 1) // per
-            regions = [Region(torch.arange(f * per, (f + 1) * per), (p, p)) for f in range(frames)]
-            layouts.append(ImageLayout(n, torch.arange(frames * per), regions, (frames, p, p), "video"))
-        return layouts
+        return [
+            frames_layout((n - 1) // per, p)
+            for n in placeholder_runs(ids, int(self.config.video_token_id), total)
+        ]
 
     def _num_crops(self, size) -> int:
         from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
@@ -219,16 +242,11 @@ class LlavaOnevisionAdapter(Adapter):
         return packed[0]
 
     def _layout(self, size) -> ImageLayout:
-        n, s = self.side * self.side, self.side
+        n = self.side * self.side
         ones = torch.ones(self._num_crops(size), n, 1, dtype=torch.float64)
-        packed = self._pack(ones, size, torch.tensor([-1.0], dtype=torch.float64))[:, 0]  # (P,)
-        content = torch.nonzero(packed > -0.5).flatten()
-        regions = [Region(torch.arange(n), (s, s))]
-        rows = int((packed < -0.5).sum())
-        hi = content.numel() - n
-        if hi > 0:
-            regions.append(Region(torch.arange(n, n + hi), (rows, hi // rows)))
-        return ImageLayout(int(packed.numel()), content, regions, (s, s))
+        return packed_layout(
+            self._pack(ones, size, torch.tensor([-1.0], dtype=torch.float64))[:, 0], self.side
+        )
 
     def image_layouts(self, call, record):
         sizes = call.get("image_sizes")

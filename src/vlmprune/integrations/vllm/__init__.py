@@ -27,6 +27,9 @@ ARCHITECTURES = {
     "Qwen3VLForConditionalGeneration": "vlmprune.integrations.vllm.qwen3_vl:PrunedQwen3VLForConditionalGeneration",
     "InternVLForConditionalGeneration": "vlmprune.integrations.vllm.internvl:PrunedInternVLForConditionalGeneration",
     "Qwen3_5ForConditionalGeneration": "vlmprune.integrations.vllm.qwen3_5:PrunedQwen3_5ForConditionalGeneration",
+    "LlavaOnevisionForConditionalGeneration": (
+        "vlmprune.integrations.vllm.llava_onevision:PrunedLlavaOnevisionForConditionalGeneration"
+    ),
 }
 
 
