@@ -28,7 +28,10 @@ from vlmprune.adapters.signals import cls_attention
 from vlmprune.integrations.vllm.common import PruningModel, PruningProcessor, heads_mean, hooks, whole
 
 
-class PrunedLlavaProcessor(PruningProcessor, LlavaMultiModalProcessor):
+class LlavaProcessorMixin(PruningProcessor):
+    """The LLaVA families' processor side: one ``<image>`` token repeated, images counted by
+    their pixel values, compact positions."""
+
     positions = ("compact",)
 
     def _vlmprune_image_id(self) -> int:
@@ -40,6 +43,10 @@ class PrunedLlavaProcessor(PruningProcessor, LlavaMultiModalProcessor):
     def _vlmprune_num_images(self, out) -> int:
         pv = out.get("pixel_values")
         return 0 if pv is None else len(pv)
+
+
+class PrunedLlavaProcessor(LlavaProcessorMixin, LlavaMultiModalProcessor):
+    pass
 
 
 class PrunedLlavaProcessingInfo(LlavaProcessingInfo):

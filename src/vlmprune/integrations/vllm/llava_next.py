@@ -27,7 +27,7 @@ from vllm.multimodal import MULTIMODAL_REGISTRY
 from vlmprune.adapters.llava_next import anyres_layout, crop_signals
 from vlmprune.integrations.vllm.common import SPEC_FIELD, PruningModel, PruningProcessor
 from vlmprune.integrations.vllm.config import ConfigError, decode
-from vlmprune.integrations.vllm.llava import ClipCapture
+from vlmprune.integrations.vllm.llava import ClipCapture, LlavaProcessorMixin
 
 FAMILY = "llava_next"
 
@@ -50,19 +50,7 @@ def _prunable(config) -> bool:
     )
 
 
-class PrunedLlavaNextProcessor(PruningProcessor, LlavaNextMultiModalProcessor):
-    positions = ("compact",)
-
-    def _vlmprune_image_id(self) -> int:
-        return int(self.info.get_hf_config().image_token_index)
-
-    def _vlmprune_media_ids(self) -> list[int]:
-        return [self._vlmprune_image_id()]
-
-    def _vlmprune_num_images(self, out) -> int:
-        pv = out.get("pixel_values")
-        return 0 if pv is None else len(pv)
-
+class PrunedLlavaNextProcessor(LlavaProcessorMixin, LlavaNextMultiModalProcessor):
     def _vlmprune_spec(self, hf_kwargs):
         """As :class:`PruningProcessor`'s, refused (``ConfigError``) where the HF adapter refuses
         the model: a tower other than CLIP read at one layer with the ``"default"`` strategy."""
