@@ -10,7 +10,10 @@ placeholder run (``T = run length / g²``), so no processor metadata is needed.
 Saliency: the CLS token's attention in the layer that produced the features
 (``vision_feature_layer``), mean over heads, summed over each shuffled 2x2 group by the model's own
 ``pixel_shuffle``; or ``feature_norm``. Pre-connector features: the projector's input. Positions:
-1-D RoPE, ``"compact"`` (default) or ``"original"``. Videos pass through unpruned.
+1-D RoPE, ``"compact"`` (default) or ``"original"``. Videos have no budget of their own:
+transformers' ``InternVLProcessor`` writes each frame as one ``<IMG_CONTEXT>`` run, so the session
+sees each frame as a one-tile image and prunes it under the image budget (the vLLM plugin leaves
+videos unpruned: the two agree where the budget keeps whole frames).
 """
 
 from __future__ import annotations
