@@ -74,8 +74,8 @@ class PrunedInternVLProcessor(PruningProcessor, _FrameCounts):
         counts = out.get("image_num_patches")
         return 0 if counts is None else len(counts)
 
-    def _vlmprune_texts(self, prompt, n_images: int, modality: str = "image") -> list[torch.Tensor]:
-        """Per image: the text token ids the HF session sees after its placeholders, i.e. the
+    def _vlmprune_texts(self, prompt, n_images: int, modality: str = "image", out=None) -> list[torch.Tensor]:
+        """Per image (``out`` unused): the text token ids the HF session sees after its placeholders, i.e. the
         prompt with every ``<IMG_CONTEXT>`` written as ``<img></img>`` and every video as its
         ``Frame1: <img></img>`` lines (the placeholder runs left out), from that image's
         ``</img>`` on (all of it when the image has no mark)."""
