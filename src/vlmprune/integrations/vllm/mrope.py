@@ -35,10 +35,15 @@ DIGIT = 256
 class MRopePruningModel(PruningModel):
     """Mixed in before a Qwen-style (M-RoPE, ``image_grid_thw``, 2x2 merger) stock vLLM model class.
 
-    A family implements ``_vlmprune_embed_width()`` (the width of its stock image embedding rows)
-    and ``_vlmprune_capture``."""
+    A family implements ``_vlmprune_capture`` and, where its stock image embedding rows are wider
+    than the LLM's hidden size, ``_vlmprune_embed_width()``. Images and videos are pruned."""
 
     _vlmprune_rel = None
+    vlmprune_modalities = ("image", "video")
+
+    def _vlmprune_embed_width(self) -> int:
+        """The width of the stock image embedding rows: the LLM's hidden size."""
+        return int(self.config.text_config.hidden_size)
 
     def __init__(self, *, vllm_config, prefix: str = ""):
         if vllm_config.parallel_config.pipeline_parallel_size > 1:

@@ -60,11 +60,6 @@ class PrunedQwen2_5_VLProcessor(VideoProcessorMixin, QwenProcessorMixin, Qwen2_5
 class PrunedQwen2_5_VLForConditionalGeneration(MRopePruningModel, Qwen2_5_VLForConditionalGeneration):
     """vLLM's Qwen2.5-VL with vlmprune's pre-LLM methods on images and videos."""
 
-    vlmprune_modalities = ("image", "video")
-
-    def _vlmprune_embed_width(self) -> int:
-        return int(self.config.text_config.hidden_size)
-
     @contextmanager
     def _vlmprune_capture(self, needs: set[str]):
         visual = self.visual

@@ -48,10 +48,5 @@ def last_block_capture(visual, num_heads: int, needs: set[str]):
 class PrunedQwen2VLForConditionalGeneration(MRopePruningModel, Qwen2VLForConditionalGeneration):
     """vLLM's Qwen2-VL with vlmprune's pre-LLM methods on images and videos."""
 
-    vlmprune_modalities = ("image", "video")
-
-    def _vlmprune_embed_width(self) -> int:
-        return int(self.config.text_config.hidden_size)
-
     def _vlmprune_capture(self, needs: set[str]):
         return last_block_capture(self.visual, int(self.config.vision_config.num_heads), needs)

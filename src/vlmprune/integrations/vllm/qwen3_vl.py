@@ -123,8 +123,6 @@ class Qwen3VLPruningModel(MRopePruningModel):
     """Mixed in before vLLM's Qwen3-VL model class or a subclass of it (Qwen3.5): images and
     timestamped videos pruned, DeepStack columns (where the tower has them) kept with their token."""
 
-    vlmprune_modalities = ("image", "video")
-
     def _vlmprune_embed_width(self) -> int:
         return int(self.visual_dim + (self.multiscale_dim if self.use_deepstack else 0))
 
