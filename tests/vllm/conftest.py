@@ -25,6 +25,22 @@ if not _vllm_installed():
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "full: left out of `make test-vllm`, run by `make test-vllm-full`")
+    config.addinivalue_line(
+        "markers",
+        "families(*names): of a test parametrized by family (directly or through a fixture), "
+        "only these run in `make test-vllm`; the others are marked `full`",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    import pytest
+
+    for item in items:
+        mark = item.get_closest_marker("families")
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        name = params.get("name", params.get("served"))
+        if mark is not None and name is not None and name not in mark.args:
+            item.add_marker(pytest.mark.full)
 
 
 @pytest.fixture(scope="session")

@@ -64,6 +64,7 @@ def test_the_tiny_models_tell_selections_apart(served):
     assert len({tuple(o["tokens"]) for o in outs}) >= 6
 
 
+@pytest.mark.families("llava", "qwen2_5_vl", "internvl")
 def test_keep_all_equals_stock_vllm(served, tiny_dir, tmp_path):
     name, _, cases, outs = served
     stock_model = tiny_dir(name, stock_keys=True)  # the same weights under vLLM 0.32's key names

@@ -108,6 +108,7 @@ def test_the_tiny_models_tell_video_selections_apart(served):
     assert len({tuple(o["tokens"]) for o in outs}) >= 8
 
 
+@pytest.mark.families("qwen2_5_vl")
 def test_video_keep_all_equals_stock_vllm(served, tiny_dir, tmp_path):
     name, _, reqs, outs = served
     stock_model = tiny_dir(name, stock_keys=True)  # the same weights under vLLM 0.32's key names
