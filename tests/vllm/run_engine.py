@@ -2,8 +2,10 @@
 
 ``python run_engine.py SPEC.json OUT.json``. SPEC: ``{"model": DIR, "engine": {LLM kwargs},
 "requests": [{"prompt": str, "images": [PNG paths], "videos": [NPY paths of (T, H, W, 3) uint8 frames],
-"vlmprune": dict | null}], "max_tokens": n}``.
-OUT: one ``{"tokens", "logprobs", "prompt_len", "cached"}`` per request, in order. All requests go
+"image_embeds": {"image_embeds": NPY path, "image_grid_thw": [[t, h, w]]} (Qwen), "vlmprune": dict |
+null}], "max_tokens": n, "each": bool}``.
+OUT: one ``{"tokens", "logprobs", "prompt_len", "cached"}`` per request, in order; with ``"each"``
+the requests go one at a time and a refused one gives ``{"error": its last line}``. All requests go
 to the engine in one ``generate`` call (continuous batching), after one warm request when
 ``"repeat"`` asks to run them twice (the second pass hits the prefix cache).
 Run in its own process: vLLM registers plugins per process, and ``VLLM_PLUGINS`` decides which.
@@ -30,6 +32,16 @@ def requests(spec):
         data = {}
         if images:
             data["image"] = images if len(images) > 1 else images[0]
+        if r.get(
+            "image_embeds"
+        ):  # precomputed embeddings: {"image_embeds": NPY, "image_grid_thw": [[t, h, w]]}
+            import torch
+
+            given = r["image_embeds"]
+            data["image"] = {
+                "image_embeds": torch.from_numpy(np.load(given["image_embeds"])),
+                "image_grid_thw": torch.tensor(given["image_grid_thw"]),
+            }
         if videos:
             data["video"] = videos if len(videos) > 1 else videos[0]
         if data:
@@ -72,11 +84,22 @@ def main(spec_path, out_path):
     )
     reqs = requests(spec)
     passes = []
-    for _ in range(2 if spec.get("repeat") else 1):
+    if spec.get("each"):  # one request at a time, a refused one recorded as its error's last line
+        outs = []
+        for req in reqs:
+            try:
+                outs += llm.generate([req], params, use_tqdm=False)
+            except Exception as e:  # noqa: BLE001 - what the engine answered is the result
+                outs.append(f"{type(e).__name__}: {e}".splitlines()[-1])
+        passes.append(outs)
+    for _ in range(0 if spec.get("each") else 2 if spec.get("repeat") else 1):
         passes.append(llm.generate(reqs, params, use_tqdm=False))
     result = []
     for outs in passes:
         for o in outs:
+            if isinstance(o, str):
+                result.append({"error": o})
+                continue
             toks = list(o.outputs[0].token_ids)
             lps = [lp[t].logprob for lp, t in zip(o.outputs[0].logprobs, toks)]
             result.append(

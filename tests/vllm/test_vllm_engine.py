@@ -63,15 +63,38 @@ def test_bad_server_config_fails_at_start_in_one_line(config, message, tiny_dir)
     assert message in last, last
 
 
-def test_bad_request_config_is_refused_in_one_line(tiny_dir, tmp_path):
-    """A request asking for what the engine lacks (an in-LLM stage) is refused, naming the option."""
+def test_bad_requests_are_refused_in_one_line_and_the_engine_serves_on(tiny_dir, tmp_path):
+    """Requests asking for what the engine lacks fail alone, naming the option: an in-LLM stage,
+    and embeddings given in place of pixels (the tower, whose signals a selection reads, never
+    runs on them). The requests after them are served: pruned, and the same embeddings unpruned."""
+    import numpy as np
+
     model = tiny_dir("qwen2_5_vl")
     prompt = family("qwen2_5_vl").tiny_prompt("What is shown in the picture here?", 1)
-    bad = {"method": "sppruner", "budget": 8, "llm_layer": 2}
-    req = {"prompt": prompt, "images": image_files(tmp_path, [random_image(0)]), "vlmprune": bad}
-    with pytest.raises(AssertionError) as err:
-        run_vllm(tmp_path, model, [req])
-    assert "ConfigError: vlmprune: sppruner: `llm_layer`=2 asks for pruning inside the LLM" in str(err.value)
+    image = image_files(tmp_path, [random_image(0)])
+    np.save(tmp_path / "embeds.npy", np.random.default_rng(0).standard_normal((64, 128), dtype=np.float32))
+    embeds = {"image_embeds": str(tmp_path / "embeds.npy"), "image_grid_thw": [[1, 16, 16]]}  # 8 x 8 merged
+    reqs = [
+        {"prompt": prompt, "images": image, "vlmprune": {"method": "sppruner", "budget": 8, "llm_layer": 2}},
+        {
+            "prompt": prompt,
+            "images": [],
+            "image_embeds": embeds,
+            "vlmprune": {"method": "divprune", "budget": 8},
+        },
+        {"prompt": prompt, "images": image, "vlmprune": {"method": "divprune", "budget": 8}},
+        {"prompt": prompt, "images": [], "image_embeds": embeds},
+    ]
+    outs = run_vllm(tmp_path, model, reqs, each=True, enable_mm_embeds=True)
+    assert (
+        "ConfigError: vlmprune: sppruner: `llm_layer`=2 asks for pruning inside the LLM" in outs[0]["error"]
+    )
+    assert outs[1]["error"].endswith(
+        "vlmprune: qwen2_5_vl prunes images given as pixels, not as `image_embeds`"
+    )
+    tokens, _, _ = hf_reference("qwen2_5_vl", model, prompt, [random_image(0)], reqs[2]["vlmprune"])
+    assert outs[2]["tokens"] == tokens
+    assert outs[3]["prompt_len"] == outs[2]["prompt_len"] - 8 + 64  # every embedding row, unpruned
 
 
 @pytest.mark.full

@@ -127,11 +127,13 @@ def run_vllm(
     repeat: bool = False,
     max_tokens=6,
     batches=False,
+    each=False,
     **engine,
 ):
     """Outputs of one vLLM engine (its own process) for ``requests``; ``plugin=False`` runs stock
     vLLM (``VLLM_PLUGINS`` names no installed plugin). ``batches``: also the item count of each of
-    the plugin model's encoder calls (``(outputs, counts)``)."""
+    the plugin model's encoder calls (``(outputs, counts)``). ``each``: the requests one at a time,
+    a refused one as ``{"error": its last line}``, the engine serving on."""
     spec = {
         "model": str(model),
         "requests": requests,
@@ -139,6 +141,7 @@ def run_vllm(
         "repeat": repeat,
         "max_tokens": max_tokens,
         "encoder_batches": batches,
+        "each": each,
     }
     spec_path, out_path = tmp / "spec.json", tmp / "out.json"
     spec_path.write_text(json.dumps(spec))

@@ -18,7 +18,7 @@ import torch
 
 from vlmprune.core.tokens import image_tokens
 from vlmprune.core.types import Region
-from vlmprune.integrations.vllm.config import KEY, Spec, decode, encode_rows, merge, resolve
+from vlmprune.integrations.vllm.config import KEY, ConfigError, Spec, decode, encode_rows, merge, resolve
 
 SPEC_FIELD = "vlmprune_spec"
 TEXT_FIELD = "vlmprune_text"
@@ -141,8 +141,22 @@ class PruningProcessor:
             fields[TOKENS_FIELD[modality]] = MultiModalFieldConfig.batched(modality, keep_on_cpu=True)
         return fields
 
+    def _vlmprune_refuse_embeddings(self, mm_items, hf_kwargs) -> None:
+        """Embeddings given in place of pixels (``image_embeds``, ``video_embeds``) never pass the
+        tower whose signals and layout a selection reads: a request that configures pruning for
+        them is refused, naming the input, rather than served unpruned."""
+        from vllm.multimodal.parse import EmbeddingItems
+
+        given = [m for m in self.modalities if isinstance(mm_items.get(m), EmbeddingItems)]
+        if given and self._vlmprune_spec(hf_kwargs) is not None:
+            family = self.info.get_hf_config().model_type
+            raise ConfigError(
+                f"vlmprune: {family} prunes {given[0]}s given as pixels, not as `{given[0]}_embeds`"
+            )
+
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         """The stock updates, with each image's (video's) run of N placeholders cut to its kept count K."""
+        self._vlmprune_refuse_embeddings(mm_items, hf_processor_mm_kwargs)
         updates = list(super()._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs))
         for u, update in enumerate(updates):
             if update.modality in self.modalities:

@@ -115,6 +115,7 @@ class PrunedInternVLProcessor(PruningProcessor, _FrameCounts):
     def _get_prompt_updates(self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs):
         """The stock updates, with each image's run of N ``<IMG_CONTEXT>`` cut to its kept count K
         (``<img>`` and ``</img>`` stay)."""
+        self._vlmprune_refuse_embeddings(mm_items, hf_processor_mm_kwargs)
         stock = InternS1MultiModalProcessor._get_prompt_updates(
             self, mm_items, hf_processor_mm_kwargs, out_mm_kwargs
         )

@@ -70,12 +70,7 @@ class PrunedLlavaNextProcessor(LlavaProcessorMixin, LlavaNextMultiModalProcessor
         the newlines) cut to its kept count K; an image that keeps all N stays stock."""
         from dataclasses import replace
 
-        from vllm.multimodal.parse import ImageEmbeddingItems
-
-        if isinstance(mm_items.get("image"), ImageEmbeddingItems) and self._vlmprune_spec(
-            hf_processor_mm_kwargs
-        ):
-            raise ConfigError(f"vlmprune: {FAMILY} prunes images given as pixels, not as `image_embeds`")
+        self._vlmprune_refuse_embeddings(mm_items, hf_processor_mm_kwargs)
         # the stock counts: PruningProcessor's cut would count the newlines among the N tokens
         stock = super(PruningProcessor, self)._get_prompt_updates(
             mm_items, hf_processor_mm_kwargs, out_mm_kwargs

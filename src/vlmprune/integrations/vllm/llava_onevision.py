@@ -42,7 +42,7 @@ from vlmprune.adapters.base import feature_layer
 from vlmprune.adapters.llava_onevision import frames_layout, packed_layout
 from vlmprune.adapters.signals import received
 from vlmprune.integrations.vllm.common import FIELDS, PruningModel, PruningProcessor, all_heads, hooks
-from vlmprune.integrations.vllm.config import ConfigError, decode
+from vlmprune.integrations.vllm.config import decode
 from vlmprune.integrations.vllm.llava import clip_tower_names
 from vlmprune.integrations.vllm.video import VideoProcessorMixin
 
@@ -94,14 +94,7 @@ class PrunedLlavaOnevisionProcessor(VideoProcessorMixin, PruningProcessor, Llava
         kept content tokens (newlines dropped); a run that keeps every content token stays whole."""
         from dataclasses import replace
 
-        from vllm.multimodal.parse import ImageEmbeddingItems, VideoEmbeddingItems
-
-        given = [mm_items.get(m) for m in self.modalities]
-        embeds = any(isinstance(i, (ImageEmbeddingItems, VideoEmbeddingItems)) for i in given)
-        if embeds and self._vlmprune_spec(hf_processor_mm_kwargs) is not None:
-            raise ConfigError(
-                "vlmprune: llava_onevision prunes images and videos given as pixels, not as embeddings"
-            )
+        self._vlmprune_refuse_embeddings(mm_items, hf_processor_mm_kwargs)
         updates = list(
             super(PruningProcessor, self)._get_prompt_updates(mm_items, hf_processor_mm_kwargs, out_mm_kwargs)
         )
