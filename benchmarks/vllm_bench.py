@@ -10,7 +10,9 @@ Every request has its own image, and the prefix cache is off, so nothing is reus
 The engine runs the plugin's scheduler (``--scheduler vlmprune``, pruned images' encoder work
 charged at their unpruned size; it charges full requests as vLLM does) or vLLM's (``stock``).
 
-CPU (default): a mid-size random Qwen2.5-VL built here (no download, written to ``--model-dir``).
+CPU (default): a mid-size random model of ``--family`` built here (no download, written to
+``--model-dir``): the same 12-layer d=768 LLM in every family behind the family's bench tower
+(Qwen2.5-VL: a 4-block d=256 one), with the stock processor vLLM reads; Qwen3.5 in bfloat16.
 GPU: the real-size architecture with vLLM's random weights (``load_format="dummy"``: the
 bundled config, the tiny models' tokenizer and processor, nothing downloaded), or ``--model DIR``
 of a real checkpoint::
@@ -28,6 +30,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -52,6 +55,7 @@ FAMILY_TEXT = {
 FAMILY_DTYPE = {"qwen3_5": "bfloat16"}
 #: the vision config key that sets the tower's output width (the LLM's), where the family has one
 OUT_WIDTH = {"qwen2_vl": "hidden_size", "qwen2_5_vl": "out_hidden_size", "qwen3_vl": "out_hidden_size"}
+OUT_WIDTH.update(qwen3_5="out_hidden_size")
 
 
 def build_model(out: Path, image_size: int, name: str = "qwen2_5_vl") -> Path:
@@ -70,9 +74,42 @@ def build_model(out: Path, image_size: int, name: str = "qwen2_5_vl") -> Path:
         text={**TEXT, **FAMILY_TEXT.get(name, {})},
         vision=vision,
     )
+    if name == "llava_onevision":  # vLLM's processing reads the stock processor's keys
+        proc = onevision_processor(model.config, proc.tokenizer)
     model.save_pretrained(out)
-    proc.save_pretrained(out)
+    if name == "internvl":  # the stock InternVLProcessor vLLM builds, as the vLLM tests save it
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "vllm"))
+        from vllm_helpers import internvl_processor
+
+        internvl_processor(proc.tokenizer, proc, out)
+    else:
+        proc.save_pretrained(out)
     return out
+
+
+def onevision_processor(config, tok):
+    """The stock LLaVA-OneVision processor for the CPU model, on a 2 x 2-tile canvas; vLLM packs
+    with ``anyres_max_9`` whatever the config says, so the config says so too."""
+    from transformers import LlavaOnevisionProcessor
+    from transformers.models.llava_onevision.image_processing_llava_onevision import (
+        LlavaOnevisionImageProcessor,
+    )
+    from transformers.models.llava_onevision.video_processing_llava_onevision import (
+        LlavaOnevisionVideoProcessor,
+    )
+
+    s, patch = int(config.vision_config.image_size), int(config.vision_config.patch_size)
+    pins = [[s, 2 * s], [2 * s, s], [2 * s, 2 * s]]
+    config.image_grid_pinpoints, config.vision_aspect_ratio = pins, "anyres_max_9"
+    side = {"height": s, "width": s}
+    return LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size=side, image_grid_pinpoints=pins),
+        video_processor=LlavaOnevisionVideoProcessor(size=side),
+        tokenizer=tok,
+        num_image_tokens=(s // patch) ** 2,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        vision_aspect_ratio="anyres_max_9",
+    )
 
 
 def arch_dir(out: Path, arch: str, image_size: int) -> Path:
