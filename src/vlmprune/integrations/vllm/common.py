@@ -145,9 +145,10 @@ class PruningProcessor:
         """Embeddings given in place of pixels (``image_embeds``, ``video_embeds``) never pass the
         tower whose signals and layout a selection reads: a request that configures pruning for
         them is refused, naming the input, rather than served unpruned."""
-        from vllm.multimodal.parse import EmbeddingItems
+        from vllm.multimodal.parse import DictEmbeddingItems, EmbeddingItems
 
-        given = [m for m in self.modalities if isinstance(mm_items.get(m), EmbeddingItems)]
+        embedded = (EmbeddingItems, DictEmbeddingItems)  # tensors, or dicts with their grids (Qwen)
+        given = [m for m in self.modalities if isinstance(mm_items.get(m), embedded)]
         if given and self._vlmprune_spec(hf_kwargs) is not None:
             family = self.info.get_hf_config().model_type
             raise ConfigError(
