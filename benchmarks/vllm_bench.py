@@ -54,8 +54,12 @@ FAMILY_TEXT = {
 #: per family, the dtype vLLM's CPU kernels take (Qwen3.5's linear attention: bfloat16 only)
 FAMILY_DTYPE = {"qwen3_5": "bfloat16"}
 #: the vision config key that sets the tower's output width (the LLM's), where the family has one
-OUT_WIDTH = {"qwen2_vl": "hidden_size", "qwen2_5_vl": "out_hidden_size", "qwen3_vl": "out_hidden_size"}
-OUT_WIDTH.update(qwen3_5="out_hidden_size")
+OUT_WIDTH = {
+    "qwen2_vl": "hidden_size",
+    "qwen2_5_vl": "out_hidden_size",
+    "qwen3_vl": "out_hidden_size",
+    "qwen3_5": "out_hidden_size",
+}
 
 
 def build_model(out: Path, image_size: int, name: str = "qwen2_5_vl") -> Path:

@@ -32,9 +32,8 @@ def requests(spec):
         data = {}
         if images:
             data["image"] = images if len(images) > 1 else images[0]
-        if r.get(
-            "image_embeds"
-        ):  # precomputed embeddings: {"image_embeds": NPY, "image_grid_thw": [[t, h, w]]}
+        # precomputed embeddings: {"image_embeds": NPY, "image_grid_thw": [[t, h, w]]}
+        if r.get("image_embeds"):
             import torch
 
             given = r["image_embeds"]
@@ -92,8 +91,9 @@ def main(spec_path, out_path):
             except Exception as e:  # noqa: BLE001 - what the engine answered is the result
                 outs.append(f"{type(e).__name__}: {e}".splitlines()[-1])
         passes.append(outs)
-    for _ in range(0 if spec.get("each") else 2 if spec.get("repeat") else 1):
-        passes.append(llm.generate(reqs, params, use_tqdm=False))
+    else:
+        for _ in range(2 if spec.get("repeat") else 1):
+            passes.append(llm.generate(reqs, params, use_tqdm=False))
     result = []
     for outs in passes:
         for o in outs:

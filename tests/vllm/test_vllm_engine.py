@@ -8,7 +8,7 @@ import json
 import os
 
 import pytest
-from vllm_helpers import FAMILIES, hf_reference, image_files, only, run_vllm, start_fails
+from vllm_helpers import FAMILIES, hf_reference, image_files, run_vllm, start_fails
 
 from vlmprune.adapters import family
 from vlmprune.testing import random_image
@@ -19,7 +19,8 @@ EFFECTIVE = [SERVER, {"method": "promprune", "budget": 3}, {"method": "divprune"
 EFFECTIVE += [{"method": "promprune", "ratio": 0.25}]
 
 
-@pytest.mark.parametrize("name", only("llava", "qwen3_vl"))
+@pytest.mark.families("llava", "qwen3_vl")
+@pytest.mark.parametrize("name", FAMILIES)
 def test_server_config_chunked_prefill_and_prefix_cache(name, tiny_dir, tmp_path):
     model = tiny_dir(name)
     questions = (

@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 import transformers
-from vllm_helpers import HERE, _hf_model, image_files, only
+from vllm_helpers import FAMILIES, HERE, _hf_model, image_files
 
 import vlmprune
 from vlmprune.adapters import family
@@ -68,7 +68,8 @@ def hf_tokens(name, model_dir, prompt, images, config, monkeypatch):
     return built
 
 
-@pytest.mark.parametrize("name", only("llava_next", "qwen2_5_vl", "internvl"))
+@pytest.mark.families("llava_next", "qwen2_5_vl", "internvl")
+@pytest.mark.parametrize("name", FAMILIES)
 def test_image_tokens_equal_field_by_field(name, tiny_dir, tmp_path, monkeypatch):
     model = tiny_dir(name)
     prompt = family(name).tiny_prompt(QUESTION, 1)

@@ -13,15 +13,6 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 FAMILIES = ("llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "internvl", "llava_onevision")
 
-
-def only(*names: str) -> list:
-    """:data:`FAMILIES` as parameters, those not in ``names`` marked ``full``: the families a test
-    runs in ``make test-vllm`` (a representative subset; ``make test-vllm-full`` runs them all)."""
-    import pytest
-
-    return [n if n in names else pytest.param(n, marks=pytest.mark.full) for n in FAMILIES]
-
-
 #: the plugin's methods (every pre-LLM method), each at a budget below the tiny models' tokens
 PRE_LLM = (
     "cdpruner",
